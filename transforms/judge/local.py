@@ -3,7 +3,10 @@
 For a batch of judge prompts (left padded) it runs
 
 1. one forward pass over the prompts, keeping the KV cache (logits of the last position
-   only): the distribution of the first answer token;
+   only): the distribution of the first answer token. The prefix all prompts of a batch
+   share (a template's instructions and scale, placed before the question) is computed
+   once and its cache repeated per row, so a batch costs the shared prefix once plus
+   each prompt's own tokens;
 2. one forward pass over the whole digit tree (:mod:`transforms.judge.number_tree`) at
    once: the tree's tokens are fed as one extra "sequence" whose 4D attention mask lets
    each node see the prompt (not its padding) and its own ancestors only, with position
@@ -80,21 +83,46 @@ def _scrub_nan(cache: Any) -> None:
                 torch.nan_to_num_(tensor, nan=0.0)
 
 
+def _common_prefix(prompts: list[list[int]]) -> int:
+    """Length of the token prefix every prompt shares, leaving each at least one own token."""
+    n = min(len(p) for p in prompts) - 1
+    first = prompts[0]
+    for i in range(max(n, 0)):
+        if any(p[i] != first[i] for p in prompts):
+            return i
+    return max(n, 0)
+
+
 def tree_logprobs(model: Any, tree: NumberTree, prompts: list[list[int]],
-                  pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                  pad_id: int, min_shared: int = 16) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Root log-probs ``[B, V]``, per-node log-probs ``[B, N, V]`` and terminator mass
-    ``[B, N]``, in two forward passes."""
+    ``[B, N]``, in two forward passes (three when the prompts share a prefix of at least
+    ``min_shared`` tokens: the rubric before the question, computed once for the batch;
+    the rest is left padded after it, pads masked, positions continuing the prefix; not
+    for sliding-window models)."""
     import torch
     from transformers import DynamicCache
 
     from transforms.generation import left_pad
 
     device = next(model.parameters()).device
-    ids, mask = (x.to(device) for x in left_pad(prompts, pad_id))
-    batch, width = ids.shape
-    pos = (mask.cumsum(1) - 1).clamp(min=0)
+    # Sliding-window masks are built from key indices, which pads between prefix and
+    # suffix would shift: those models keep the plain left-padded batch.
+    shared = _common_prefix(prompts) if len(prompts) > 1 and _sliding_window(model.config) is None else 0
+    shared = shared if shared >= min_shared else 0
     cache = DynamicCache()  # no config: every layer keeps every key; windows are in our masks
-    out = model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache,
+    ids, mask = (x.to(device) for x in left_pad([p[shared:] for p in prompts], pad_id))
+    batch = ids.shape[0]
+    pos = (mask.cumsum(1) - 1).clamp(min=0) + shared
+    if shared:
+        prefix = torch.tensor([prompts[0][:shared]], device=device)
+        model(input_ids=prefix, position_ids=torch.arange(shared, device=device)[None], past_key_values=cache,
+              use_cache=True, logits_to_keep=1)
+        cache.batch_repeat_interleave(batch)
+        mask = torch.cat([mask.new_ones(batch, shared), mask], dim=1)
+        pos = torch.cat([torch.arange(shared, device=device)[None].expand(batch, shared), pos], dim=1)
+    width = mask.shape[1]
+    out = model(input_ids=ids, attention_mask=mask, position_ids=pos[:, shared:], past_key_values=cache,
                 use_cache=True, logits_to_keep=1)
     root = out.logits[:, -1].float().log_softmax(-1)
     if tree.n_nodes == 0:

@@ -1,0 +1,261 @@
+"""Evaluate steering configurations: generate under each, judge every response, summarize.
+
+Shared by :mod:`builders.steering` (single vectors: baseline, adaptive search, grids,
+ablation) and :mod:`builders.combinations` (seed 001 phase 2). A :class:`SteeringSetup`
+holds what every evaluation of one run needs (application model, steering questions,
+generation settings, judge); :func:`evaluate` turns a list of :class:`Planned`
+configurations into one summary row per configuration and one row per response.
+
+Finished configurations are never redone: each configuration's generations are cached in
+the store (``_cache/steering``) keyed by the model identity, the prompt token ids, the
+generation settings and the exact edits (layer, kind, positions, coefficient, sha256 of
+the vector's float32 bytes), and judge scores by the judge cache. A run killed halfway,
+or a new run sharing configurations with an old one (a finer grid, more search steps),
+picks up what was finished.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from store import Store
+from store.kvcache import KeyedCache
+
+from .catalog import Catalog
+from .common import BuildError, cached_model, progress
+from .judgments import judge_rows, make_judge, trait_judge_template
+from .prompts import ensure_prompt_set
+from .responses import format_row, model_identity
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Question:
+    id: str
+    text: str
+    prompt_ids: tuple[int, ...]
+
+
+@dataclass
+class Planned:
+    """A configuration to evaluate and the run-table columns describing it."""
+
+    config: Any  # transforms.steering.SteeringConfig
+    columns: dict[str, Any]
+
+
+@dataclass
+class SteeringSetup:
+    store: Store
+    loaded: Any  # transforms.models.LoadedModel of the application variant
+    identity: dict[str, Any]
+    questions: list[Question]
+    questions_set: str
+    trait_template: Any
+    gen: Any  # transforms.generation.GenerationConfig
+    judge_backend: str
+    judge_model: str | None
+    max_batch: int = 64
+    quiet: bool = False
+    _judge: Any = None
+    _h_norms: dict[int, float] = field(default_factory=dict)
+
+    @property
+    def judge(self) -> Any:
+        if self._judge is None:
+            self._judge = make_judge(self.judge_backend, self.judge_model)
+        return self._judge
+
+    @property
+    def judge_id(self) -> str:
+        from .judgments import DEFAULT_LOCAL_JUDGE
+
+        return f"{self.judge_backend}:{self.judge_model or DEFAULT_LOCAL_JUDGE}"
+
+    def h_norms(self, layers: list[int]) -> dict[int, float]:
+        """Mean residual norm per layer over the questions' prompt tokens (cached per setup)."""
+        from transforms.steering import mean_residual_norms
+
+        missing = [k for k in layers if k not in self._h_norms]
+        if missing:
+            self._h_norms.update(mean_residual_norms(self.loaded.model, [q.prompt_ids for q in self.questions], missing))
+        return {k: self._h_norms[k] for k in layers}
+
+    def params(self) -> dict[str, Any]:
+        """What of the setup enters a run's version id."""
+        return {"questions_set": self.questions_set, "questions": [q.id for q in self.questions],
+                "generation": self.gen.as_dict(), "judge": self.judge_id, "trait_template": self.trait_template.hash}
+
+
+def steering_questions(store: Store, catalog: Catalog, prompt_set: str, subset: int = 0) -> tuple[list[dict[str, str]], Any]:
+    """``([{id, text}], prompts manifest)``: a trait set's steering questions, or the prompts
+    of an inference set; the first ``subset`` of them when ``subset > 0``."""
+    manifest = ensure_prompt_set(store, catalog, prompt_set)
+    meta = json.loads(store.read_bytes(manifest, "prompt_set.json"))
+    steering = meta.get("steering") or {}
+    if steering.get("questions"):
+        items = [{"id": f"q{i:03d}", "text": q} for i, q in enumerate(steering["questions"])]
+    elif meta.get("kind") == "inference":
+        items = [{"id": r["prompt_id"], "text": r["prompt"]} for r in store.read_table(manifest).to_dicts()]
+    else:
+        raise BuildError(f"prompt set {prompt_set!r} has no steering questions (steering.json) to steer on")
+    if subset < 0:
+        raise BuildError(f"--subset must be >= 0, got {subset}")
+    return (items[:subset] if subset else items), manifest
+
+
+def make_setup(
+    store: Store, catalog: Catalog, experiment: str, variant: str, questions_set: str, *,
+    subset: int = 0, generation: dict[str, Any] | None = None, judge_backend: str = "local",
+    judge_model: str | None = None, trait_set: str | None = None, max_batch: int = 64, quiet: bool = False,
+) -> SteeringSetup:
+    """Load the application variant and format the steering questions for it.
+
+    ``trait_set``: the prompt set whose trait definition the judge scores against (default:
+    ``questions_set``)."""
+    from transforms.generation import GenerationConfig
+
+    entry = catalog.variant(experiment, variant)
+    items, q_manifest = steering_questions(store, catalog, questions_set, subset)
+    t_manifest = q_manifest if trait_set in (None, questions_set) else ensure_prompt_set(store, catalog, trait_set)
+    template = trait_judge_template(store, t_manifest)
+    defaults = {"max_new_tokens": 32, "temperature": 0.0, "top_p": 1.0, "seed": 0}
+    defaults.update(catalog.stage_defaults("steering"))
+    defaults.update({k: v for k, v in (generation or {}).items() if v is not None})
+    try:
+        gen = GenerationConfig(**{k: defaults[k] for k in ("max_new_tokens", "temperature", "top_p", "seed")})
+    except ValueError as err:
+        raise BuildError(f"steering generation: {err}") from None
+    if max_batch < 1:
+        raise BuildError(f"--max-batch must be >= 1, got {max_batch}")
+    loaded = cached_model(entry.model.id, entry.model.revision)
+    questions = [Question(it["id"], it["text"], tuple(format_row(loaded.tokenizer, it["text"], None, "instruction").ids))
+                 for it in items]
+    return SteeringSetup(store, loaded, model_identity(catalog, experiment, variant), questions, questions_set,
+                         template, gen, judge_backend, judge_model, max_batch, quiet)
+
+
+def vector_sha(vector: Any) -> str:
+    import numpy as np
+
+    return hashlib.sha256(np.ascontiguousarray(vector, dtype=np.float32).tobytes()).hexdigest()
+
+
+def config_key(setup: SteeringSetup, config: Any) -> str:
+    """Identity of one configuration's generations (see the module docstring)."""
+    edits = [{"layer": e.layer, "kind": e.kind, "positions": e.positions, "coef": repr(float(e.coef)),
+              "vector": vector_sha(e.vector_D.numpy())} for e in config.edits]
+    payload = {"model": setup.identity, "prompts": [list(q.prompt_ids) for q in setup.questions],
+               "generation": setup.gen.as_dict(), "edits": edits}
+    return json.dumps(payload, sort_keys=True)
+
+
+def run_id(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def _generate_missing(setup: SteeringSetup, planned: list[Planned], keys: list[str]) -> dict[str, list[dict[str, Any]]]:
+    """Generations of every configuration, cache first; new ones are flushed after each
+    batched call so that an interrupted run keeps them."""
+    from transforms.steering import generate_steered
+
+    cache = KeyedCache(setup.store, "steering", ["generations"])
+    found = {k: json.loads(v["generations"]) for k, v in cache.get_many(set(keys)).items()}
+    todo = list(dict.fromkeys(k for k in keys if k not in found))
+    config_of = {k: p.config for k, p in zip(keys, planned)}
+    per_call = max(1, setup.max_batch // max(1, len(setup.questions)))
+    if todo:
+        log.info("steering: %d configurations to generate, %d cached", len(todo), len(set(keys)) - len(todo))
+    tok = setup.loaded.tokenizer
+    bar = progress(len(todo), "steered generations", setup.quiet)
+    try:
+        for lo in range(0, len(todo), per_call):
+            chunk = todo[lo:lo + per_call]
+            outs = generate_steered(setup.loaded.model, tok, [q.prompt_ids for q in setup.questions],
+                                    [config_of[k] for k in chunk], setup.gen, max_batch=setup.max_batch)
+            new = []
+            for key, gens in zip(chunk, outs):
+                found[key] = [{"response_ids": g.response_ids, "finish_reason": g.finish_reason,
+                               "response": tok.decode(g.response_ids, skip_special_tokens=True)} for g in gens]
+                new.append((key, {"generations": json.dumps(found[key])}))
+            cache.put_many(new)
+            bar.update(len(chunk))
+    finally:
+        bar.close()
+    return found
+
+
+def _mean(values: list[float | None]) -> float | None:
+    got = [v for v in values if v is not None]
+    return sum(got) / len(got) if got else None
+
+
+def _std(values: list[float | None]) -> float | None:
+    got = [v for v in values if v is not None]
+    if not got:
+        return None
+    mean = sum(got) / len(got)
+    return math.sqrt(sum((v - mean) ** 2 for v in got) / len(got))  # population std (ddof=0)
+
+
+def evaluate(setup: SteeringSetup, planned: list[Planned]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """``(run rows, response rows)`` for ``planned`` configurations, in order.
+
+    Run rows carry the planned columns plus ``run_id``, ``label``, ``trait_mean``,
+    ``trait_std`` (ddof=0), ``coherence_mean``, ``relevance_mean``, ``n``, ``n_scored``
+    and ``config`` (JSON of the edits). Deltas against a baseline are the caller's
+    (:func:`add_deltas`)."""
+    keys = [config_key(setup, p.config) for p in planned]
+    generations = _generate_missing(setup, planned, keys)
+    items, owners = [], []
+    for i, key in enumerate(keys):
+        for q, g in zip(setup.questions, generations[key]):
+            items.append((q.text, g["response"]))
+            owners.append((i, q, g))
+    scores = judge_rows(setup.judge, setup.store, items, setup.trait_template)
+    response_rows: list[dict[str, Any]] = []
+    per_run: dict[int, list[dict[str, Any]]] = {}
+    for j, (i, q, g) in enumerate(owners):
+        row = {"run_id": run_id(keys[i]), "question_id": q.id, "question": q.text, "response": g["response"],
+               "n_tokens": len(g["response_ids"]), "finish_reason": g["finish_reason"],
+               "trait": scores["trait_score"][j], "coherence": scores["coherence"][j],
+               "coherence_raw": scores["coherence_raw"][j], "relevance": scores["relevance"][j]}
+        response_rows.append(row)
+        per_run.setdefault(i, []).append(row)
+    run_rows = []
+    for i, (p, key) in enumerate(zip(planned, keys)):
+        rows = per_run.get(i, [])
+        edits = [{"layer": e.layer, "kind": e.kind, "positions": e.positions, "coef": e.coef,
+                  "vector_norm": float(e.vector_D.norm())} for e in p.config.edits]
+        run_rows.append({
+            **p.columns, "run_id": run_id(key), "label": p.config.describe(),
+            "trait_mean": _mean([r["trait"] for r in rows]), "trait_std": _std([r["trait"] for r in rows]),
+            "coherence_mean": _mean([r["coherence"] for r in rows]),
+            "relevance_mean": _mean([r["relevance"] for r in rows]),
+            "n": len(rows), "n_scored": sum(r["trait"] is not None for r in rows),
+            "config": json.dumps(edits),
+        })
+    return run_rows, response_rows
+
+
+def add_deltas(run_rows: list[dict[str, Any]], baseline_trait: float | None) -> None:
+    """``baseline_trait`` and ``delta = trait_mean - baseline_trait`` on every run row."""
+    for row in run_rows:
+        row["baseline_trait"] = baseline_trait
+        row["delta"] = None if row["trait_mean"] is None or baseline_trait is None else row["trait_mean"] - baseline_trait
+
+
+def dedupe_responses(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One response row per (run, question): a configuration evaluated twice appears once."""
+    seen, out = set(), []
+    for row in rows:
+        key = (row["run_id"], row["question_id"])
+        if key not in seen:
+            seen.add(key)
+            out.append(row)
+    return out
