@@ -30,7 +30,7 @@ from store import BuildResult, BuildSpec, Manifest, Store
 
 from .catalog import Catalog
 from .common import BuildError, base_parser, open_store_and_catalog, report, run
-from .steering_eval import Planned, SteeringSetup, add_deltas, dedupe_responses, evaluate, make_setup
+from .steering_eval import Planned, SteeringSetup, add_deltas, baseline_plan, dedupe_responses, evaluate, make_setup
 from .vectors import dataset_name as vectors_name
 from .vectors import load_vectors
 
@@ -97,10 +97,10 @@ def parse_coefficients(text: str | None) -> list[float]:
 
 def _single(layer: int, vector: Any, coef: float, positions: str, kind: str, base: dict[str, Any],
             h_norm: float, step: int | None = None) -> Planned:
+    import numpy as np
+
     from transforms.steering import Edit, SteeringConfig
     from transforms.steering_search import perturbation_ratio
-
-    import numpy as np
 
     v_norm = float(np.linalg.norm(vector))
     config = SteeringConfig((Edit(layer, vector, coef, positions, kind),))
@@ -108,14 +108,6 @@ def _single(layer: int, vector: Any, coef: float, positions: str, kind: str, bas
     return Planned(config, {**base, "step": step, "layer": layer, "layers": str(layer), "coef": float(coef),
                             "kind": kind, "positions": positions, "v_norm": v_norm, "h_norm": h_norm,
                             "perturbation_ratio": ratio})
-
-
-def baseline_plan(base: dict[str, Any]) -> Planned:
-    from transforms.steering import SteeringConfig
-
-    return Planned(SteeringConfig((), "baseline"), {**base, "mode": "baseline", "step": None, "layer": None,
-                                                  "layers": "", "coef": 0.0, "kind": "none", "positions": None,
-                                                  "v_norm": None, "h_norm": None, "perturbation_ratio": None})
 
 
 def run_search(setup: SteeringSetup, vectors: dict[int, Any], layers: list[int], opts: dict[str, Any],
@@ -214,8 +206,8 @@ def steer_vectors(
             "positions": positions, "steps": steps if mode == "adaptive" else None, "threshold": threshold,
             "start_scale": start_scale, "momentum": momentum, "direction": direction}
     params = {"experiment": exp.name, "application": application, "vectors": vectors.ref, "method": method,
-              **opts, **setup.params()}
-    base = {**base, "application": application}
+              "trait_set": vectors.params["prompt_set"], **opts, **setup.params()}
+    base = {**base, "application": application, "direction": direction}
     spec = BuildSpec(name=dataset_name(exp.name, application, vectors.name, method, mode), kind="steering",
                      builder=BUILDER, code_version=CODE_VERSION, params=params, parents={"vectors": vectors.ref},
                      identity=dict(setup.identity))

@@ -60,6 +60,7 @@ class SteeringSetup:
     gen: Any  # transforms.generation.GenerationConfig
     judge_backend: str
     judge_model: str | None
+    subset: int = 0
     max_batch: int = 64
     quiet: bool = False
     _judge: Any = None
@@ -88,7 +89,7 @@ class SteeringSetup:
 
     def params(self) -> dict[str, Any]:
         """What of the setup enters a run's version id."""
-        return {"questions_set": self.questions_set, "questions": [q.id for q in self.questions],
+        return {"questions_set": self.questions_set, "subset": self.subset, "questions": [q.id for q in self.questions],
                 "generation": self.gen.as_dict(), "judge": self.judge_id, "trait_template": self.trait_template.hash}
 
 
@@ -137,7 +138,28 @@ def make_setup(
     questions = [Question(it["id"], it["text"], tuple(format_row(loaded.tokenizer, it["text"], None, "instruction").ids))
                  for it in items]
     return SteeringSetup(store, loaded, model_identity(catalog, experiment, variant), questions, questions_set,
-                         template, gen, judge_backend, judge_model, max_batch, quiet)
+                         template, gen, judge_backend, judge_model, subset, max_batch, quiet)
+
+
+def setup_from_run(store: Store, catalog: Catalog, run: Any, *, max_batch: int = 64, quiet: bool = False) -> SteeringSetup:
+    """The setup a published steering run used (same model, questions, generation, judge)."""
+    p = run.params
+    backend, _, model = p["judge"].partition(":")
+    from .judgments import DEFAULT_LOCAL_JUDGE
+
+    return make_setup(store, catalog, p["experiment"], p["application"], p["questions_set"], subset=p["subset"],
+                      generation=p["generation"], judge_backend=backend,
+                      judge_model=None if model == DEFAULT_LOCAL_JUDGE and backend == "local" else model,
+                      trait_set=p.get("trait_set"), max_batch=max_batch, quiet=quiet)
+
+
+def baseline_plan(base: dict[str, Any]) -> Planned:
+    """The unsteered configuration, with the run-table columns a baseline row carries."""
+    from transforms.steering import SteeringConfig
+
+    return Planned(SteeringConfig((), "baseline"), {**base, "mode": "baseline", "step": None, "layer": None,
+                                                  "layers": "", "coef": 0.0, "kind": "none", "positions": None,
+                                                  "v_norm": None, "h_norm": None, "perturbation_ratio": None})
 
 
 def vector_sha(vector: Any) -> str:
