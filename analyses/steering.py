@@ -189,6 +189,8 @@ def analyze(store: Store, high: float = 80.0, low: float = 70.0, plots: bool = T
 
 
 def print_tables(tables: dict[str, Any], high: float, low: float) -> None:
+    import polars as pl
+
     from store.cli import print_frame
 
     titles = {"best_layers": f"best layer per vector config (coherence floors {high:g} / {low:g})",
@@ -197,7 +199,7 @@ def print_tables(tables: dict[str, Any], high: float, low: float) -> None:
     for name, title in titles.items():
         if name in tables:
             print(f"\n{title}")
-            print_frame(tables[name])
+            print_frame(tables[name].with_columns(pl.col(pl.Float64).round(3)))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -4,8 +4,15 @@
     python -m builders.demo --store memory://demo
 
 prompt sets -> responses (instruct = SmolLM2-135M-Instruct, base = Gemma 3 270M)
--> activations for both variants, then a summary of what was built and one SQL query.
-Rerunning it is a no-op: every stage says "up to date".
+-> activations for both variants -> judgments of the instruct model's sycophancy responses
+(local judge: SmolLM2 itself) -> the experiment's extraction matrix (mean_diff + probe)
+-> a small adaptive steering search with the instruct vectors on the instruct model
+-> the steering analysis (best layer per vector config, heatmaps), then a summary of what
+was built and one SQL query. Rerunning it is a no-op: every stage says "up to date".
+
+SmolLM2-135M is a weak judge: it scores coherence ~35 for almost any answer, so the demo
+searches with a coherence threshold of 30 and reports floors 35 / 30 instead of the
+seed's 80 / 70. The numbers prove the pipeline, not a finding.
 """
 from __future__ import annotations
 
@@ -15,8 +22,11 @@ from typing import Sequence
 
 from .activations import capture_activations
 from .common import base_parser, open_store_and_catalog, run
+from .judgments import judge_responses
 from .prompts import ensure_prompt_set
 from .responses import generate_responses
+from .steering import steer_vectors
+from .vectors import extract_vectors
 
 # (variant, prompt set, position): instruction-elicited traits are read over the whole
 # response on the instruct model, natural ones over the first tokens on the base model
@@ -27,6 +37,11 @@ PLAN = (
     ("instruct", "general", "response[:]"),
     ("base", "general", "response[:]"),
 )
+
+# the steering search: instruction-elicited vectors applied to the model they came from
+STEER = {"config": ("sycophancy_instruction", "instruct", "response[:]"), "method": "mean_diff",
+         "layers": "9,12,15", "steps": 2, "subset": 4, "threshold": 30.0}
+FLOORS = (35.0, 30.0)
 
 SUMMARY_SQL = """
 SELECT r.variant, r.prompt_set, count(*) AS responses,
@@ -60,6 +75,21 @@ def main(args: argparse.Namespace) -> int:
         acts = capture_activations(store, catalog, variant, prompt_set, position, "all", "residual",
                                    args.experiment, force=args.force, quiet=args.quiet)
         results.append(("activations", acts.manifest, acts.built))
+    gen = {"max_new_tokens": args.max_new_tokens}
+    judged = judge_responses(store, catalog, "instruct", "sycophancy_instruction", args.experiment,
+                             generation=gen, force=args.force, quiet=args.quiet)
+    results.append(("judgments", judged.manifest, judged.built))
+    steer_from = None
+    for config in catalog.experiment(args.experiment).extraction:
+        vec = extract_vectors(store, catalog, config, args.experiment, generation=gen, force=args.force, quiet=args.quiet)
+        results.append(("vectors", vec.manifest, vec.built))
+        if (config.prompt_set, config.variant, config.position) == STEER["config"]:
+            steer_from = vec.manifest
+    if steer_from is not None:
+        steered = steer_vectors(store, catalog, steer_from.ref, STEER["method"], experiment=args.experiment,
+                                layers=STEER["layers"], steps=STEER["steps"], subset=STEER["subset"],
+                                threshold=STEER["threshold"], generation=gen, force=args.force, quiet=args.quiet)
+        results.append(("steering", steered.manifest, steered.built))
 
     print(f"\ndemo finished in {time.time() - started:.0f}s; store: {store.location.url}\n")
     seen = set()
@@ -75,6 +105,13 @@ def main(args: argparse.Namespace) -> int:
         print(f"  {state:<10} {manifest.ref:<80} {manifest.rows:>4} rows{extra}")
     print("\nresponses per variant and prompt set (python -m store sql ...):")
     print_frame(query(store, SUMMARY_SQL))
+    if steer_from is not None:
+        from analyses.steering import analyze, print_tables
+
+        analysis, tables = analyze(store, *FLOORS, force=args.force)
+        print_tables({"best_layers": tables["best_layers"]}, *FLOORS)
+        print(f"(135M judge: floors {FLOORS[0]:g}/{FLOORS[1]:g}, not 80/70) tables and heatmaps: {analysis.manifest.ref}; "
+              f"python -m analyses.steering --floors {FLOORS[0]:g},{FLOORS[1]:g}")
     print("\nnext: python -m store ls | python -m store lineage <dataset> | python -m store sql \"SELECT * FROM catalog\"")
     return 0
 
