@@ -11,6 +11,9 @@ steering questions, plus the judge's prefill), same left-padded batches:
 - judge_tree:         ``LocalJudge.number_probs``: exact P(0..100) from the prompt pass with
                       KV cache plus one pass over the 101-node digit tree (end to end,
                       tokenization included);
+- judge_one_template / plain_one_template: the same with every prompt of a batch from ONE
+                      template (coherence), as scoring really runs: the judge computes
+                      the template's shared prefix once per batch, a plain forward cannot;
 - brute_force:        one sequence per digit path (the judge's ``method="brute"``), on
                       ``--brute-prompts`` prompts, scaled to all prompts by token count.
 
@@ -48,6 +51,16 @@ def judge_prompts(n: int) -> list[str]:
     evil = trait_template(templates, definition=(trait_dir / "definition.txt").read_text(), trait="evil")
     kinds = [evil, templates["coherence"], templates["relevance"], templates["refusal"]]
     return [kinds[i % len(kinds)].render(question=questions[i % len(questions)], answer=ANSWERS[i % len(ANSWERS)])
+            for i in range(n)]
+
+
+def one_template_prompts(n: int) -> list[str]:
+    from transforms.judge import load_templates
+    from transforms.prompt_sets import load_prompt_set
+
+    coherence = load_templates()["coherence"]
+    questions = load_prompt_set(REPO / "datasets/traits/instruction/evil").steering["questions"]
+    return [coherence.render(question=questions[i % len(questions)], answer=ANSWERS[i % len(ANSWERS)])
             for i in range(n)]
 
 
@@ -119,11 +132,17 @@ def main() -> None:
           f"batch {args.batch_size}, digit tree {judge.tree.n_nodes} nodes, best of {args.repeats}, "
           f"{torch.get_num_threads()} threads", file=sys.stderr)
 
+    same = one_template_prompts(args.prompts)
+    same_ids = judge.encode(same)
+    same_order = plan_batches([len(i) for i in same_ids], [f"{i:09d}" for i in range(len(same))], args.batch_size)
+    same_batches = [[same_ids[i] for i in batch] for batch in same_order]
     probs = judge.number_probs(prompts)  # warm-up, and the scores for the table
     runs = {
         "plain_forward": lambda: plain_forward(loaded.model, batches, pad_id, last_only=False),
         "plain_forward_last": lambda: plain_forward(loaded.model, batches, pad_id, last_only=True),
         "judge_tree": lambda: judge.number_probs(prompts),
+        "plain_one_template": lambda: plain_forward(loaded.model, same_batches, pad_id, last_only=False),
+        "judge_one_template": lambda: judge.number_probs(same),
     }
     times = timed_round_robin(runs, args.repeats)
     seconds = {name: min(values) for name, values in times.items()}  # least disturbed by other load
@@ -142,6 +161,7 @@ def main() -> None:
         "tree_nodes": judge.tree.n_nodes,
         "judge_vs_plain_forward": round(seconds["judge_tree"] / seconds["plain_forward"], 3),
         "judge_vs_plain_forward_last": round(seconds["judge_tree"] / seconds["plain_forward_last"], 3),
+        "one_template_judge_vs_plain_forward": round(seconds["judge_one_template"] / seconds["plain_one_template"], 3),
         "brute_vs_judge": round(seconds["brute_force"] / seconds["judge_tree"], 1) if brute_n else None,
         "brute_prompts_measured": brute_n,
         "mean_number_mass": round(float(mass.mean()), 4),
@@ -157,6 +177,8 @@ def main() -> None:
               f"{sec / seconds['plain_forward']:>10.2f}{note}")
     print(f"\njudge (exact P(0..100)) vs one plain forward: {figures['judge_vs_plain_forward']:.3f}x  "
           f"(target <= 1.5); vs logits_to_keep=1 forward: {figures['judge_vs_plain_forward_last']:.3f}x")
+    print(f"one template per batch (shared prefix computed once): judge vs plain forward "
+          f"{figures['one_template_judge_vs_plain_forward']:.3f}x")
     print(f"number mass: mean {mass.mean():.3f}, min {mass.min():.3f}; scores: "
           + ", ".join("None" if s is None else f"{s:.1f}" for s in scores))
     print(json.dumps(figures))

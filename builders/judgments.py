@@ -24,7 +24,8 @@ from typing import Any, Sequence
 from store import BuildResult, BuildSpec, Manifest, Store
 
 from .catalog import Catalog
-from .common import BuildError, add_experiment_args, base_parser, cached_model, open_store_and_catalog, report, run
+from .common import (BuildError, add_experiment_args, base_parser, cached_model, open_store_and_catalog, progress,
+                     report, run)
 from .judge_cache import StoreScoreCache
 from .responses import dataset_name as responses_name
 from .responses import generate_responses
@@ -64,15 +65,21 @@ def trait_judge_template(store: Store, prompts: Manifest) -> Any:
                           meta.get("trait") or meta["name"])
 
 
-def judge_rows(judge: Any, store: Store, items: list[tuple[str, str]], trait_template: Any) -> dict[str, list]:
+def judge_rows(judge: Any, store: Store, items: list[tuple[str, str]], trait_template: Any,
+               quiet: bool = True) -> dict[str, list]:
     """trait, coherence (relevance-capped) and relevance scores for (question, answer) items."""
     from transforms.judge import apply_relevance_cap, load_templates, score_responses
 
     templates = load_templates()
     cache = StoreScoreCache(store)
-    trait = score_responses(judge, trait_template, items, cache)
-    coherence = score_responses(judge, templates["coherence"], items, cache)
-    relevance = score_responses(judge, templates["relevance"], items, cache)
+    bar = progress(3 * len(items), "judge scores", quiet)
+    try:
+        tick = lambda index, score: bar.update(1)  # noqa: E731
+        trait = score_responses(judge, trait_template, items, cache, on_result=tick)
+        coherence = score_responses(judge, templates["coherence"], items, cache, on_result=tick)
+        relevance = score_responses(judge, templates["relevance"], items, cache, on_result=tick)
+    finally:
+        bar.close()
     return {"trait_score": trait, "coherence_raw": coherence, "relevance": relevance,
             "coherence": [apply_relevance_cap(c, r) for c, r in zip(coherence, relevance)]}
 
@@ -132,7 +139,7 @@ def judge_responses(
         rows = store.read_table(responses).select(
             "prompt_id", "pair_id", "polarity", "rollout", "prompt", "response").to_dicts()
         judge = make_judge(backend, judge_model)
-        scores = judge_rows(judge, store, [(r["prompt"], r["response"]) for r in rows], template)
+        scores = judge_rows(judge, store, [(r["prompt"], r["response"]) for r in rows], template, quiet)
         for i, row in enumerate(rows):
             row.update({k: v[i] for k, v in scores.items()})
             row["judge_model"] = judge.model_id

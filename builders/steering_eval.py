@@ -239,7 +239,7 @@ def evaluate(setup: SteeringSetup, planned: list[Planned]) -> tuple[list[dict[st
         for q, g in zip(setup.questions, generations[key]):
             items.append((q.text, g["response"]))
             owners.append((i, q, g))
-    scores = judge_rows(setup.judge, setup.store, items, setup.trait_template)
+    scores = judge_rows(setup.judge, setup.store, items, setup.trait_template, setup.quiet)
     response_rows: list[dict[str, Any]] = []
     per_run: dict[int, list[dict[str, Any]]] = {}
     for j, (i, q, g) in enumerate(owners):
