@@ -1,0 +1,168 @@
+"""builders.weights against an independent computation from the two state dicts.
+
+Tiny llama checkpoints (SmolLM2's tokenizer, so the logit lens decodes real tokens): A, B =
+A with three matrices changed, a LoRA adapter over A (peft, random A and B), and the same
+adapter merged into a full checkpoint (peft ``merge_and_unload``).
+"""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from builders.catalog import load_catalog
+from builders.weights import analyze_weights
+from store import BuildSpec, Store
+from transforms.weight_diff import LoraAdapter, cosine_by_layer, parse_param, token_ok
+
+VOCAB = 49152
+
+
+def _tiny(seed: int):
+    import transformers as tf
+
+    torch.manual_seed(seed)
+    config = tf.LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                            tie_word_embeddings=False)
+    return tf.LlamaForCausalLM(config).float().eval()
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    from peft import LoraConfig, get_peft_model
+
+    from transforms.models import resolve_checkpoint
+
+    root = tmp_path_factory.mktemp("ckpt")
+    smol = resolve_checkpoint("pkg:smollm2-135m-instruct")
+
+    def save(model, name):
+        folder = root / name
+        model.save_pretrained(folder, safe_serialization=True)
+        for f in ("tokenizer.json", "tokenizer_config.json"):
+            shutil.copy(f"{smol}/{f}", folder / f)
+        return folder
+
+    model_a = _tiny(0)
+    a = save(model_a, "a")
+    model_b = _tiny(0)
+    with torch.no_grad():
+        torch.manual_seed(1)
+        for name in ("model.layers.1.self_attn.o_proj.weight", "model.layers.1.mlp.down_proj.weight",
+                     "model.layers.2.self_attn.q_proj.weight"):
+            param = dict(model_b.named_parameters())[name]
+            param.add_(0.05 * torch.randn_like(param))
+    b = save(model_b, "b")
+    lora = get_peft_model(_tiny(0), LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "o_proj", "down_proj"],
+                                               init_lora_weights=False))
+    adapter = root / "adapter"
+    lora.save_pretrained(adapter)
+    merged = save(lora.merge_and_unload(), "merged")
+    return {"a": a, "b": b, "adapter": adapter, "merged": merged}
+
+
+@pytest.fixture(scope="module")
+def env(checkpoints, tmp_path_factory):
+    path = tmp_path_factory.mktemp("catalog") / "catalog.yaml"
+    path.write_text(yaml.safe_dump({
+        "models": {name: {"id": str(checkpoints[name])} for name in ("a", "b", "merged")},
+        "experiments": {"w": {"variants": {"a": {"model": "a"}, "b": {"model": "b"}, "merged": {"model": "merged"},
+                                           "lora": {"model": "a", "adapter": str(checkpoints["adapter"])}},
+                              "prompt_sets": []}},
+        "defaults": {"experiment": "w"},
+    }))
+    return Store(str(tmp_path_factory.mktemp("store"))), load_catalog(path)
+
+
+def independent(folder_a, folder_b, top_k=20):
+    """Norms, residual directions and logit-lens ids from full state dicts and the model's own norm."""
+    import transformers as tf
+    from transformers import AutoTokenizer
+
+    sa, sb = load_file(f"{folder_a}/model.safetensors"), load_file(f"{folder_b}/model.safetensors")
+    norms = {k: (float((sb[k].double() - sa[k].double()).norm()), float(sa[k].double().norm())) for k in sa}
+    directions = {}
+    for k in range(3):
+        d = sum((sb[f"model.layers.{k}.{m}.weight"].double() - sa[f"model.layers.{k}.{m}.weight"].double()).mean(1)
+                for m in ("self_attn.o_proj", "mlp.down_proj"))
+        directions[k] = d
+    model = tf.AutoModelForCausalLM.from_pretrained(folder_a).double()
+    tok = AutoTokenizer.from_pretrained(folder_a)
+    lens = {}
+    with torch.no_grad():
+        for k, d in directions.items():
+            if float(d.norm()) == 0:
+                continue
+            logits = model.lm_head(model.model.norm(d[None, None]))[0, 0]
+            for direction, order in (("up", torch.argsort(logits, descending=True)), ("down", torch.argsort(logits))):
+                lens[(k, direction)] = [i for i in order.tolist() if token_ok(tok.decode([i]))][:top_k]
+    return norms, directions, lens
+
+
+def _tables(store, manifest):
+    rows = {r["param"]: r for r in store.read_table(manifest).to_dicts()}
+    lens = {}
+    for r in store.read_table(manifest, "logit_lens").sort("rank").to_dicts():
+        lens.setdefault((r["layer"], r["direction"]), []).append(r["token_id"])
+    return rows, lens
+
+
+def test_full_checkpoints_equal_independent_computation(env, checkpoints):
+    store, catalog = env
+    manifest = analyze_weights(store, catalog, "a", "b").manifest
+    rows, lens = _tables(store, manifest)
+    norms, directions, expected_lens = independent(checkpoints["a"], checkpoints["b"])
+    assert set(rows) == set(norms)
+    for name, (diff, base) in norms.items():
+        assert rows[name]["diff_norm"] == pytest.approx(diff, rel=1e-5, abs=1e-9)
+        assert rows[name]["base_norm"] == pytest.approx(base, rel=1e-6)
+        assert (rows[name]["layer"], rows[name]["component"]) == parse_param(name)
+    changed = {n for n, r in rows.items() if r["diff_norm"] > 0}
+    assert changed == {"model.layers.1.self_attn.o_proj.weight", "model.layers.1.mlp.down_proj.weight",
+                       "model.layers.2.self_attn.q_proj.weight"}
+    assert rows["lm_head.weight"]["layer"] is None and rows["model.embed_tokens.weight"]["component"] == "embed_tokens"
+    assert set(lens) == set(expected_lens) == {(1, "up"), (1, "down")}  # layer 2 changed q only: no residual write
+    for key, ids in expected_lens.items():
+        assert lens[key] == ids and len(ids) == 20
+    layers = {r["layer"]: r for r in store.read_table(manifest, "layers").to_dicts()}
+    assert layers[1]["residual_direction_norm"] == pytest.approx(float(directions[1].norm()), rel=1e-5)
+
+
+def test_adapter_equals_merged_checkpoint(env, checkpoints):
+    store, catalog = env
+    adapter = LoraAdapter(checkpoints["adapter"])
+    assert adapter.scale("model.layers.0.self_attn.q_proj.weight") == pytest.approx(2.0)  # alpha 8 / r 4
+    via_adapter = analyze_weights(store, catalog, "a", "lora").manifest
+    via_merged = analyze_weights(store, catalog, "a", "merged").manifest
+    rows_a, lens_a = _tables(store, via_adapter)
+    rows_m, lens_m = _tables(store, via_merged)
+    assert set(rows_a) == set(rows_m)
+    for name in rows_a:
+        assert rows_a[name]["diff_norm"] == pytest.approx(rows_m[name]["diff_norm"], rel=1e-4, abs=1e-6)
+    assert sum(r["diff_norm"] > 0 for r in rows_a.values()) == 3 * 3  # q, o, down in each of 3 layers
+    assert lens_a == lens_m
+
+
+def test_alignment_with_vectors(env, checkpoints):
+    from safetensors.numpy import save
+
+    store, catalog = env
+    rng = np.random.default_rng(0)
+    vecs = rng.standard_normal((3, 32)).astype(np.float32)
+    spec = BuildSpec(name="vectors-w-a-fake-response__-residual", kind="vectors", builder="test", code_version="1",
+                     params={"prompt_set": "fake", "variant": "a", "position": "response[:]"}, parents={}, identity={})
+    fake = store.build(spec, lambda w: w.write_bytes("vectors/mean_diff.safetensors",
+                                                     save({"vectors": vecs}, metadata={"layers": json.dumps([0, 1, 2])}))).manifest
+    manifest = analyze_weights(store, catalog, "a", "b", vectors=[fake.ref]).manifest
+    rows = store.read_table(manifest, "alignment").to_dicts()
+    _, directions, _ = independent(checkpoints["a"], checkpoints["b"])
+    d = directions[1].numpy()
+    expected = float(d @ vecs[1] / (np.linalg.norm(d) * np.linalg.norm(vecs[1])))
+    assert [r["layer"] for r in rows] == [1] and rows[0]["cosine"] == pytest.approx(expected, rel=1e-5)
+    assert cosine_by_layer({1: d}, vecs, [0, 1, 2]) == {1: pytest.approx(expected)}
