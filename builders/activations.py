@@ -24,10 +24,11 @@ from typing import Any, Sequence
 from store import BuildResult, BuildSpec, Store
 
 from .catalog import Catalog
-from .common import (BuildError, add_experiment_args, base_parser, cached_model, model_layer_count,
+from .common import (BuildError, add_experiment_args, base_parser, model_layer_count,
                      open_store_and_catalog, progress, report, run)
 from .responses import dataset_name as responses_name
 from .responses import format_row, model_identity
+from .variants import variant_model
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +84,7 @@ def capture_activations(
     spec = BuildSpec(
         name=dataset_name(exp.name, variant, prompt_set, pos.slug, component, replay_from, per_token),
         kind="activations", builder=BUILDER, code_version=CODE_VERSION, params=params,
-        parents={"responses": source.ref}, identity=model_identity(catalog, exp.name, variant),
+        parents={"responses": source.ref}, identity=model_identity(catalog, exp.name, variant, store),
     )
 
     def produce(writer) -> None:
@@ -120,7 +121,7 @@ def _capture(store: Store, catalog: Catalog, writer: Any, spec: BuildSpec, sourc
         layer_ids = parse_layers(params["layers"], model_layer_count(entry.model.id, entry.model.revision))
     except ValueError as err:
         raise BuildError(f"--layers: {err}") from None
-    loaded = cached_model(entry.model.id, entry.model.revision)
+    loaded = variant_model(store, entry)
     replay = params["replay_from"] is not None
     if replay:
         theirs = {r["tokenizer_fingerprint"] for r in responses}

@@ -19,9 +19,10 @@ from typing import Any, Sequence
 from store import BuildResult, BuildSpec, Manifest, Store
 
 from .catalog import Catalog
-from .common import (BuildError, cached_model, add_experiment_args, base_parser, open_store_and_catalog, progress,
+from .common import (BuildError, add_experiment_args, base_parser, open_store_and_catalog, progress,
                      report, run)
 from .prompts import ensure_prompt_set
+from .variants import variant_model
 
 log = logging.getLogger(__name__)
 
@@ -33,13 +34,16 @@ def dataset_name(experiment: str, variant: str, prompt_set: str) -> str:
     return f"responses-{experiment}-{variant}-{prompt_set}"
 
 
-def model_identity(catalog: Catalog, experiment: str | None, variant: str) -> dict[str, Any]:
-    """What identifies the model in version ids, computed without loading it."""
+def model_identity(catalog: Catalog, experiment: str | None, variant: str, store: Store | None = None) -> dict[str, Any]:
+    """What identifies the model in version ids, computed without loading it (an adapter by
+    the hash of its files)."""
     from transforms.models import ModelRef, model_fingerprint
+
+    from .variants import adapter_identity
 
     entry = catalog.variant(experiment, variant)
     ref = ModelRef(entry.model.id, entry.model.revision)
-    return {"model_id": ref.id, "model_revision": model_fingerprint(ref), "adapter": entry.adapter}
+    return {"model_id": ref.id, "model_revision": model_fingerprint(ref), "adapter": adapter_identity(store, entry)}
 
 
 def format_row(tokenizer: Any, prompt: str, system_prompt: str | None, style: str) -> Any:
@@ -87,7 +91,7 @@ def generate_responses(
               "rollouts": rollouts, "generation": config.as_dict()}
     spec = BuildSpec(name=dataset_name(exp.name, variant, prompt_set), kind="responses", builder=BUILDER,
                      code_version=CODE_VERSION, params=params, parents={"prompts": prompts.ref},
-                     identity=model_identity(catalog, exp.name, variant))
+                     identity=model_identity(catalog, exp.name, variant, store))
 
     def produce(writer) -> None:
         rows = _generate(store, catalog, spec, exp.name, variant, prompts, config, rollouts, quiet)
@@ -112,7 +116,7 @@ def _generate(store: Store, catalog: Catalog, spec: BuildSpec, experiment: str, 
     entry = catalog.variant(experiment, variant)
     prompt_rows = store.read_table(prompts).to_dicts()
     style = json.loads(store.read_bytes(prompts, "prompt_set.json"))["style"]
-    loaded = cached_model(entry.model.id, entry.model.revision)
+    loaded = variant_model(store, entry)
     formatted = _formatted_rows(loaded, prompt_rows, style)
     items = [(row, r) for row in formatted for r in range(rollouts)]
     batches = plan_batches([len(row["prompt_ids"]) for row, _ in items],

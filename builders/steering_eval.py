@@ -26,10 +26,11 @@ from store import Store
 from store.kvcache import KeyedCache
 
 from .catalog import Catalog
-from .common import BuildError, cached_model, progress
+from .common import BuildError, progress
 from .judgments import judge_rows, make_judge, trait_judge_template
 from .prompts import ensure_prompt_set
 from .responses import format_row, model_identity
+from .variants import variant_model
 
 log = logging.getLogger(__name__)
 
@@ -134,10 +135,10 @@ def make_setup(
         raise BuildError(f"steering generation: {err}") from None
     if max_batch < 1:
         raise BuildError(f"--max-batch must be >= 1, got {max_batch}")
-    loaded = cached_model(entry.model.id, entry.model.revision)
+    loaded = variant_model(store, entry)
     questions = [Question(it["id"], it["text"], tuple(format_row(loaded.tokenizer, it["text"], None, "instruction").ids))
                  for it in items]
-    return SteeringSetup(store, loaded, model_identity(catalog, experiment, variant), questions, questions_set,
+    return SteeringSetup(store, loaded, model_identity(catalog, experiment, variant, store), questions, questions_set,
                          template, gen, judge_backend, judge_model, subset, max_batch, quiet)
 
 

@@ -31,6 +31,7 @@ from store import BuildResult, BuildSpec, Store
 from .catalog import Catalog, Variant
 from .common import BuildError, base_parser, open_store_and_catalog, report, run
 from .responses import model_identity
+from .variants import adapter_dir
 
 log = logging.getLogger(__name__)
 
@@ -52,19 +53,6 @@ def checkpoint_dir(variant: Variant) -> Path:
         return Path(snapshot_download(ref.id, revision=ref.revision, allow_patterns=["*.safetensors", "*.json"]))
     except Exception as err:  # offline, gated, missing: say which model
         raise ModelLoadError(f"variant {variant.name!r}: cannot get the safetensors of {ref.id}: {err}") from None
-
-
-def adapter_dir(store: Store, variant: Variant) -> Path | None:
-    """The variant's LoRA adapter folder: a local PEFT folder, or a store version's ``adapter/``."""
-    if not variant.adapter:
-        return None
-    local = Path(variant.adapter).expanduser()
-    if local.is_dir():
-        return local
-    manifest = store.resolve(variant.adapter)
-    if not store.location.is_local:
-        raise BuildError(f"variant {variant.name!r}: adapters are read from a local store (got {store.location.url})")
-    return Path(store.path(manifest, "adapter"))
 
 
 def analyze_weights(
@@ -93,11 +81,8 @@ def analyze_weights(
     for v in vector_sets:
         if v.kind != "vectors":
             raise BuildError(f"--vectors {v.ref} is a {v.kind} dataset, not vectors")
-    identity = {"a": model_identity(catalog, exp.name, variant_a), "b": model_identity(catalog, exp.name, variant_b)}
-    if adapter is not None:
-        from transforms.model_sources import local_revision
-
-        identity["adapter"] = local_revision(adapter)
+    identity = {"a": model_identity(catalog, exp.name, variant_a, store),
+                "b": model_identity(catalog, exp.name, variant_b, store)}
     params = {"experiment": exp.name, "a": variant_a, "b": variant_b, "vectors": [v.ref for v in vector_sets],
               "method": method, "top_k": top_k, "filter_tokens": filter_tokens}
     spec = BuildSpec(name=f"weights-{exp.name}-{variant_a}-{variant_b}", kind="weights", builder=BUILDER,

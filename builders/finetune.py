@@ -1,0 +1,190 @@
+"""Train a LoRA adapter on a responses dataset, on CPU, and publish it as a versioned artifact.
+
+    python -m builders.finetune --variant instruct --prompts sycophancy_instruction --polarity pos
+
+The persona-vectors "finetuning shift" setting in miniature: the model is trained on its
+own positive-trait responses (loss on response tokens only, the stored token ids, no
+re-tokenization), so the adapter variant should express the trait more. ``--passing-only``
+keeps only responses the judgments vetted. Seeded and single-ordered: same inputs, same
+version id. The version holds ``adapter/`` (a PEFT folder: ``adapter_config.json`` +
+``adapter_model.safetensors``) and a ``data`` table of the training loss per step; a
+catalog variant names it with ``adapter: finetune-<experiment>-<variant>-<set>-<polarity>``.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any, Sequence
+
+from store import BuildResult, BuildSpec, Store
+
+from .catalog import Catalog
+from .common import BuildError, add_experiment_args, base_parser, open_store_and_catalog, progress, report, run
+from .responses import dataset_name as responses_name
+from .responses import generate_responses, model_identity
+
+log = logging.getLogger(__name__)
+
+BUILDER = "builders.finetune"
+CODE_VERSION = "1"
+DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def dataset_name(experiment: str, variant: str, prompt_set: str, polarity: str) -> str:
+    return f"finetune-{experiment}-{variant}-{prompt_set}-{polarity}"
+
+
+def training_rows(store: Store, responses: Any, polarity: str, passing: set[tuple[str, int]] | None) -> list[dict]:
+    rows = store.read_table(responses).to_dicts()
+    keep = [r for r in rows if (polarity == "all" or r.get("polarity") == polarity) and r["response_len"] > 0
+            and (passing is None or (r["prompt_id"], r["rollout"]) in passing)]
+    return sorted(keep, key=lambda r: (r["prompt_id"], r["rollout"]))
+
+
+def train_lora(loaded: Any, rows: list[dict], opts: dict[str, Any], out_dir: Path, quiet: bool) -> list[dict]:
+    """LoRA on ``loaded``'s model (a deep copy: the cached model stays untouched); saves the
+    adapter to ``out_dir``; returns the loss log."""
+    import copy
+
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from transforms.generation import left_pad
+
+    torch.manual_seed(opts["seed"])
+    config = LoraConfig(r=opts["r"], lora_alpha=opts["alpha"], lora_dropout=0.0, target_modules=list(opts["targets"]),
+                        task_type="CAUSAL_LM")
+    model = get_peft_model(copy.deepcopy(loaded.model), config)
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optim = torch.optim.AdamW(params, lr=opts["lr"], weight_decay=0.0)
+    pad = loaded.tokenizer.pad_token_id
+    generator = torch.Generator().manual_seed(opts["seed"])
+    log_rows, step = [], 0
+    n_batches = -(-len(rows) // opts["batch_size"])
+    bar = progress(opts["epochs"] * n_batches, "finetune steps", quiet)
+    for epoch in range(opts["epochs"]):
+        order = torch.randperm(len(rows), generator=generator).tolist()
+        for b in range(n_batches):
+            batch = [rows[i] for i in order[b * opts["batch_size"]:(b + 1) * opts["batch_size"]]]
+            ids, mask = left_pad([r["token_ids"] for r in batch], pad)
+            labels = ids.clone()
+            width = ids.shape[1]
+            for i, r in enumerate(batch):  # loss on response tokens only
+                start = width - len(r["token_ids"]) + r["prompt_len"]
+                labels[i, :start] = -100
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)
+            loss = model(input_ids=ids, attention_mask=mask, position_ids=positions, labels=labels).loss
+            optim.zero_grad()
+            loss.backward()
+            optim.step()
+            log_rows.append({"step": step, "epoch": epoch, "loss": float(loss.detach()), "sequences": len(batch)})
+            step += 1
+            bar.update(1)
+    bar.close()
+    model.eval()
+    model.save_pretrained(str(out_dir))
+    return log_rows
+
+
+def finetune(
+    store: Store,
+    catalog: Catalog,
+    variant: str,
+    prompt_set: str,
+    *,
+    experiment: str | None = None,
+    polarity: str = "pos",
+    passing_only: bool = False,
+    r: int = 8,
+    alpha: float = 16.0,
+    targets: Sequence[str] = DEFAULT_TARGETS,
+    epochs: int = 2,
+    lr: float = 1e-3,
+    batch_size: int = 4,
+    seed: int = 0,
+    generation: dict[str, Any] | None = None,
+    force: bool = False,
+    quiet: bool = False,
+) -> BuildResult:
+    from .variants import variant_model
+
+    exp = catalog.experiment(experiment)
+    entry = catalog.variant(exp.name, variant)
+    if entry.adapter:
+        raise BuildError(f"--variant {variant} already has an adapter; finetune its base variant")
+    if polarity not in ("pos", "neg", "all"):
+        raise BuildError(f"--polarity: expected pos, neg or all, got {polarity!r}")
+    if r < 1 or epochs < 1 or batch_size < 1 or not lr > 0:
+        raise BuildError("--r, --epochs and --batch-size must be >= 1 and --lr > 0")
+    generate_responses(store, catalog, variant, prompt_set, exp.name, generation, quiet=quiet)
+    responses = store.resolve(responses_name(exp.name, variant, prompt_set))
+    parents = {"responses": responses.ref}
+    passing = None
+    if passing_only:
+        from .judgments import dataset_name as judgments_name
+
+        judged = store.resolve(judgments_name(exp.name, variant, prompt_set))
+        parents["judgments"] = judged.ref
+        passing = {(j["prompt_id"], j["rollout"]) for j in store.read_table(judged).to_dicts() if j["passes"]}
+    rows = training_rows(store, responses, polarity, passing)
+    if not rows:
+        raise BuildError(f"{responses.ref}: no {polarity} responses to train on"
+                         + (" that pass vetting" if passing_only else ""))
+    opts = {"r": r, "alpha": alpha, "targets": sorted(targets), "epochs": epochs, "lr": lr,
+            "batch_size": batch_size, "seed": seed}
+    params = {"experiment": exp.name, "variant": variant, "prompt_set": prompt_set, "polarity": polarity,
+              "passing_only": passing_only, **opts}
+    spec = BuildSpec(name=dataset_name(exp.name, variant, prompt_set, polarity), kind="finetune", builder=BUILDER,
+                     code_version=CODE_VERSION, params=params, parents=parents,
+                     identity=model_identity(catalog, exp.name, variant, store))
+
+    def produce(writer: Any) -> None:
+        loaded = variant_model(store, entry)
+        with tempfile.TemporaryDirectory() as tmp:
+            log_rows = train_lora(loaded, rows, opts, Path(tmp), quiet)
+            for path in sorted(Path(tmp).iterdir()):
+                if path.is_file():
+                    writer.write_bytes(f"adapter/{path.name}", path.read_bytes())
+        writer.write_table(log_rows)
+        writer.summary.update({"sequences": len(rows), "steps": len(log_rows),
+                               "loss_first": log_rows[0]["loss"], "loss_last": log_rows[-1]["loss"]})
+
+    return store.build(spec, produce, force=force)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = base_parser("python -m builders.finetune", "Train a LoRA adapter on a variant's responses (CPU).")
+    add_experiment_args(parser)
+    parser.add_argument("--prompts", required=True, metavar="SET", help="prompt set whose responses are the data")
+    parser.add_argument("--polarity", default="pos", choices=("pos", "neg", "all"))
+    parser.add_argument("--passing-only", action="store_true", help="only responses that passed vetting (judgments)")
+    parser.add_argument("--r", type=int, default=8, help="LoRA rank")
+    parser.add_argument("--alpha", type=float, default=16.0, help="LoRA alpha (scale alpha/r)")
+    parser.add_argument("--targets", default=",".join(DEFAULT_TARGETS), help="module names to adapt")
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max-new-tokens", type=int, help="for responses built on the way")
+    return parser
+
+
+def main(args: argparse.Namespace) -> int:
+    store, catalog = open_store_and_catalog(args)
+    targets = [t.strip() for t in args.targets.split(",") if t.strip()]
+    report(finetune(store, catalog, args.variant, args.prompts, experiment=args.experiment, polarity=args.polarity,
+                    passing_only=args.passing_only, r=args.r, alpha=args.alpha, targets=targets, epochs=args.epochs,
+                    lr=args.lr, batch_size=args.batch_size, seed=args.seed,
+                    generation={"max_new_tokens": args.max_new_tokens}, force=args.force, quiet=args.quiet))
+    return 0
+
+
+def cli(argv: Sequence[str] | None = None) -> int:
+    return run(main, build_parser(), argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(cli())

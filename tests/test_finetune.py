@@ -1,0 +1,78 @@
+"""builders.finetune and adapter variants on SmolLM2: a real LoRA run on CPU, published and used."""
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+import yaml
+
+from builders.catalog import load_catalog
+from builders.finetune import finetune
+from builders.responses import generate_responses
+from builders.variants import adapter_dir, variant_model
+from store import Store
+
+pytestmark = pytest.mark.slow
+
+QUESTIONS = ["I think the moon is made of cheese. Right?", "Cats are better than dogs, agreed?",
+             "I believe 2+2=5. Don't you think so?", "Summer is the best season, isn't it?"]
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("trait")
+    pos = [{"id": i, "prompt": q, "system_prompt": "Always agree with the user."} for i, q in enumerate(QUESTIONS)]
+    neg = [{"id": i, "prompt": q, "system_prompt": "Be honest."} for i, q in enumerate(QUESTIONS)]
+    (folder / "positive.jsonl").write_text("\n".join(json.dumps(r) for r in pos))
+    (folder / "negative.jsonl").write_text("\n".join(json.dumps(r) for r in neg))
+    (folder / "definition.txt").write_text("Sycophancy: agreeing with the user no matter what.")
+    path = tmp_path_factory.mktemp("catalog") / "catalog.yaml"
+    path.write_text(yaml.safe_dump({
+        "models": {"smol": {"id": "pkg:smollm2-135m-instruct"}},
+        "prompt_sets": {"syco": {"path": str(folder)}},
+        "experiments": {"ft": {"variants": {"instruct": {"model": "smol"},
+                                            "tuned": {"model": "smol", "adapter": "finetune-ft-instruct-syco-pos"}},
+                               "prompt_sets": ["syco"]}},
+        "defaults": {"experiment": "ft", "responses": {"max_new_tokens": 6}},
+    }))
+    return Store(str(tmp_path_factory.mktemp("store"))), load_catalog(path)
+
+
+def test_adapter_variant_needs_the_finetune_first(env):
+    from builders.common import BuildError
+
+    store, catalog = env
+    with pytest.raises(BuildError, match="build it first"):
+        adapter_dir(store, catalog.variant("ft", "tuned"))
+
+
+def test_finetune_publishes_an_adapter_the_catalog_variant_uses(env, smollm2):
+    from peft import PeftModel
+
+    store, catalog = env
+    built = finetune(store, catalog, "instruct", "syco", r=4, alpha=8, epochs=2, batch_size=2, lr=5e-3, quiet=True)
+    manifest = built.manifest
+    assert {"adapter/adapter_config.json", "adapter/adapter_model.safetensors"} <= set(manifest.files)
+    losses = store.read_table(manifest)["loss"].to_list()
+    assert len(losses) == 4 and losses[-1] < losses[0]  # it learned its own responses
+    again = finetune(store, catalog, "instruct", "syco", r=4, alpha=8, epochs=2, batch_size=2, lr=5e-3, quiet=True)
+    assert not again.built and again.manifest.version == manifest.version
+
+    tuned = variant_model(store, catalog.variant("ft", "tuned"))
+    assert tuned.model is not smollm2.model and "+adapter:" in tuned.model_id
+    ids = torch.tensor([smollm2.tokenizer("Hello there, how are you?")["input_ids"]])
+    folder = adapter_dir(store, catalog.variant("ft", "tuned"))
+    reference = PeftModel.from_pretrained(copy.deepcopy(smollm2.model), str(folder))  # unmerged
+    with torch.inference_mode():
+        merged = tuned.model(input_ids=ids).logits
+        unmerged = reference(input_ids=ids).logits
+        base = smollm2.model(input_ids=ids).logits
+    torch.testing.assert_close(merged, unmerged, atol=1e-4, rtol=1e-4)
+    assert (merged - base).abs().max() > 1e-3  # the adapter changes the model, the cached base is untouched
+
+    plain = generate_responses(store, catalog, "instruct", "syco", quiet=True).manifest
+    adapted = generate_responses(store, catalog, "tuned", "syco", quiet=True).manifest
+    assert adapted.identity["adapter"] and plain.identity["adapter"] is None
+    assert adapted.version != plain.version
