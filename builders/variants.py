@@ -65,10 +65,13 @@ def variant_model(store: Store | None, variant: Variant) -> Any:
     if key not in _ADAPTED:
         import copy
         import dataclasses
+        import warnings
 
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(copy.deepcopy(base.model), str(folder)).merge_and_unload().eval()
+        with warnings.catch_warnings():  # transformers deprecation noise from inside peft
+            warnings.simplefilter("ignore", FutureWarning)
+            model = PeftModel.from_pretrained(copy.deepcopy(base.model), str(folder)).merge_and_unload().eval()
         if len(_ADAPTED) >= 2:
             _ADAPTED.pop(next(iter(_ADAPTED)))
         _ADAPTED[key] = dataclasses.replace(base, model=model, model_id=f"{base.model_id}+adapter:{key[2]}")

@@ -1,0 +1,174 @@
+"""Activation similarity of two variants on A's response tokens (seed 001 phase 4, step 4c-4d).
+
+    python -m builders.similarity --a instruct --b finetuned --prompts general
+
+A's responses (built if missing) are replayed through B: B reads the prompt formatted its
+own way (a base model without a chat template gets plain text) followed by exactly A's
+response token ids. The build stops with a clear error when the two tokenizers differ
+(the ids would mean different text) or a replayed response's ids differ from A's. Both
+formattings are recorded per prompt.
+
+Tables: ``data`` per layer (mean over prompts of ``cos(mean response act A, mean B)``,
+std, prompts); ``positions`` per response position and layer (mean cosine, clipped to
+positions ≥ ``--min-share`` of the prompts reach, with the count); ``prompts`` per prompt
+and layer, plus each prompt's formatting.
+Output dataset: ``similarity-<experiment>-<A>-<B>-<set>``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from typing import Any, Sequence
+
+from store import BuildResult, BuildSpec, Store
+
+from .catalog import Catalog
+from .common import BuildError, base_parser, model_layer_count, open_store_and_catalog, progress, report, run
+from .responses import dataset_name as responses_name
+from .responses import format_row, generate_responses, model_identity
+from .variants import variant_model
+
+log = logging.getLogger(__name__)
+
+BUILDER = "builders.similarity"
+CODE_VERSION = "1"
+
+
+def replay_sequences(store: Store, responses: Any, loaded_a: Any, loaded_b: Any, style: str) -> list[dict[str, Any]]:
+    """Per response: A's ids, B's ids (B's own prompt formatting + A's response ids) and how
+    each formatted the prompt."""
+    if loaded_a.tokenizer_fingerprint != loaded_b.tokenizer_fingerprint:
+        raise BuildError(f"{loaded_b.model_id} does not share the tokenizer of {loaded_a.model_id}: "
+                         f"replaying A's response ids through B needs identical token ids")
+    out = []
+    for row in store.read_table(responses).sort(["prompt_id", "rollout"]).to_dicts():
+        response_ids = list(row["token_ids"][row["prompt_len"]:])
+        b_prompt = format_row(loaded_b.tokenizer, row["prompt"], row.get("system_prompt"), style)
+        b_ids = list(b_prompt.ids) + response_ids
+        if b_ids[len(b_prompt.ids):] != list(row["token_ids"][row["prompt_len"]:]):
+            raise BuildError(f"prompt {row['prompt_id']}: B's replayed response ids differ from A's")
+        out.append({"prompt_id": row["prompt_id"], "rollout": row["rollout"],
+                    "a": {"ids": row["token_ids"], "prompt_len": row["prompt_len"]},
+                    "b": {"ids": b_ids, "prompt_len": len(b_prompt.ids)},
+                    "a_formatted": row["formatted_prompt"], "b_formatted": b_prompt.text,
+                    "a_chat": row["used_chat_template"], "b_chat": b_prompt.used_chat_template,
+                    "same_prompt_ids": list(b_prompt.ids) == list(row["token_ids"][:row["prompt_len"]])})
+    return out
+
+
+def compute_similarity(loaded_a: Any, loaded_b: Any, sequences: list[dict[str, Any]], layers: list[int],
+                       batch_size: int, min_share: float, quiet: bool) -> tuple[list, list, list]:
+    """(layer rows, position rows, per-prompt rows), a batch of prompts at a time."""
+    from transforms.capture import iter_per_token
+    from transforms.similarity import SimilarityStats
+
+    stats = SimilarityStats(layers)
+    bar = progress(len(sequences), "similarity", quiet)
+    for lo in range(0, len(sequences), batch_size):
+        chunk = sequences[lo:lo + batch_size]
+        acts = {}
+        for side, loaded in (("a", loaded_a), ("b", loaded_b)):
+            for batch in iter_per_token(loaded.model, [s[side] for s in chunk], layers, "residual", "response",
+                                        batch_size):
+                for item in batch:
+                    acts[(side, item.sample_idx)] = item.acts_TLD
+        for i, seq in enumerate(chunk):
+            a, b = acts[("a", i)], acts[("b", i)]
+            if a.shape != b.shape:
+                raise BuildError(f"prompt {seq['prompt_id']}: response spans differ ({a.shape[0]} vs {b.shape[0]} tokens)")
+            stats.add(f"{seq['prompt_id']}:{seq['rollout']}", a, b)
+        bar.update(len(chunk))
+    bar.close()
+    formatting = {f"{s['prompt_id']}:{s['rollout']}": s for s in sequences}
+    prompt_rows = []
+    for r in stats.per_prompt:
+        s = formatting[r["prompt_id"]]
+        prompt_rows.append({**r, "a_chat": s["a_chat"], "b_chat": s["b_chat"], "same_prompt_ids": s["same_prompt_ids"],
+                            "b_formatted": s["b_formatted"]})
+    return stats.layer_rows(), stats.position_rows(min_share), prompt_rows
+
+
+def activation_similarity(
+    store: Store,
+    catalog: Catalog,
+    variant_a: str,
+    variant_b: str,
+    prompt_set: str,
+    *,
+    experiment: str | None = None,
+    layers: str = "all",
+    min_share: float = 0.8,
+    batch_size: int = 8,
+    generation: dict[str, Any] | None = None,
+    force: bool = False,
+    quiet: bool = False,
+) -> BuildResult:
+    from transforms.layers import parse_layers
+
+    exp = catalog.experiment(experiment)
+    a, b = catalog.variant(exp.name, variant_a), catalog.variant(exp.name, variant_b)
+    if not 0 < min_share <= 1:
+        raise BuildError(f"--min-share must be in (0, 1], got {min_share}")
+    n_a, n_b = model_layer_count(a.model.id, a.model.revision), model_layer_count(b.model.id, b.model.revision)
+    if n_a != n_b:
+        raise BuildError(f"{variant_a} has {n_a} layers, {variant_b} has {n_b}: per-layer similarity needs the same depth")
+    try:
+        layer_ids = parse_layers(layers, n_a)
+    except ValueError as err:
+        raise BuildError(f"--layers: {err}") from None
+    generate_responses(store, catalog, variant_a, prompt_set, exp.name, generation, quiet=quiet)
+    responses = store.resolve(responses_name(exp.name, variant_a, prompt_set))
+    prompts = store.resolve(responses.parents["prompts"])
+    params = {"experiment": exp.name, "a": variant_a, "b": variant_b, "prompt_set": prompt_set,
+              "layers": layer_ids, "min_share": min_share}
+    spec = BuildSpec(name=f"similarity-{exp.name}-{variant_a}-{variant_b}-{prompt_set}", kind="similarity",
+                     builder=BUILDER, code_version=CODE_VERSION, params=params, parents={"responses": responses.ref},
+                     identity={"a": model_identity(catalog, exp.name, variant_a, store),
+                               "b": model_identity(catalog, exp.name, variant_b, store)})
+
+    def produce(writer: Any) -> None:
+        loaded_a, loaded_b = variant_model(store, a), variant_model(store, b)
+        style = json.loads(store.read_bytes(prompts, "prompt_set.json"))["style"]
+        sequences = replay_sequences(store, responses, loaded_a, loaded_b, style)
+        layer_rows, position_rows, prompt_rows = compute_similarity(loaded_a, loaded_b, sequences, layer_ids,
+                                                                    batch_size, min_share, quiet)
+        writer.write_table(layer_rows)
+        writer.write_table(position_rows, table="positions")
+        writer.write_table(prompt_rows, table="prompts")
+        writer.summary.update({"prompts": len(sequences),
+                               "same_prompt_formatting": sum(s["same_prompt_ids"] for s in sequences),
+                               "min_layer_cosine": min((r["mean_cosine"] for r in layer_rows
+                                                        if r["mean_cosine"] is not None), default=None)})
+
+    return store.build(spec, produce, force=force)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = base_parser("python -m builders.similarity", "Per-layer / per-position activation similarity of two variants.")
+    parser.add_argument("--experiment", help="experiment in the catalog (default: defaults.experiment)")
+    parser.add_argument("--a", required=True, help="variant whose responses are replayed (e.g. instruct)")
+    parser.add_argument("--b", required=True, help="variant that replays them (e.g. base, finetuned)")
+    parser.add_argument("--prompts", required=True, metavar="SET")
+    parser.add_argument("--layers", default="all")
+    parser.add_argument("--min-share", type=float, default=0.8, help="positions reached by at least this share of prompts")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--max-new-tokens", type=int, help="for responses built on the way")
+    return parser
+
+
+def main(args: argparse.Namespace) -> int:
+    store, catalog = open_store_and_catalog(args)
+    report(activation_similarity(store, catalog, args.a, args.b, args.prompts, experiment=args.experiment,
+                                 layers=args.layers, min_share=args.min_share, batch_size=args.batch_size,
+                                 generation={"max_new_tokens": args.max_new_tokens}, force=args.force,
+                                 quiet=args.quiet))
+    return 0
+
+
+def cli(argv: Sequence[str] | None = None) -> int:
+    return run(main, build_parser(), argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(cli())
