@@ -4,7 +4,10 @@
 
 The persona-vectors "finetuning shift" setting in miniature: the model is trained on its
 own positive-trait responses (loss on response tokens only, the stored token ids, no
-re-tokenization), so the adapter variant should express the trait more. ``--passing-only``
+re-tokenization of the response), so the adapter variant should express the trait more.
+By default the eliciting system prompt is dropped (the prompt is re-formatted without it,
+the response ids kept): the model learns to answer that way unprompted, as in the
+persona-vectors finetuning setting; ``--keep-system-prompt`` trains on the ids as generated. ``--passing-only``
 keeps only responses the judgments vetted. Seeded and single-ordered: same inputs, same
 version id. The version holds ``adapter/`` (a PEFT folder: ``adapter_config.json`` +
 ``adapter_model.safetensors``) and a ``data`` table of the training loss per step; a
@@ -41,6 +44,15 @@ def training_rows(store: Store, responses: Any, polarity: str, passing: set[tupl
     keep = [r for r in rows if (polarity == "all" or r.get("polarity") == polarity) and r["response_len"] > 0
             and (passing is None or (r["prompt_id"], r["rollout"]) in passing)]
     return sorted(keep, key=lambda r: (r["prompt_id"], r["rollout"]))
+
+
+def without_system_prompt(tokenizer: Any, row: dict) -> dict:
+    """The row's response ids after its prompt formatted without the system prompt."""
+    from .responses import format_row
+
+    prompt = format_row(tokenizer, row["prompt"], None, row.get("prompt_style") or "instruction")
+    ids = list(prompt.ids) + list(row["token_ids"][row["prompt_len"]:])
+    return {**row, "token_ids": ids, "prompt_len": len(prompt.ids)}
 
 
 def train_lora(loaded: Any, rows: list[dict], opts: dict[str, Any], out_dir: Path, quiet: bool) -> list[dict]:
@@ -98,6 +110,7 @@ def finetune(
     experiment: str | None = None,
     polarity: str = "pos",
     passing_only: bool = False,
+    keep_system_prompt: bool = False,
     r: int = 8,
     alpha: float = 16.0,
     targets: Sequence[str] = DEFAULT_TARGETS,
@@ -136,15 +149,16 @@ def finetune(
     opts = {"r": r, "alpha": alpha, "targets": sorted(targets), "epochs": epochs, "lr": lr,
             "batch_size": batch_size, "seed": seed}
     params = {"experiment": exp.name, "variant": variant, "prompt_set": prompt_set, "polarity": polarity,
-              "passing_only": passing_only, **opts}
+              "passing_only": passing_only, "keep_system_prompt": keep_system_prompt, **opts}
     spec = BuildSpec(name=dataset_name(exp.name, variant, prompt_set, polarity), kind="finetune", builder=BUILDER,
                      code_version=CODE_VERSION, params=params, parents=parents,
                      identity=model_identity(catalog, exp.name, variant, store))
 
     def produce(writer: Any) -> None:
         loaded = variant_model(store, entry)
+        data = rows if keep_system_prompt else [without_system_prompt(loaded.tokenizer, r) for r in rows]
         with tempfile.TemporaryDirectory() as tmp:
-            log_rows = train_lora(loaded, rows, opts, Path(tmp), quiet)
+            log_rows = train_lora(loaded, data, opts, Path(tmp), quiet)
             for path in sorted(Path(tmp).iterdir()):
                 if path.is_file():
                     writer.write_bytes(f"adapter/{path.name}", path.read_bytes())
@@ -161,6 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--prompts", required=True, metavar="SET", help="prompt set whose responses are the data")
     parser.add_argument("--polarity", default="pos", choices=("pos", "neg", "all"))
     parser.add_argument("--passing-only", action="store_true", help="only responses that passed vetting (judgments)")
+    parser.add_argument("--keep-system-prompt", action="store_true",
+                        help="train on the ids as generated (default: drop the eliciting system prompt)")
     parser.add_argument("--r", type=int, default=8, help="LoRA rank")
     parser.add_argument("--alpha", type=float, default=16.0, help="LoRA alpha (scale alpha/r)")
     parser.add_argument("--targets", default=",".join(DEFAULT_TARGETS), help="module names to adapt")
@@ -176,7 +192,7 @@ def main(args: argparse.Namespace) -> int:
     store, catalog = open_store_and_catalog(args)
     targets = [t.strip() for t in args.targets.split(",") if t.strip()]
     report(finetune(store, catalog, args.variant, args.prompts, experiment=args.experiment, polarity=args.polarity,
-                    passing_only=args.passing_only, r=args.r, alpha=args.alpha, targets=targets, epochs=args.epochs,
+                    passing_only=args.passing_only, keep_system_prompt=args.keep_system_prompt, r=args.r, alpha=args.alpha, targets=targets, epochs=args.epochs,
                     lr=args.lr, batch_size=args.batch_size, seed=args.seed,
                     generation={"max_new_tokens": args.max_new_tokens}, force=args.force, quiet=args.quiet))
     return 0

@@ -91,3 +91,54 @@ def test_replay_refuses_another_tokenizer_and_depth(env, smollm2):
         replay_sequences(store, responses, smollm2, other, "inference")
     with pytest.raises(BuildError, match="same depth"):
         activation_similarity(store, catalog, "a", "g", "general", quiet=True)
+
+
+def _fake_vectors(store, name, seed):
+    from safetensors.numpy import save
+
+    from store import BuildSpec
+
+    vecs = np.random.default_rng(seed).standard_normal((30, 576)).astype(np.float32)
+    spec = BuildSpec(name=name, kind="vectors", builder="test", code_version="1",
+                     params={"prompt_set": name, "variant": "a", "position": "response[:]"}, parents={}, identity={})
+    payload = save({"vectors": vecs}, metadata={"layers": json.dumps(list(range(30)))})
+    return store.build(spec, lambda w: w.write_bytes("vectors/mean_diff.safetensors", payload)).manifest, vecs
+
+
+def test_compare_variants_equals_numpy(env, smollm2):
+    from builders.compare import compare_variants
+
+    store, catalog, lora = env
+    trait, v = _fake_vectors(store, "vectors-s-a-trait-response__-residual", 1)
+    control, c = _fake_vectors(store, "vectors-s-a-other-response__-residual", 2)
+    manifest = compare_variants(store, catalog, "a", "b", "general", [trait.ref], controls=[control.ref],
+                                n_random=1000, quiet=True).manifest
+    rows = {r["layer"]: r for r in store.read_table(manifest).to_dicts()}
+    controls = {r["layer"]: r for r in store.read_table(manifest, "controls").to_dicts()}
+    responses = store.read_table(store.resolve(manifest.parents["responses"])).sort("prompt_id").to_dicts()
+    means_a, means_b = [], []
+    with torch.inference_mode():
+        for row in responses:
+            ids = torch.tensor([row["token_ids"]])
+            p = row["prompt_len"]
+            means_a.append([h[0, p:].double().mean(0).numpy() for h in smollm2.model(input_ids=ids, output_hidden_states=True).hidden_states[1:]])
+            means_b.append([h[0, p:].double().mean(0).numpy() for h in lora(input_ids=ids, output_hidden_states=True).hidden_states[1:]])
+    A, B = np.array(means_a), np.array(means_b)  # [N, 30, D]
+    for k in (3, 15, 28):
+        u = v[k] / np.linalg.norm(v[k])
+        pa, pb = A[:, k] @ u, B[:, k] @ u
+        diff = B[:, k].mean(0) - A[:, k].mean(0)
+        d = pb - pa
+        pooled = np.sqrt((pa.var(ddof=1) + pb.var(ddof=1)) / 2)  # equal group sizes
+        assert rows[k]["diff_cosine"] == pytest.approx(diff @ u / np.linalg.norm(diff), abs=1e-4)
+        assert rows[k]["shift"] == pytest.approx(d.mean(), rel=1e-4, abs=1e-6)
+        assert rows[k]["d_paired"] == pytest.approx(d.mean() / d.std(ddof=1), rel=1e-3)
+        assert rows[k]["d_unpaired"] == pytest.approx((pb.mean() - pa.mean()) / pooled, rel=1e-3)
+        cu = c[k] / np.linalg.norm(c[k])
+        assert controls[k]["diff_cosine"] == pytest.approx(diff @ cu / np.linalg.norm(diff), abs=1e-4)
+        assert 0.02 < rows[k]["random_mean_abs_cos"] < 0.05  # E|cos| of random directions in 576-d: ~0.033
+        assert 0.0 <= rows[k]["random_share_as_aligned"] <= 1.0
+    positive = sum(r["shift"] > 0 for r in rows.values())
+    text = store.read_bytes(manifest, "report.md").decode()
+    assert f"positive at {positive} of 30 layers" in text
+    assert ("did NOT move toward" in text) == (positive <= 15)
