@@ -133,8 +133,9 @@ def activation_similarity(
         sequences = replay_sequences(store, responses, loaded_a, loaded_b, style)
         layer_rows, position_rows, prompt_rows = compute_similarity(loaded_a, loaded_b, sequences, layer_ids,
                                                                     batch_size, min_share, quiet)
-        writer.write_table(layer_rows)
-        writer.write_table(position_rows, table="positions")
+        tag = {"variant_a": variant_a, "variant_b": variant_b}
+        writer.write_table([{**tag, **r} for r in layer_rows])
+        writer.write_table([{**tag, **r} for r in position_rows], table="positions")
         writer.write_table(prompt_rows, table="prompts")
         writer.summary.update({"prompts": len(sequences),
                                "same_prompt_formatting": sum(s["same_prompt_ids"] for s in sequences),

@@ -98,7 +98,7 @@ def analyze_weights(
         rows, layer_rows, lens_rows, align_rows = weight_tables(
             store, base, other, folder_a, vector_sets, method, top_k, filter_tokens)
         writer.write_table(rows)
-        writer.write_table(layer_rows, table="layers")
+        writer.write_table([{"variant_a": variant_a, "variant_b": variant_b, **r} for r in layer_rows], table="layers")
         writer.write_table(lens_rows, table="logit_lens")
         if align_rows:
             writer.write_table(align_rows, table="alignment")
