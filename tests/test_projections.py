@@ -55,3 +55,68 @@ def test_live_projection_equals_afterwards(smollm2):
             expected = project(hs[stack.layer + 1][0, :n].double().numpy(), stack)
             np.testing.assert_allclose(raw[:n], expected["raw"], rtol=2e-3, atol=2e-3 * np.abs(expected["raw"]).max())
             np.testing.assert_allclose(norms[width - len(prompt):][:n], expected["norm"], rtol=2e-3)
+
+
+@pytest.fixture(scope="module")
+def proj_env(tmp_path_factory):
+    import json as _json
+
+    import yaml
+    from safetensors.numpy import save
+
+    from builders.catalog import load_catalog
+    from store import BuildSpec, Store
+
+    root = tmp_path_factory.mktemp("proj")
+    (root / "general.json").write_text(_json.dumps({"prompts": [{"id": i, "text": t} for i, t in
+                                                                 enumerate(["Name a fruit.", "Describe rain in one line."])]}))
+    path = root / "catalog.yaml"
+    path.write_text(yaml.safe_dump({
+        "models": {"smol": {"id": "pkg:smollm2-135m-instruct"}},
+        "prompt_sets": {"general": {"path": str(root / "general.json")}},
+        "experiments": {"p": {"variants": {"a": {"model": "smol"}}, "prompt_sets": ["general"]}},
+        "defaults": {"experiment": "p", "responses": {"max_new_tokens": 6}},
+    }))
+    store = Store(str(root / "store"))
+    rng = np.random.default_rng(3)
+    vecs = rng.standard_normal((30, 576)).astype(np.float32)
+    evaluation = [{"layer": k, "method": "mean_diff", "center_proj": float(k) / 10} for k in range(30)]
+
+    def produce(w):
+        w.write_bytes("vectors/mean_diff.safetensors", save({"vectors": vecs}, metadata={"layers": _json.dumps(list(range(30)))}))
+        w.write_table(evaluation)
+
+    spec = BuildSpec(name="vectors-p-a-t-response__-residual", kind="vectors", builder="test", code_version="1",
+                     params={"prompt_set": "t", "variant": "a", "position": "response[:]"}, parents={}, identity={})
+    return store, load_catalog(path), store.build(spec, produce).manifest, vecs
+
+
+@pytest.mark.slow
+def test_builder_stored_equals_independent_and_live_equals_stored(proj_env):
+    import polars as pl
+
+    from builders.projections import build_projections
+
+    store, catalog, vectors, vecs = proj_env
+    spec = [f"{vectors.ref}:mean_diff"]
+    stored = build_projections(store, catalog, "a", "general", spec, layers="10,20", quiet=True).manifest
+    rows = store.read_table(stored)
+    acts = store.resolve(stored.parents["activations"])
+    array = store.open_array(acts, "acts")
+    layer_pos = {int(k): j for j, k in enumerate(array.attrs["layers"])}
+    for sample in store.read_table(acts).to_dicts():
+        block = array[sample["token_start"]:sample["token_end"]]
+        for layer in (10, 20):
+            h = block[:, layer_pos[layer]].astype(np.float64)
+            v = vecs[layer].astype(np.float64)
+            mine = rows.filter((pl.col("prompt_id") == sample["prompt_id"]) & (pl.col("layer") == layer)).sort("token_index")
+            assert mine["token_index"].to_list() == list(range(sample["span_start"], sample["span_end"]))
+            np.testing.assert_allclose(mine["score"].to_numpy(), h @ v / np.linalg.norm(v), rtol=1e-6, atol=1e-6)
+            np.testing.assert_allclose(mine["centered"].to_numpy(), h @ v / np.linalg.norm(v) - layer / 10, rtol=1e-6, atol=1e-6)
+            np.testing.assert_allclose(mine["norm"].to_numpy(), np.linalg.norm(h, axis=1), rtol=1e-6)
+    live = store.read_table(build_projections(store, catalog, "a", "general", spec, layers="10,20", live=True,
+                                              quiet=True).manifest)
+    joined = live.join(rows, on=["prompt_id", "token_index", "layer", "vector"], suffix="_stored")
+    assert joined.height > 0 and joined.height == live.height  # same greedy tokens, every live token stored too
+    assert (joined["token_id"] == joined["token_id_stored"]).all()
+    np.testing.assert_allclose(joined["score"].to_numpy(), joined["score_stored"].to_numpy(), rtol=2e-3, atol=2e-2)

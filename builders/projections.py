@@ -1,0 +1,252 @@
+"""Per-token projections of a prompt set's activations onto many trait vectors (seed 004).
+
+    python -m builders.projections --variant instruct --prompts general \\
+        --vectors vectors-demo-instruct-sycophancy_instruction-response__-residual:mean_diff --layers 9,12
+    python -m builders.projections --variant instruct --prompts general --vectors <ref> --layers best+2
+    python -m builders.projections ... --live        # scored inside the model while it generates
+
+Stored mode reads per-token activations (``all[:]``, built if missing) and scores every
+prompt and response token; live mode generates with :class:`transforms.projections.LiveProjector`
+hooked in, so only scores leave the model (every token fed to the model: the prompt and
+each generated token but the last). ``--layers``: explicit (``9,12``, ``30%-60%``) or
+relative to each vector set's best steering layer (``best``, ``best+2``, ``best-1``: from
+its steering runs at coherence ≥ ``--floor``). Scores: raw ``h·v̂``, cosine, centered by
+the vector's stored centroid projection (``center_proj``), and ``‖h‖``.
+Table: sample, prompt id, token index and text, prompt/response, layer, vector, scores.
+Output dataset: ``projections-<experiment>-<variant>-<set>[-live]``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import re
+from typing import Any, Sequence
+
+from store import BuildResult, BuildSpec, Manifest, Store
+
+from .catalog import Catalog
+from .common import BuildError, add_experiment_args, base_parser, open_store_and_catalog, progress, report, run
+from .responses import generate_responses, model_identity
+from .variants import variant_model
+from .vectors import load_vectors
+
+log = logging.getLogger(__name__)
+
+BUILDER = "builders.projections"
+CODE_VERSION = "1"
+_RELATIVE = re.compile(r"^best([+-]\d+)?$")
+
+
+def parse_vector_spec(store: Store, spec: str) -> tuple[Manifest, str]:
+    """``REF[:method]`` (default mean_diff) -> (vectors manifest, method)."""
+    ref, _, method = spec.partition(":")
+    manifest = store.resolve(ref)
+    if manifest.kind != "vectors":
+        raise BuildError(f"--vectors {spec}: {manifest.ref} is a {manifest.kind} dataset, not vectors")
+    return manifest, method or "mean_diff"
+
+
+def best_steering_layer(store: Store, vectors: Manifest, method: str, floor: float, variant: str | None = None) -> int:
+    """The layer of the largest trait gain at coherence ≥ ``floor`` over this vector set's
+    steering runs (those applied to ``variant`` when there are any)."""
+    runs = [store.latest(n) for n in store.datasets()]
+    runs = [m for m in runs if m.kind == "steering" and m.params.get("method") == method
+            and m.params.get("vectors", "").split("@")[0] == vectors.name]
+    if any(m.params.get("application") == variant for m in runs):
+        runs = [m for m in runs if m.params.get("application") == variant]
+    best = None
+    for latest in runs:
+        for row in store.read_table(latest).to_dicts():
+            if row["kind"] == "add" and row["layer"] is not None and row["delta"] is not None \
+                    and (row["coherence_mean"] or 0) >= floor:
+                gain = row["direction"] * row["delta"]
+                if best is None or gain > best[0]:
+                    best = (gain, row["layer"])
+    if best is None:
+        raise BuildError(f"--layers best: no steering run of {vectors.name} ({method}) reaches coherence ≥ {floor:g}; "
+                         f"run python -m builders.steering first or give layers explicitly")
+    return int(best[1])
+
+
+def resolve_layers(store: Store, spec: str, vector_sets: list[tuple[Manifest, str]], n_layers: int,
+                   floor: float, variant: str | None = None) -> dict[tuple[str, str], list[int]]:
+    """Layers per vector set: the same explicit list for all, or each one's ``best±k``."""
+    from transforms.layers import parse_layers
+
+    m = _RELATIVE.match(spec.strip())
+    out = {}
+    for manifest, method in vector_sets:
+        if m:
+            layer = best_steering_layer(store, manifest, method, floor, variant) + int(m.group(1) or 0)
+            if not 0 <= layer < n_layers:
+                raise BuildError(f"--layers {spec}: layer {layer} for {manifest.name} is outside 0-{n_layers - 1}")
+            out[(manifest.ref, method)] = [layer]
+        else:
+            try:
+                out[(manifest.ref, method)] = parse_layers(spec, n_layers)
+            except ValueError as err:
+                raise BuildError(f"--layers: {err}") from None
+    return out
+
+
+def build_stacks(store: Store, vector_sets: list[tuple[Manifest, str]], layers_of: dict, d_model: int) -> list:
+    """One :class:`VectorStack` per layer with every vector scored there (name ``<set>:<method>``)."""
+    from transforms.projections import VectorStack
+
+    per_layer: dict[int, list[tuple[str, Any, float]]] = {}
+    for manifest, method in vector_sets:
+        vecs, meta = load_vectors(store, manifest, method)
+        if vecs.shape[1] != d_model:
+            raise BuildError(f"--vectors {manifest.ref}: width {vecs.shape[1]}, the model's d_model is {d_model}")
+        rows = json.loads(meta.get("layers", "null")) or list(range(vecs.shape[0]))
+        centers = {(r["layer"]): r["center_proj"] for r in store.read_table(manifest).to_dicts() if r["method"] == method}
+        name = f"{manifest.params.get('prompt_set', manifest.name)}:{method}"
+        for layer in layers_of[(manifest.ref, method)]:
+            if layer not in rows:
+                raise BuildError(f"--vectors {manifest.ref} has no layer {layer}")
+            per_layer.setdefault(layer, []).append((name, vecs[rows.index(layer)], float(centers.get(layer) or 0.0)))
+    return [VectorStack.build(layer, vecs) for layer, vecs in sorted(per_layer.items())]
+
+
+def _stored_rows(store: Store, acts_manifest: Manifest, stacks: list, decode: Any) -> list[dict[str, Any]]:
+    from transforms.projections import project, score_rows
+
+    array = store.open_array(acts_manifest, "acts")
+    layer_pos = {int(k): j for j, k in enumerate(array.attrs["layers"])}
+    rows = []
+    for sample in store.read_table(acts_manifest).sort("sample").to_dicts():
+        lo, hi = sample["token_start"], sample["token_end"]
+        if hi == lo:
+            continue
+        block = array[lo:hi]  # [T, L, D]
+        for stack in stacks:
+            scores = project(block[:, layer_pos[stack.layer]], stack)
+            for row in score_rows(f"{sample['prompt_id']}:{sample['rollout']}", sample["token_ids"], sample["span_start"],
+                                  stack, scores, decode, sample["prompt_len"]):
+                rows.append({"prompt_id": sample["prompt_id"], **row})
+    return rows
+
+
+def _live_rows(loaded: Any, prompt_rows: list[dict[str, Any]], stacks: list, gen: Any, quiet: bool) -> list[dict]:
+    from transforms.generation import generate_batch
+    from transforms.projections import LiveProjector, project, score_rows
+
+    from .responses import format_row
+
+    decode = lambda i: loaded.tokenizer.decode([i])  # noqa: E731
+    rows = []
+    bar = progress(len(prompt_rows), "live projections", quiet)
+    for lo in range(0, len(prompt_rows), gen.batch_size):
+        batch = prompt_rows[lo:lo + gen.batch_size]
+        prompts = [list(format_row(loaded.tokenizer, r["prompt"], r.get("system_prompt"), "instruction").ids) for r in batch]
+        projector = LiveProjector(stacks)
+        with projector.attach(loaded.model):
+            outs = generate_batch(loaded.model, loaded.tokenizer, prompts, gen, lo // gen.batch_size)
+        width = max(len(p) for p in prompts)
+        for i, (r, prompt, out) in enumerate(zip(batch, prompts, outs)):
+            ids = prompt + list(out.response_ids)
+            n = len(ids) - 1  # the last generated token is never fed back through the model
+            for stack in stacks:
+                raw, norms = projector.per_row(stack.layer, i)
+                raw, norms = raw[width - len(prompt):][:n], norms[width - len(prompt):][:n]
+                scores = {"raw": raw, "norm": norms, "cosine": raw / norms[:, None],
+                          "centered": raw - stack.baselines_K[None, :]}
+                for row in score_rows(f"{r['prompt_id']}:0", ids, 0, stack, scores, decode, len(prompt)):
+                    rows.append({"prompt_id": r["prompt_id"], **row})
+        bar.update(len(batch))
+    bar.close()
+    return rows
+
+
+def build_projections(
+    store: Store,
+    catalog: Catalog,
+    variant: str,
+    prompt_set: str,
+    vectors: Sequence[str],
+    *,
+    experiment: str | None = None,
+    layers: str = "best",
+    floor: float = 70.0,
+    live: bool = False,
+    generation: dict[str, Any] | None = None,
+    force: bool = False,
+    quiet: bool = False,
+) -> BuildResult:
+    from .activations import capture_activations
+    from .common import model_layer_count
+    from .prompts import ensure_prompt_set
+
+    exp = catalog.experiment(experiment)
+    entry = catalog.variant(exp.name, variant)
+    if not vectors:
+        raise BuildError("--vectors: give at least one vector set (REF[:method])")
+    vector_sets = [parse_vector_spec(store, spec) for spec in vectors]
+    layers_of = resolve_layers(store, layers, vector_sets, model_layer_count(entry.model.id, entry.model.revision),
+                               floor, variant)
+    all_layers = sorted({k for ks in layers_of.values() for k in ks})
+    params = {"experiment": exp.name, "variant": variant, "prompt_set": prompt_set, "live": live,
+              "vectors": [f"{m.ref}:{method}" for m, method in vector_sets],
+              "layers": {f"{ref}:{method}": ks for (ref, method), ks in layers_of.items()}}
+    parents = {f"vectors{i}": m.ref for i, (m, _) in enumerate(vector_sets)}
+    gen = None
+    if live:
+        from transforms.generation import GenerationConfig
+
+        defaults = {**catalog.stage_defaults("responses"), **{k: v for k, v in (generation or {}).items() if v is not None}}
+        gen = GenerationConfig(**{k: defaults[k] for k in ("max_new_tokens", "temperature", "top_p", "seed", "batch_size")
+                                  if k in defaults})
+        params["generation"] = gen.as_dict()
+        parents["prompts"] = ensure_prompt_set(store, catalog, prompt_set).ref
+    else:
+        generate_responses(store, catalog, variant, prompt_set, exp.name, generation, quiet=quiet)
+        acts = capture_activations(store, catalog, variant, prompt_set, "all[:]", ",".join(map(str, all_layers)),
+                                   "residual", exp.name, per_token=True, force=False, quiet=quiet).manifest
+        parents["activations"] = acts.ref
+    spec = BuildSpec(name=f"projections-{exp.name}-{variant}-{prompt_set}" + ("-live" if live else ""),
+                     kind="projections", builder=BUILDER, code_version=CODE_VERSION, params=params, parents=parents,
+                     identity=model_identity(catalog, exp.name, variant, store))
+
+    def produce(writer: Any) -> None:
+        loaded = variant_model(store, entry)
+        stacks = build_stacks(store, vector_sets, layers_of, loaded.d_model)
+        if live:
+            prompt_rows = store.read_table(store.resolve(parents["prompts"])).to_dicts()
+            rows = _live_rows(loaded, prompt_rows, stacks, gen, quiet)
+        else:
+            rows = _stored_rows(store, store.resolve(parents["activations"]), stacks,
+                                lambda i: loaded.tokenizer.decode([i]))
+        writer.write_table(rows)
+        writer.summary.update({"tokens": len({(r["sample"], r["token_index"]) for r in rows}),
+                               "layers": all_layers, "vectors": sorted({r["vector"] for r in rows})})
+
+    return store.build(spec, produce, force=force)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = base_parser("python -m builders.projections", "Per-token projections onto trait vectors.")
+    add_experiment_args(parser)
+    parser.add_argument("--prompts", required=True, metavar="SET")
+    parser.add_argument("--vectors", action="append", default=[], metavar="REF[:METHOD]", help="repeatable")
+    parser.add_argument("--layers", default="best", help="9,12 | 30%%-60%% | best | best+2 (per vector set)")
+    parser.add_argument("--floor", type=float, default=70.0, help="coherence floor for 'best'")
+    parser.add_argument("--live", action="store_true", help="score inside the model during generation")
+    parser.add_argument("--max-new-tokens", type=int)
+    return parser
+
+
+def main(args: argparse.Namespace) -> int:
+    store, catalog = open_store_and_catalog(args)
+    report(build_projections(store, catalog, args.variant, args.prompts, args.vectors, experiment=args.experiment,
+                             layers=args.layers, floor=args.floor, live=args.live,
+                             generation={"max_new_tokens": args.max_new_tokens}, force=args.force, quiet=args.quiet))
+    return 0
+
+
+def cli(argv: Sequence[str] | None = None) -> int:
+    return run(main, build_parser(), argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(cli())
