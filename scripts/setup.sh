@@ -29,6 +29,7 @@ fi
 if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "setup: installing Debian chromium + chromium-driver (viewer test)" >&2
+    export DEBIAN_FRONTEND=noninteractive
     apt-get install -y -q chromium chromium-driver >/dev/null 2>&1 \
       || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium chromium-driver >/dev/null 2>&1; } \
       || echo "setup: could not install chromium; the viewer test will be skipped" >&2
