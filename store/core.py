@@ -242,21 +242,67 @@ class Store:
             content_hash=sha256_text(canonical_json({k: v["sha256"] for k, v in files.items()})),
         )
         final = self.location.join(spec.name, version)
-        if self.fs.exists(final):
-            # Only a manifest-less leftover (killed between rename and manifest) or a forced
-            # rebuild get here; neither is visible as a version while we replace it.
-            if existing is not None:
-                self.fs.rm(self.location.join(spec.name, version, MANIFEST))
-            self._remove(final)
-        self.fs.mv(tmp, final, recursive=True)
-        with self.fs.open(self.location.join(spec.name, version, MANIFEST), "w", encoding="utf-8") as handle:
-            handle.write(manifest.to_json())
+        if not self._claim(tmp, final, replace=existing is not None):
+            # a concurrent publisher of the same version won: same id, same inputs; reuse it
+            self._remove(tmp)
+            winner = self._read_manifest(spec.name, version)
+            assert winner is not None
+            self._set_latest(spec.name, version)
+            log.info("%s was published concurrently; reusing it", winner.ref)
+            return BuildResult(winner, built=False)
+        self._write_manifest(final, manifest)
         self._set_latest(spec.name, version)
         partial = self.location.join(spec.name, PARTIAL_PREFIX + version)
         if self.fs.exists(partial):
             self._remove(partial)
         log.info("published %s (%d rows, %d files)", manifest.ref, manifest.rows, len(files))
         return BuildResult(manifest, built=True)
+
+    def _claim(self, tmp: str, final: str, replace: bool) -> bool:
+        """Move the finished ``tmp`` folder to ``final``. False when another publisher's
+        complete version is already there. On local disk the rename is atomic and refuses
+        an existing folder; a folder that gets no manifest within a few seconds is the
+        leftover of a killed build and is replaced."""
+        if replace:  # a forced rebuild: hide the old version (manifest first), then replace it
+            self.fs.rm(f"{final}/{MANIFEST}")
+            self._remove(final)
+        if not self.location.is_local:
+            if self.fs.exists(final):
+                if self._wait_for_manifest(final):
+                    return False
+                self._remove(final)
+            self.fs.mv(tmp, final, recursive=True)
+            return True
+        import os
+
+        for _ in range(3):
+            try:
+                os.rename(tmp, final)
+                return True
+            except OSError:
+                if self._wait_for_manifest(final):
+                    return False
+                self._remove(final)
+        raise StoreError(f"could not publish {final}: another process keeps replacing it")
+
+    def _wait_for_manifest(self, final: str, timeout: float = 10.0) -> bool:
+        import time
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.fs.exists(f"{final}/{MANIFEST}"):
+                return True
+            if not self.fs.exists(final):
+                return False
+            time.sleep(0.02)
+        return self.fs.exists(f"{final}/{MANIFEST}")
+
+    def _write_manifest(self, final: str, manifest: Manifest) -> None:
+        """Write to a temporary name, then rename: a reader never sees half a manifest."""
+        tmp = f"{final}/.{MANIFEST}.{uuid.uuid4().hex[:8]}"
+        with self.fs.open(tmp, "w", encoding="utf-8") as handle:
+            handle.write(manifest.to_json())
+        self.fs.mv(tmp, f"{final}/{MANIFEST}")
 
     def _set_latest(self, name: str, version: str) -> None:
         pointer = self.location.join(name, LATEST)
