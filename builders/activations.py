@@ -19,24 +19,27 @@ from __future__ import annotations
 
 import argparse
 import logging
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 from store import BuildResult, BuildSpec, Store
 
 from .catalog import Catalog
-from .common import (BuildError, add_experiment_args, base_parser, model_layer_count,
-                     open_store_and_catalog, progress, report, run)
+from .common import (BuildError, add_experiment_args, base_parser, model_config_dims, open_store_and_catalog,
+                     report, run)
+from .executors import Executor, add_executor_args, executor_from_args, run_units, set_threads
 from .responses import dataset_name as responses_name
 from .responses import format_row, model_identity
+from .units import ArraySpec, Unit, UnitOutput, plain_type, plan_units, round_unit_size, store_address
 from .variants import variant_model
 
 log = logging.getLogger(__name__)
 
 BUILDER = "builders.activations"
-CODE_VERSION = "1"
+CODE_VERSION = "2"  # 2: work units (a table shard each), token rows in sample order
 COMPONENTS = ("residual", "attn_out", "mlp_out")
 TOKEN_CHUNK = 1024  # tokens per chunk of a per-token array
-SAMPLE_CHUNK = 8192  # samples per chunk of a pooled array
+ACTIVATIONS_UNIT = 256  # samples per work unit (= per chunk of a pooled array), rounded up to whole batches
 
 
 def dataset_name(experiment: str, variant: str, prompt_set: str, position_slug: str, component: str,
@@ -61,8 +64,14 @@ def capture_activations(
     batch_size: int = 8,
     force: bool = False,
     quiet: bool = False,
+    unit_size: int = ACTIVATIONS_UNIT,
+    executor: Executor | None = None,
 ) -> BuildResult:
-    """Build (or find up to date) activations of ``variant`` over stored responses."""
+    """Build (or find up to date) activations of ``variant`` over stored responses.
+
+    Samples are cut into work units of ``unit_size`` (whole batches; one table shard each,
+    and for pooled output one Zarr chunk deep along the sample axis) that run on
+    ``executor`` (default: in this process) with the same result."""
     from transforms.positions import parse_position
 
     exp = catalog.experiment(experiment)
@@ -77,10 +86,14 @@ def capture_activations(
         raise BuildError(f"--component: unknown component {component!r} (known: {', '.join(COMPONENTS)})")
     if batch_size < 1:
         raise BuildError(f"--batch-size must be >= 1, got {batch_size}")
+    try:
+        unit_size = round_unit_size(unit_size, batch_size)
+    except ValueError as err:
+        raise BuildError(f"--unit-size: {err}") from None
     source = store.resolve(responses_name(exp.name, source_variant, prompt_set))
     params = {"experiment": exp.name, "variant": variant, "prompt_set": prompt_set, "position": str(pos),
               "layers": str(layers), "component": component, "replay_from": replay_from,
-              "per_token": per_token, "batch_size": batch_size}
+              "per_token": per_token, "batch_size": batch_size, "unit_size": unit_size}
     spec = BuildSpec(
         name=dataset_name(exp.name, variant, prompt_set, pos.slug, component, replay_from, per_token),
         kind="activations", builder=BUILDER, code_version=CODE_VERSION, params=params,
@@ -88,12 +101,12 @@ def capture_activations(
     )
 
     def produce(writer) -> None:
-        _capture(store, catalog, writer, spec, source, pos, quiet)
+        _capture(store, catalog, writer, spec, source, pos, quiet, executor)
 
     return store.build(spec, produce, force=force)
 
 
-def _sequences(loaded: Any, responses: list[dict[str, Any]], replay: bool) -> list[dict[str, Any]]:
+def _sequences(tokenizer: Any, responses: list[dict[str, Any]], replay: bool) -> list[dict[str, Any]]:
     """Token ids to replay: stored ids as they are, or (replay) this model's own prompt
     formatting followed by the other variant's response ids."""
     if not replay:
@@ -102,59 +115,92 @@ def _sequences(loaded: Any, responses: list[dict[str, Any]], replay: bool) -> li
                 for r in responses]
     out = []
     for r in responses:
-        formatted = format_row(loaded.tokenizer, r["prompt"], r["system_prompt"], r["prompt_style"])
+        formatted = format_row(tokenizer, r["prompt"], r["system_prompt"], r["prompt_style"])
         response_ids = list(r["token_ids"][r["prompt_len"]:])
         out.append({"ids": formatted.ids + response_ids, "prompt_len": len(formatted.ids),
                     "formatted_prompt": formatted.text, "used_chat_template": formatted.used_chat_template})
     return out
 
 
-def _capture(store: Store, catalog: Catalog, writer: Any, spec: BuildSpec, source: Any, pos: Any, quiet: bool) -> None:
+def _replay_tokenizer(entry: Any, params: dict[str, Any], source: Any, responses: list[dict[str, Any]]) -> Any:
+    """The variant's tokenizer (no weights) for replay, refused unless the responses used it."""
+    from transforms.models import ModelRef, load_tokenizer, tokenizer_fingerprint
+
+    tokenizer = load_tokenizer(ModelRef(entry.model.id, entry.model.revision))
+    if {r["tokenizer_fingerprint"] for r in responses} != {tokenizer_fingerprint(tokenizer)}:
+        raise BuildError(
+            f"--replay-from {params['replay_from']}: variant {params['variant']!r} ({entry.model.id}) does not share "
+            f"a tokenizer with the responses in {source.ref}; replay needs identical token ids")
+    return tokenizer
+
+
+def _capture(store: Store, catalog: Catalog, writer: Any, spec: BuildSpec, source: Any, pos: Any, quiet: bool,
+             executor: Executor | None) -> None:
+    """Plan units on the driver (no model weights here), run them, finalize the version."""
+    import dataclasses
+
     from transforms.layers import parse_layers
+
+    from .units import finalize
 
     params = spec.params
     entry = catalog.variant(params["experiment"], params["variant"])
-    responses = store.read_table(source).to_dicts()
+    frame = store.read_table(source)
+    responses = frame.to_dicts()
     if not responses:
         raise BuildError(f"{source.ref} has no responses to capture")
-    try:  # checked from the config, before the weights load
-        layer_ids = parse_layers(params["layers"], model_layer_count(entry.model.id, entry.model.revision))
+    n_layers, d_model = model_config_dims(entry.model.id, entry.model.revision)
+    try:  # checked from the config, before any weights load
+        layer_ids = parse_layers(params["layers"], n_layers)
     except ValueError as err:
         raise BuildError(f"--layers: {err}") from None
-    loaded = variant_model(store, entry)
     replay = params["replay_from"] is not None
-    if replay:
-        theirs = {r["tokenizer_fingerprint"] for r in responses}
-        if theirs != {loaded.tokenizer_fingerprint}:
-            raise BuildError(
-                f"--replay-from {params['replay_from']}: variant {params['variant']!r} ({loaded.model_id}) does not share "
-                f"a tokenizer with the responses in {source.ref}; replay needs identical token ids")
-    sequences = _sequences(loaded, responses, replay)
-    d_model = loaded.d_model
+    tokenizer = _replay_tokenizer(entry, params, source, responses) if replay else None
+    sequences = _sequences(tokenizer, responses, replay)
+    spans = _spans(sequences, pos)
+    per_token = params["per_token"]
+    counts = [end - start for start, end in spans]
+    units = plan_units(len(sequences), params["unit_size"], counts if per_token else None)
+    if per_token:
+        total = sum(counts)
+        array = ArraySpec("acts", (total, len(layer_ids), d_model), (min(TOKEN_CHUNK, max(total, 1)), 1, d_model),
+                          ("token", "layer", "d_model"))
+    else:
+        array = ArraySpec("acts", (len(sequences), len(layer_ids), d_model),
+                          (min(params["unit_size"], len(sequences)), 1, d_model), ("sample", "layer", "d_model"))
+    job = ActivationsJob(
+        label=f"activations {params['variant']}/{params['prompt_set']}", store_url=store_address(store),
+        scratch=store.partial_dir(spec), entry=entry, sequences=sequences,
+        sources=[{k: r[k] for k in ("prompt_id", "pair_id", "polarity", "rollout", "variant", "formatted_prompt")}
+                 for r in responses],
+        spans=spans, position=params["position"], layer_ids=layer_ids, params=params, array=array,
+        threads=(executor or Executor()).threads, schema=_schema(frame.to_arrow().schema, per_token))
+    metas = run_units(executor, job, store.location, job.scratch, units, quiet)
     attrs = {"layers": layer_ids, "position": params["position"], "component": params["component"],
              "layer_convention": "layer k = output of decoder block k = hidden_states[k+1]",
-             "model_id": loaded.model_id, "model_revision": loaded.revision}
-    spans = _spans(sequences, pos)
-    bar = progress(len(sequences), f"activations {params['variant']}/{params['prompt_set']}", quiet)
-    capture = _write_per_token if params["per_token"] else _write_pooled
-    token_index = capture(writer, loaded, sequences, spans, pos, layer_ids, params, attrs, bar)
-    bar.close()
+             "model_id": metas[0]["model_id"], "model_revision": metas[0]["model_revision"]}
+    finalize(writer, store.location, job.scratch, metas, [dataclasses.replace(array, attributes=attrs)])
+    if not per_token:
+        _layer_stats(writer, store.location, job.scratch, metas, layer_ids)
+    writer.summary.update({"samples": len(sequences), "layers": layer_ids, "d_model": d_model,
+                           "empty_spans": sum(n == 0 for n in counts)})
 
-    rows = []
-    for i, (resp, seq) in enumerate(zip(responses, sequences)):
-        start, end = spans[i]
-        row = {"sample": i, "prompt_id": resp["prompt_id"], "pair_id": resp["pair_id"], "polarity": resp["polarity"],
-               "rollout": resp["rollout"], "prompt_set": params["prompt_set"], "variant": params["variant"],
-               "source_variant": resp["variant"], "formatted_prompt": seq["formatted_prompt"],
-               "source_formatted_prompt": resp["formatted_prompt"], "used_chat_template": seq["used_chat_template"],
-               "token_ids": seq["ids"], "prompt_len": seq["prompt_len"], "total_len": len(seq["ids"]),
-               "span_start": start, "span_end": end, "n_tokens": end - start}
-        if params["per_token"]:
-            row["token_start"], row["token_end"] = token_index[i]
-        rows.append(row)
-    writer.write_table(rows)
-    writer.summary.update({"samples": len(rows), "layers": layer_ids, "d_model": d_model,
-                           "empty_spans": sum(r["n_tokens"] == 0 for r in rows)})
+
+def _schema(source_schema: Any, per_token: bool) -> Any:
+    import pyarrow as pa
+
+    text, count = pa.string(), pa.int64()
+    fields = [
+        ("sample", count), ("prompt_id", plain_type(source_schema, "prompt_id")),
+        ("pair_id", plain_type(source_schema, "pair_id")), ("polarity", plain_type(source_schema, "polarity")),
+        ("rollout", count), ("prompt_set", text), ("variant", text), ("source_variant", text),
+        ("formatted_prompt", text), ("source_formatted_prompt", text), ("used_chat_template", pa.bool_()),
+        ("token_ids", pa.list_(count)), ("prompt_len", count), ("total_len", count), ("span_start", count),
+        ("span_end", count), ("n_tokens", count),
+    ]
+    if per_token:
+        fields += [("token_start", count), ("token_end", count)]
+    return pa.schema(fields)
 
 
 def _spans(sequences: list[dict[str, Any]], pos: Any) -> list[tuple[int, int]]:
@@ -170,59 +216,93 @@ def _spans(sequences: list[dict[str, Any]], pos: Any) -> list[tuple[int, int]]:
     return spans
 
 
-def _write_pooled(writer: Any, loaded: Any, sequences: list[dict[str, Any]], spans: list[tuple[int, int]], pos: Any,
-                  layer_ids: list[int], params: dict[str, Any], attrs: dict[str, Any], bar: Any) -> None:
-    """Mean over the span: ``acts`` [sample, layer, d_model], chunks one layer deep."""
+@dataclass(frozen=True)
+class ActivationsJob:
+    """One activations build as work units; pickled to Ray workers (plain data only)."""
+
+    label: str
+    store_url: str
+    scratch: str
+    entry: Any  # catalog Variant
+    sequences: list[dict[str, Any]]
+    sources: list[dict[str, Any]]  # the responses' columns the rows keep
+    spans: list[tuple[int, int]]
+    position: str
+    layer_ids: list[int]
+    params: dict[str, Any]
+    array: ArraySpec
+    threads: int
+    schema: Any  # pyarrow.Schema of the rows
+
+    def run_unit(self, unit: Unit) -> dict[str, Any]:
+        """Capture the unit's samples: pooled rows or per-token rows of ``acts`` (in sample
+        order, at the rows the plan gave the unit), its table shard, and (pooled) the
+        per-sample norms for the layer statistics."""
+        import numpy as np
+        import pyarrow as pa
+
+        from transforms.positions import parse_position
+
+        set_threads(self.threads)
+        store = Store(self.store_url)
+        loaded = variant_model(store, self.entry)
+        if loaded.d_model != self.array.shape[2]:
+            raise BuildError(f"{loaded.model_id}: d_model {loaded.d_model}, config says {self.array.shape[2]}")
+        out = UnitOutput(store.location, self.scratch, unit)
+        pos = parse_position(self.position)
+        sequences = self.sequences[unit.start:unit.end]
+        params = self.params
+        offsets = {}  # sample (unit-local) -> first token row
+        if params["per_token"]:
+            from transforms.capture import iter_per_token
+
+            row = unit.token_start
+            for i, (start, end) in enumerate(self.spans[unit.start:unit.end]):
+                offsets[i] = row
+                row += end - start
+            rows = out.array_rows(self.array, unit.token_start, unit.token_end)
+            for chunk in iter_per_token(loaded.model, sequences, self.layer_ids, params["component"], pos,
+                                        params["batch_size"]):
+                for t in chunk:
+                    rows.write(offsets[t.sample_idx], t.acts_TLD)
+            rows.close()
+        else:
+            from transforms.capture import iter_pooled
+
+            acts = np.empty((len(sequences), *self.array.shape[1:]), dtype=np.float32)
+            for idx, acts_BLD in iter_pooled(loaded.model, sequences, pos, self.layer_ids, params["component"],
+                                             params["batch_size"], None, on_empty="nan"):
+                acts[idx] = acts_BLD
+            out.write_array(self.array, unit.start, acts)
+            out.save_npy("norms.npy", np.linalg.norm(acts, axis=-1))  # [sample, layer]
+        out.write_table(pa.Table.from_pylist(
+            [self._row(unit.start + i, offsets.get(i)) for i in range(len(sequences))], schema=self.schema))
+        return out.finish(model_id=loaded.model_id, model_revision=loaded.revision)
+
+    def _row(self, sample: int, token_start: int | None) -> dict[str, Any]:
+        resp, seq = self.sources[sample], self.sequences[sample]
+        start, end = self.spans[sample]
+        row = {"sample": sample, "prompt_id": resp["prompt_id"], "pair_id": resp["pair_id"],
+               "polarity": resp["polarity"], "rollout": resp["rollout"], "prompt_set": self.params["prompt_set"],
+               "variant": self.params["variant"], "source_variant": resp["variant"],
+               "formatted_prompt": seq["formatted_prompt"], "source_formatted_prompt": resp["formatted_prompt"],
+               "used_chat_template": seq["used_chat_template"], "token_ids": seq["ids"],
+               "prompt_len": seq["prompt_len"], "total_len": len(seq["ids"]),
+               "span_start": start, "span_end": end, "n_tokens": end - start}
+        if token_start is not None:
+            row["token_start"], row["token_end"] = token_start, token_start + end - start
+        return row
+
+
+def _layer_stats(writer: Any, location: Any, scratch: str, metas: list[dict[str, Any]], layer_ids: list[int]) -> None:
+    """Per-layer activation norms: the first thing a researcher plots (from the units'
+    per-sample norms, in unit order)."""
     import numpy as np
 
-    from transforms.capture import iter_pooled
+    from .units import load_npy
 
-    acts = np.empty((len(sequences), len(layer_ids), loaded.d_model), dtype=np.float32)
-    for idx, acts_BLD in iter_pooled(loaded.model, sequences, pos, layer_ids, params["component"],
-                                     params["batch_size"], bar, on_empty="nan"):
-        acts[idx] = acts_BLD
-    array = writer.create_array("acts", acts.shape, (min(SAMPLE_CHUNK, len(sequences)), 1, loaded.d_model),
-                                ("sample", "layer", "d_model"), attributes=attrs)
-    array[:] = acts
-    _layer_stats(writer, acts, layer_ids)
-
-
-def _write_per_token(writer: Any, loaded: Any, sequences: list[dict[str, Any]], spans: list[tuple[int, int]],
-                     pos: Any, layer_ids: list[int], params: dict[str, Any], attrs: dict[str, Any],
-                     bar: Any) -> dict[int, tuple[int, int]]:
-    """Every token of the span: ragged ``acts`` [token, layer, d_model], streamed to disk in
-    whole chunks (each written once); returns sample -> [token_start, token_end)."""
-    import numpy as np
-
-    from transforms.capture import iter_per_token
-
-    total = sum(end - start for start, end in spans)
-    shape = (total, len(layer_ids), loaded.d_model)
-    array = writer.create_array("acts", shape, (min(TOKEN_CHUNK, max(total, 1)), 1, loaded.d_model),
-                                ("token", "layer", "d_model"), attributes=attrs)
-    token_index: dict[int, tuple[int, int]] = {}
-    pending = np.zeros((0, *shape[1:]), np.float32)
-    offset = flushed = 0
-    for chunk in iter_per_token(loaded.model, sequences, layer_ids, params["component"], pos, params["batch_size"], bar):
-        for t in chunk:
-            token_index[t.sample_idx] = (offset, offset + t.acts_TLD.shape[0])
-            offset += t.acts_TLD.shape[0]
-        pending = np.concatenate([pending, *(t.acts_TLD for t in chunk)], axis=0)
-        whole = (pending.shape[0] // TOKEN_CHUNK) * TOKEN_CHUNK
-        if whole:
-            array[flushed:flushed + whole] = pending[:whole]
-            flushed += whole
-            pending = pending[whole:]
-    if offset > flushed:
-        array[flushed:offset] = pending
-    return token_index
-
-
-def _layer_stats(writer: Any, acts: Any, layer_ids: list[int]) -> None:
-    """Per-layer activation norms: the first thing a researcher plots."""
-    import numpy as np
-
-    norms = np.linalg.norm(acts, axis=-1)  # [sample, layer]
+    norms = np.concatenate([load_npy(location, f"{scratch}/unit-{m['unit']:05d}/norms.npy")
+                            for m in sorted(metas, key=lambda m: m["unit"])])  # [sample, layer]
     rows = [{"layer": layer, "mean_norm": float(np.nanmean(norms[:, j])), "std_norm": float(np.nanstd(norms[:, j]))}
             for j, layer in enumerate(layer_ids)]
     writer.write_table(rows, table="layer_stats")
@@ -238,21 +318,26 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--per-token", action="store_true", help="store every token of the position, not the mean")
     parser.add_argument("--replay-from", metavar="VARIANT", help="replay this variant's responses through --variant")
     parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--unit-size", type=int, default=ACTIVATIONS_UNIT,
+                        help="samples per work unit and table shard (pooled: per Zarr chunk), whole batches")
+    add_executor_args(parser)
     return parser
 
 
 def main(args: argparse.Namespace) -> int:
-    store, catalog = open_store_and_catalog(args)
-    defaults = catalog.stage_defaults("activations")
-    for prompt_set in args.prompts:
-        report(capture_activations(
-            store, catalog, args.variant, prompt_set,
-            position=args.position or defaults.get("position", "response[:]"),
-            layers=args.layers or str(defaults.get("layers", "all")),
-            component=args.component or defaults.get("component", "residual"),
-            experiment=args.experiment, replay_from=args.replay_from, per_token=args.per_token,
-            batch_size=args.batch_size or int(defaults.get("batch_size", 8)), force=args.force, quiet=args.quiet,
-        ))
+    with executor_from_args(args) as executor:  # connects first: a bad cluster touches no store
+        store, catalog = open_store_and_catalog(args)
+        defaults = catalog.stage_defaults("activations")
+        for prompt_set in args.prompts:
+            report(capture_activations(
+                store, catalog, args.variant, prompt_set,
+                position=args.position or defaults.get("position", "response[:]"),
+                layers=args.layers or str(defaults.get("layers", "all")),
+                component=args.component or defaults.get("component", "residual"),
+                experiment=args.experiment, replay_from=args.replay_from, per_token=args.per_token,
+                batch_size=args.batch_size or int(defaults.get("batch_size", 8)), force=args.force,
+                quiet=args.quiet, unit_size=args.unit_size, executor=executor,
+            ))
     return 0
 
 

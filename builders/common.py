@@ -104,13 +104,20 @@ def cached_model(model_id: str, revision: str | None = None):
 
 def model_layer_count(model_id: str, revision: str | None = None) -> int:
     """The number of decoder blocks from the checkpoint's config, without loading weights."""
+    return model_config_dims(model_id, revision)[0]
+
+
+def model_config_dims(model_id: str, revision: str | None = None) -> tuple[int, int]:
+    """``(decoder blocks, d_model)`` from the checkpoint's config, without loading weights."""
     from transformers import AutoConfig
 
     from transforms.models import ModelRef, resolve_checkpoint
 
     config = AutoConfig.from_pretrained(resolve_checkpoint(ModelRef(model_id, revision)))
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
-    return int(getattr(text, "num_hidden_layers", None) or getattr(text, "n_layer"))
+    n_layers = int(getattr(text, "num_hidden_layers", None) or getattr(text, "n_layer"))
+    d_model = int(getattr(text, "hidden_size", None) or getattr(text, "n_embd", None) or getattr(text, "d_model"))
+    return n_layers, d_model
 
 
 def progress(total: int, desc: str, quiet: bool):

@@ -5,8 +5,11 @@
 
 Batched generation with left padding; greedy by default, sampled with ``--temperature``.
 Rows keep prompt id, pair id, polarity, rollout, the formatted prompt, the response, the
-full token ids and the prompt length taken from the ids. An interrupted run resumes: the
-finished batches are kept in a scratch folder of the version and not generated again.
+full token ids and the prompt length taken from the ids. The rows, in (prompt id, rollout)
+order, are cut into work units of ``--unit-size`` rows (whole batches; one Parquet shard
+each) that run in this process or on Ray (``--executor ray``, see builders/executors.py)
+with the same result. An interrupted run resumes: finished units and batches are kept in
+a scratch folder of the version and not generated again.
 Output dataset: ``responses-<experiment>-<variant>-<prompt set>``.
 """
 from __future__ import annotations
@@ -14,20 +17,23 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 from store import BuildResult, BuildSpec, Manifest, Store
 
 from .catalog import Catalog
-from .common import (BuildError, add_experiment_args, base_parser, open_store_and_catalog, progress,
+from .common import (BuildError, add_experiment_args, base_parser, open_store_and_catalog,
                      report, run)
+from .executors import Executor, add_executor_args, executor_from_args, run_units, set_threads
 from .prompts import ensure_prompt_set
+from .units import Unit, UnitOutput, plain_type, plan_units, round_unit_size, store_address
 from .variants import variant_model
 
 log = logging.getLogger(__name__)
 
 BUILDER = "builders.responses"
-CODE_VERSION = "1"
+CODE_VERSION = "2"  # 2: work units, one Parquet shard per unit
 
 
 def dataset_name(experiment: str, variant: str, prompt_set: str) -> str:
@@ -63,6 +69,9 @@ def _formatted_rows(loaded: Any, prompt_rows: list[dict[str, Any]], style: str) 
     return out
 
 
+RESPONSES_UNIT = 64  # prompts x rollouts per work unit (rounded up to whole batches)
+
+
 def generate_responses(
     store: Store,
     catalog: Catalog,
@@ -72,8 +81,12 @@ def generate_responses(
     overrides: dict[str, Any] | None = None,
     force: bool = False,
     quiet: bool = False,
+    executor: Executor | None = None,
 ) -> BuildResult:
-    """Build (or find up to date) the responses of ``variant`` to ``prompt_set``."""
+    """Build (or find up to date) the responses of ``variant`` to ``prompt_set``.
+
+    The work runs as units of ``unit_size`` rows (one Parquet shard each) on ``executor``
+    (default: in this process); the executor does not change the version or its bytes."""
     from transforms.generation import GenerationConfig
 
     exp = catalog.experiment(experiment)
@@ -81,88 +94,145 @@ def generate_responses(
     prompts = ensure_prompt_set(store, catalog, prompt_set)
     settings = {**catalog.stage_defaults("responses"), **{k: v for k, v in (overrides or {}).items() if v is not None}}
     rollouts = int(settings.pop("rollouts", 1))
+    unit_size = int(settings.pop("unit_size", RESPONSES_UNIT))
     if rollouts < 1:
         raise BuildError(f"--rollouts must be >= 1, got {rollouts}")
     try:
         config = GenerationConfig(**settings)
+        unit_size = round_unit_size(unit_size, config.batch_size)
     except (TypeError, ValueError) as err:
         raise BuildError(f"generation settings: {err}") from None
     params = {"experiment": exp.name, "variant": variant, "prompt_set": prompt_set,
-              "rollouts": rollouts, "generation": config.as_dict()}
+              "rollouts": rollouts, "generation": config.as_dict(), "unit_size": unit_size}
     spec = BuildSpec(name=dataset_name(exp.name, variant, prompt_set), kind="responses", builder=BUILDER,
                      code_version=CODE_VERSION, params=params, parents={"prompts": prompts.ref},
                      identity=model_identity(catalog, exp.name, variant, store))
 
     def produce(writer) -> None:
-        rows = _generate(store, catalog, spec, exp.name, variant, prompts, config, rollouts, quiet)
-        writer.write_table(rows)
+        from .units import finalize
+
+        job, units = _plan(store, catalog, spec, prompts, config, rollouts, unit_size, executor)
+        metas = run_units(executor, job, store.location, job.scratch, units, quiet)
+        finalize(writer, store.location, job.scratch, metas, arrays=[])
+        rows = sum(m["responses"] for m in metas)
         writer.summary.update({
-            "responses": len(rows),
-            "mean_response_tokens": round(sum(len(r["token_ids"]) - r["prompt_len"] for r in rows) / max(1, len(rows)), 2),
-            "finished_by_eos": sum(r["finish_reason"] == "eos" for r in rows),
-            "tokenizer_fingerprint": rows[0]["tokenizer_fingerprint"] if rows else None,
+            "responses": rows,
+            "mean_response_tokens": round(sum(m["response_tokens"] for m in metas) / max(1, rows), 2),
+            "finished_by_eos": sum(m["finished_by_eos"] for m in metas),
+            "tokenizer_fingerprint": metas[0]["tokenizer_fingerprint"] if rows else None,
         })
 
     return store.build(spec, produce, force=force)
 
 
-def _generate(store: Store, catalog: Catalog, spec: BuildSpec, experiment: str, variant: str,
-              prompts: Manifest, config: Any, rollouts: int, quiet: bool) -> list[dict[str, Any]]:
-    import pyarrow.parquet as pq
+def _plan(store: Store, catalog: Catalog, spec: BuildSpec, prompts: Manifest, config: Any, rollouts: int,
+          unit_size: int, executor: Executor | None) -> tuple["ResponsesJob", list[Unit]]:
+    """Rows in (prompt id, rollout) order, cut into units of whole batches."""
+    params = spec.params
+    frame = store.read_table(prompts)
+    style = json.loads(store.read_bytes(prompts, "prompt_set.json"))["style"]
+    prompt_rows = sorted(frame.to_dicts(), key=lambda row: row["prompt_id"])
+    items = [(row, r) for row in prompt_rows for r in range(rollouts)]
+    job = ResponsesJob(
+        label=f"responses {params['variant']}/{params['prompt_set']}", store_url=store_address(store),
+        scratch=store.partial_dir(spec), entry=catalog.variant(params["experiment"], params["variant"]),
+        items=items, experiment=params["experiment"], variant=params["variant"], prompt_set=params["prompt_set"],
+        style=style, config=config, threads=(executor or Executor()).threads,
+        schema=_schema(frame.to_arrow().schema))
+    return job, plan_units(len(items), unit_size)
+
+
+def _schema(prompt_schema: Any) -> Any:
     import pyarrow as pa
 
-    from transforms.generation import generate_batch, plan_batches
+    def given(name: str) -> Any:
+        return plain_type(prompt_schema, name)
 
-    entry = catalog.variant(experiment, variant)
-    prompt_rows = store.read_table(prompts).to_dicts()
-    style = json.loads(store.read_bytes(prompts, "prompt_set.json"))["style"]
-    loaded = variant_model(store, entry)
-    formatted = _formatted_rows(loaded, prompt_rows, style)
-    items = [(row, r) for row in formatted for r in range(rollouts)]
-    batches = plan_batches([len(row["prompt_ids"]) for row, _ in items],
-                           [f"{row['prompt_id']}:{r}" for row, r in items], config.batch_size)
+    text, count = pa.string(), pa.int64()
+    return pa.schema([
+        ("prompt_id", given("prompt_id")), ("pair_id", given("pair_id")), ("polarity", given("polarity")),
+        ("rollout", count), ("prompt_set", text), ("prompt_style", text), ("trait", given("trait")),
+        ("experiment", text), ("variant", text), ("system_prompt", given("system_prompt")),
+        ("prompt", given("prompt")), ("formatted_prompt", text), ("used_chat_template", pa.bool_()),
+        ("system_mode", text), ("response", text), ("token_ids", pa.list_(count)), ("prompt_len", count),
+        ("response_len", count), ("finish_reason", text), ("model_id", text), ("model_revision", text),
+        ("tokenizer_fingerprint", text), ("generation_config", text),
+    ])
 
-    scratch = store.partial_dir(spec)
-    fs = store.fs
-    done = {p.rsplit("/", 1)[-1] for p in fs.ls(scratch, detail=False)}
-    generation = json.dumps(config.as_dict(), sort_keys=True)
-    bar = progress(len(items), f"responses {variant}/{spec.params['prompt_set']}", quiet)
-    for index, batch in enumerate(batches):
-        part = f"batch-{index:05d}.parquet"
-        if part in done:
-            bar.update(len(batch))
-            continue
-        outputs = generate_batch(loaded.model, loaded.tokenizer, [items[i][0]["prompt_ids"] for i in batch], config, index)
-        rows = []
-        for i, out in zip(batch, outputs):
-            row, rollout = items[i]
-            rows.append({
-                "prompt_id": row["prompt_id"], "pair_id": row["pair_id"], "polarity": row["polarity"],
-                "rollout": rollout, "prompt_set": spec.params["prompt_set"], "prompt_style": style,
-                "trait": row.get("trait"),
-                "experiment": experiment, "variant": variant,
-                "system_prompt": row["system_prompt"], "prompt": row["prompt"],
-                "formatted_prompt": row["formatted_prompt"], "used_chat_template": row["used_chat_template"],
-                "system_mode": row["system_mode"],
-                "response": loaded.tokenizer.decode(out.response_ids, skip_special_tokens=True),
-                "token_ids": list(row["prompt_ids"]) + out.response_ids, "prompt_len": len(row["prompt_ids"]),
-                "response_len": len(out.response_ids), "finish_reason": out.finish_reason,
-                "model_id": loaded.model_id, "model_revision": loaded.revision,
-                "tokenizer_fingerprint": loaded.tokenizer_fingerprint, "generation_config": generation,
-            })
-        tmp = f"{scratch}/.{part}.tmp"
-        with fs.open(tmp, "wb") as handle:
-            pq.write_table(pa.Table.from_pylist(rows), handle)
-        fs.mv(tmp, f"{scratch}/{part}")  # a batch file exists only once it is complete
-        bar.update(len(batch))
-    bar.close()
 
-    finished = []
-    for index in range(len(batches)):
-        with fs.open(f"{scratch}/batch-{index:05d}.parquet", "rb") as handle:
-            finished.extend(pq.read_table(handle).to_pylist())
-    finished.sort(key=lambda r: (r["prompt_id"], r["rollout"]))
-    return finished
+@dataclass(frozen=True)
+class ResponsesJob:
+    """One responses build as work units; pickled to Ray workers (so plain data only)."""
+
+    label: str
+    store_url: str
+    scratch: str
+    entry: Any  # catalog Variant
+    items: list[tuple[dict[str, Any], int]]  # (prompt row, rollout), in (prompt id, rollout) order
+    experiment: str
+    variant: str
+    prompt_set: str
+    style: str
+    config: Any  # GenerationConfig
+    threads: int
+    schema: Any  # pyarrow.Schema of the rows
+
+    def run_unit(self, unit: Unit) -> dict[str, Any]:
+        """Generate the unit's rows batch by batch (each batch kept, so a killed unit
+        resumes), then write its shard. Batches are planned inside the unit and seeded by
+        their index in the whole build."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        from transforms.generation import generate_batch, plan_batches
+
+        set_threads(self.threads)
+        store = Store(self.store_url)
+        fs = store.fs
+        loaded = variant_model(store, self.entry)
+        out = UnitOutput(store.location, self.scratch, unit)
+        items = self.items[unit.start:unit.end]
+        formatted = _formatted_rows(loaded, [row for row, _ in items], self.style)
+        batch_size = self.config.batch_size
+        batches = plan_batches([len(row["prompt_ids"]) for row in formatted],
+                               [f"{row['prompt_id']}:{r}" for row, (_, r) in zip(formatted, items)], batch_size)
+        generation = json.dumps(self.config.as_dict(), sort_keys=True)
+        rows: dict[int, dict[str, Any]] = {}
+        for j, batch in enumerate(batches):
+            part = out.path(f"batch-{j:05d}.parquet")
+            if fs.exists(part):
+                with fs.open(part, "rb") as handle:
+                    rows.update(zip(batch, pq.read_table(handle).to_pylist()))
+                continue
+            outputs = generate_batch(loaded.model, loaded.tokenizer, [formatted[i]["prompt_ids"] for i in batch],
+                                     self.config, unit.start // batch_size + j)
+            done = [self._row(loaded, formatted[i], items[i][1], o, generation) for i, o in zip(batch, outputs)]
+            tmp = f"{part}.tmp"
+            with fs.open(tmp, "wb") as handle:
+                pq.write_table(pa.Table.from_pylist(done, schema=self.schema), handle)
+            fs.mv(tmp, part)  # a batch file exists only once it is complete
+            rows.update(zip(batch, done))
+        ordered = [rows[i] for i in range(len(items))]
+        out.write_table(pa.Table.from_pylist(ordered, schema=self.schema))
+        return out.finish(responses=len(ordered),
+                          response_tokens=sum(r["response_len"] for r in ordered),
+                          finished_by_eos=sum(r["finish_reason"] == "eos" for r in ordered),
+                          tokenizer_fingerprint=loaded.tokenizer_fingerprint)
+
+    def _row(self, loaded: Any, row: dict[str, Any], rollout: int, out: Any, generation: str) -> dict[str, Any]:
+        return {
+            "prompt_id": row["prompt_id"], "pair_id": row["pair_id"], "polarity": row["polarity"],
+            "rollout": rollout, "prompt_set": self.prompt_set, "prompt_style": self.style,
+            "trait": row.get("trait"), "experiment": self.experiment, "variant": self.variant,
+            "system_prompt": row["system_prompt"], "prompt": row["prompt"],
+            "formatted_prompt": row["formatted_prompt"], "used_chat_template": row["used_chat_template"],
+            "system_mode": row["system_mode"],
+            "response": loaded.tokenizer.decode(out.response_ids, skip_special_tokens=True),
+            "token_ids": list(row["prompt_ids"]) + out.response_ids, "prompt_len": len(row["prompt_ids"]),
+            "response_len": len(out.response_ids), "finish_reason": out.finish_reason,
+            "model_id": loaded.model_id, "model_revision": loaded.revision,
+            "tokenizer_fingerprint": loaded.tokenizer_fingerprint, "generation_config": generation,
+        }
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -177,16 +247,21 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--rollouts", type=int, help="responses per prompt")
     gen.add_argument("--seed", type=int)
     gen.add_argument("--batch-size", type=int)
+    gen.add_argument("--unit-size", type=int,
+                     help=f"rows per work unit and Parquet shard, rounded up to whole batches (default {RESPONSES_UNIT})")
+    add_executor_args(parser)
     return parser
 
 
 def main(args: argparse.Namespace) -> int:
-    store, catalog = open_store_and_catalog(args)
-    overrides = {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature, "top_p": args.top_p,
-                 "rollouts": args.rollouts, "seed": args.seed, "batch_size": args.batch_size}
-    for prompt_set in args.prompts:
-        report(generate_responses(store, catalog, args.variant, prompt_set, args.experiment, overrides,
-                                  force=args.force, quiet=args.quiet))
+    with executor_from_args(args) as executor:  # connects first: a bad cluster touches no store
+        store, catalog = open_store_and_catalog(args)
+        overrides = {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature, "top_p": args.top_p,
+                     "rollouts": args.rollouts, "seed": args.seed, "batch_size": args.batch_size,
+                     "unit_size": args.unit_size}
+        for prompt_set in args.prompts:
+            report(generate_responses(store, catalog, args.variant, prompt_set, args.experiment, overrides,
+                                      force=args.force, quiet=args.quiet, executor=executor))
     return 0
 
 

@@ -61,8 +61,6 @@ class VersionWriter:
         shard_rows: int = DEFAULT_SHARD_ROWS,
     ) -> int:
         """Write rows (pyarrow Table, polars DataFrame or list of dicts) as Parquet shards."""
-        import pyarrow.parquet as pq
-
         arrow = _to_arrow(rows)
         count = max(1, -(-arrow.num_rows // shard_rows))
         folder = table_dir(table)
@@ -71,14 +69,39 @@ class VersionWriter:
             piece = arrow.slice(i * shard_rows, shard_rows)
             rel = f"{folder}/{shard_name(split, i, count)}"
             self.location.fs.makedirs(self.file_path(folder), exist_ok=True)
-            with self.location.fs.open(self.file_path(rel), "wb") as handle:
-                pq.write_table(piece, handle, compression="zstd")
+            write_parquet(self.location.fs, self.file_path(rel), piece)
             shards.append(rel)
         entry = self.tables.setdefault(table, {"rows": 0, "splits": {}, "schema": {}})
         entry["rows"] += arrow.num_rows
         entry["splits"][split] = {"rows": arrow.num_rows, "shards": shards}
         entry["schema"] = {f.name: str(f.type) for f in arrow.schema}
         return arrow.num_rows
+
+    def add_table_shards(self, shards: list[str], rows: int, schema: dict[str, str], table: str = "data",
+                         split: str = "train") -> None:
+        """Register Parquet shards already placed in this version (see :meth:`adopt`)."""
+        entry = self.tables.setdefault(table, {"rows": 0, "splits": {}, "schema": {}})
+        entry["rows"] += rows
+        entry["splits"][split] = {"rows": rows, "shards": list(shards)}
+        entry["schema"] = dict(schema)
+
+    def adopt(self, source: str, relpath: str) -> None:
+        """Place the finished file ``source`` (same filesystem) at ``relpath`` without changing
+        its bytes: a hard link on local disk (the source is kept, so a killed publish can be
+        redone), a server-side copy elsewhere."""
+        fs = self.location.fs
+        target = self.file_path(relpath)
+        fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
+        if self.location.is_local:
+            import os
+            import shutil
+
+            try:
+                os.link(source, target)
+            except OSError:
+                shutil.copyfile(source, target)
+        else:
+            fs.copy(source, target)
 
     def zarr_store(self, name: str) -> Any:
         """A zarr v3 store for array ``name`` inside this version."""
@@ -93,17 +116,7 @@ class VersionWriter:
         dtype: str = "float32",
         attributes: dict[str, Any] | None = None,
     ) -> "zarr.Array":
-        import zarr
-
-        array = zarr.create_array(
-            self.zarr_store(name),
-            shape=shape,
-            chunks=chunks,
-            dtype=dtype,
-            dimension_names=dimension_names,
-            fill_value=0,
-            attributes=attributes or {},
-        )
+        array = create_zarr_array(self.zarr_store(name), shape, chunks, dimension_names, dtype, attributes)
         self.arrays[name] = {
             "shape": list(shape),
             "chunks": list(chunks),
@@ -133,6 +146,23 @@ class VersionWriter:
                     digest.update(block)
             files[rel] = {"size": fs.size(full), "sha256": digest.hexdigest()}
         return files
+
+
+def write_parquet(fs: Any, path: str, table: "pa.Table") -> None:
+    """The one way a Parquet shard is written (same settings, same bytes, in any process)."""
+    import pyarrow.parquet as pq
+
+    with fs.open(path, "wb") as handle:
+        pq.write_table(table, handle, compression="zstd")
+
+
+def create_zarr_array(store: Any, shape: tuple[int, ...], chunks: tuple[int, ...], dimension_names: tuple[str, ...],
+                      dtype: str = "float32", attributes: dict[str, Any] | None = None) -> "zarr.Array":
+    """The one way an array is created (same codecs, so chunk bytes match in any process)."""
+    import zarr
+
+    return zarr.create_array(store, shape=shape, chunks=chunks, dtype=dtype, dimension_names=dimension_names,
+                             fill_value=0, attributes=attributes or {})
 
 
 def open_zarr_store(location: Location, path: str, read_only: bool) -> Any:

@@ -122,11 +122,11 @@ def test_sigkill_halfway_leaves_no_version_and_resumes_identically(tmp_path):
     proc = subprocess.Popen(_responses_cmd(killed, 2), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     partial = tmp_path / "killed" / "responses-demo-instruct-general" / f".partial-{reference.version}"
     deadline = time.time() + 240
-    while time.time() < deadline and not list(partial.glob("batch-*.parquet")):
+    while time.time() < deadline and not list(partial.glob("unit-*/batch-*.parquet")):
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert list(partial.glob("batch-*.parquet")), "the build finished no batch before the kill"
+    assert list(partial.glob("unit-*/batch-*.parquet")), "the build finished no batch before the kill"
     store = Store(killed)
     assert store.versions("responses-demo-instruct-general") == []  # nothing partial is visible
 
