@@ -60,11 +60,17 @@ class Executor:
     def __init__(self, threads: int | None = None) -> None:
         if threads is not None and threads < 1:
             raise BuildError(f"--threads must be >= 1, got {threads}")
-        if threads is None:
+        self._threads = threads
+
+    @property
+    def threads(self) -> int:
+        """torch threads per unit: as given, else the driver's torch default (resolved on
+        first use, so an up-to-date rebuild never imports torch)."""
+        if self._threads is None:
             import torch
 
-            threads = torch.get_num_threads()
-        self.threads = threads
+            self._threads = torch.get_num_threads()
+        return self._threads
 
     def map_units(self, job: UnitJob, units: list[Unit], on_done: Callable[[dict[str, Any]], None]) -> None:
         for unit in units:
@@ -245,6 +251,7 @@ def run_units(executor: Executor | None, job: UnitJob, location: Any, scratch: s
         executor.map_units(job, pending, done)
     finally:
         bar.close()
-    pids = sorted({m.get("pid") for m in metas.values()})
-    log.info("%s: %d units on %s executor, worker pids %s", job.label, len(units), executor.kind, pids)
+    pids = sorted({m.get("pid") for m in metas.values() if m["unit"] in {u.index for u in pending}})
+    log.info("%s: %d units (%d run now) on the %s executor, worker pids %s", job.label, len(units), len(pending),
+             executor.kind, pids, extra={"unit_pids": pids, "units": len(units)})
     return [metas[u.index] for u in units]

@@ -1,0 +1,160 @@
+"""``--executor ray`` builds the same versions, byte for byte, as ``--executor local``.
+
+A local Ray cluster (2 CPUs, no dashboard) is started by the module fixture; its workers
+import this worktree's code through ``PYTHONPATH`` (the venv's editable install may point
+elsewhere). Responses and activations (pooled and per token) are built with the real
+SmolLM2 model, greedy, in two stores, and compared file by file.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from builders.activations import capture_activations
+from builders.catalog import load_catalog
+from builders.executors import Executor, RayExecutor
+from builders.responses import generate_responses
+from store import BuildSpec, Store
+
+REPO = Path(__file__).resolve().parents[1]
+GEN = {"max_new_tokens": 8, "batch_size": 2, "unit_size": 4, "temperature": 0.0}  # 10 prompts -> 3 units
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False,
+             runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}})
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+def _build_all(store: Store, executor: Executor) -> dict[str, object]:
+    catalog = load_catalog()
+    out = {"responses": generate_responses(store, catalog, "instruct", "general", "demo", GEN, quiet=True,
+                                           executor=executor).manifest}
+    out["pooled"] = capture_activations(store, catalog, "instruct", "general", "response[:]", "all", batch_size=2,
+                                        unit_size=4, quiet=True, executor=executor).manifest
+    out["per_token"] = capture_activations(store, catalog, "instruct", "general", "all[:]", "3,29", per_token=True,
+                                           batch_size=2, unit_size=4, quiet=True, executor=executor).manifest
+    return out
+
+
+def test_ray_and_local_build_identical_versions(ray_cluster, tmp_path, caplog, monkeypatch):
+    import builders.activations
+
+    monkeypatch.setattr(builders.activations, "TOKEN_CHUNK", 7)  # owned chunks and shared edge chunks
+    caplog.set_level(logging.INFO, logger="builders.executors")
+    local = _build_all(Store(str(tmp_path / "local")), Executor())
+    local_pids = {pid for r in caplog.records for pid in getattr(r, "unit_pids", [])}
+    caplog.clear()
+    with RayExecutor() as executor:
+        assert executor.workers == 2
+        remote = _build_all(Store(str(tmp_path / "ray")), executor)
+    runs = [r for r in caplog.records if hasattr(r, "unit_pids")]
+    assert [r.units for r in runs] == [3, 3, 3]
+    ray_pids = {pid for r in runs for pid in r.unit_pids}
+    assert len(ray_pids) > 1, f"units ran in one process only: {ray_pids}"
+    assert not ray_pids & local_pids
+
+    for key, mine in local.items():
+        theirs = remote[key]
+        assert mine.version == theirs.version, key
+        assert mine.files == theirs.files, key  # every file's sha256, zarr metadata included
+        assert mine.content_hash == theirs.content_hash, key
+        assert mine.tables == theirs.tables and mine.arrays == theirs.arrays and mine.summary == theirs.summary
+    assert sum(p.startswith("data/train-") for p in local["responses"].files) == 3
+    assert "executor" not in json.dumps(local["responses"].params)
+    assert local["responses"].params["generation"]["temperature"] == 0  # greedy
+
+    store = Store(str(tmp_path / "ray"))
+    rows = store.read_table(remote["per_token"]).to_dicts()
+    assert [r["sample"] for r in rows] == list(range(10))
+    assert [(r["token_start"], r["token_end"]) for r in rows][0][0] == 0
+    assert all(a["token_end"] == b["token_start"] for a, b in zip(rows, rows[1:]))  # sample order, no gaps
+    acts = store.open_array(remote["per_token"], "acts")
+    assert acts.chunks == (7, 1, 576) and acts.shape[0] == rows[-1]["token_end"]
+    pooled = store.open_array(remote["pooled"], "acts")[:]
+    assert pooled.shape == (10, 30, 576) and np.isfinite(pooled).all()
+    assert not list((tmp_path / "ray").glob("*/.partial-*"))  # scratch removed on publish
+
+
+def _spec(name: str) -> BuildSpec:
+    return BuildSpec(name=name, kind="test", builder="tests", code_version="1", params={}, parents={}, identity={})
+
+
+def _fake_units(store: Store, scratch: str, arrays) -> list[dict]:
+    import pyarrow as pa
+
+    from builders.units import UnitOutput, plan_units
+
+    rng = np.random.default_rng(0)
+    counts = [int(c) for c in rng.integers(0, 9, size=11)]
+    units = plan_units(11, 3, counts)
+    pooled, tokens = arrays
+    data_p = rng.standard_normal(pooled.shape).astype(np.float32)
+    data_t = rng.standard_normal(tokens.shape).astype(np.float32)
+    metas = []
+    for unit in units:
+        out = UnitOutput(store.location, scratch, unit)
+        out.write_table(pa.table({"sample": pa.array(range(unit.start, unit.end), pa.int64())}))
+        out.write_array(pooled, unit.start, data_p[unit.start:unit.end])
+        rows = out.array_rows(tokens, unit.token_start, unit.token_end)
+        for lo in reversed(range(unit.token_start, unit.token_end, 2)):  # rows in any order
+            rows.write(lo, data_t[lo:min(lo + 2, unit.token_end)])
+        rows.close()
+        metas.append(out.finish())
+    return metas, data_p, data_t
+
+
+def test_finalize_ignores_unit_order(tmp_path):
+    from builders.units import ArraySpec, finalize
+
+    results = []
+    for order in ("forward", "reversed"):
+        store = Store(str(tmp_path / order))
+        spec = _spec("units-test")
+        scratch = store.partial_dir(spec)
+        total = 0
+        pooled = ArraySpec("pooled", (11, 2, 4), (3, 1, 4), ("sample", "layer", "d"), attributes={"a": 1})
+        rng = np.random.default_rng(0)
+        total = int(sum(rng.integers(0, 9, size=11)))
+        tokens = ArraySpec("tokens", (total, 2, 4), (5, 1, 4), ("token", "layer", "d"))
+        metas, data_p, data_t = _fake_units(store, scratch, (pooled, tokens))
+        given = metas if order == "forward" else list(reversed(metas))
+        manifest = store.build(spec, lambda w: finalize(w, store.location, scratch, given, [pooled, tokens])).manifest
+        np.testing.assert_array_equal(store.open_array(manifest, "pooled")[:], data_p)
+        np.testing.assert_array_equal(store.open_array(manifest, "tokens")[:], data_t)
+        assert store.read_table(manifest)["sample"].to_list() == list(range(11))
+        results.append(manifest)
+    assert results[0].files == results[1].files and results[0].content_hash == results[1].content_hash
+    assert len(results[0].tables["data"]["splits"]["train"]["shards"]) == 4
+
+
+def _cli(root: Path, *extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "builders.responses", "--store", str(root), "--variant", "instruct",
+                           "--prompts", "general", "--quiet", *extra], cwd=REPO, capture_output=True, text=True,
+                          timeout=120)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--executor", "dask"], "unknown executor 'dask'"),
+    (["--executor", "ray", "--ray-address", "127.0.0.1:1"], "cannot reach 127.0.0.1:1"),
+    (["--executor", "ray", "--ray-address", "ray://127.0.0.1:1"], "cannot reach 127.0.0.1:1"),
+    (["--ray-address", "auto"], "need --executor ray"),
+])
+def test_bad_executor_is_one_line_and_touches_nothing(tmp_path, extra, message):
+    root = tmp_path / "store"
+    out = _cli(root, *extra)
+    assert out.returncode == 2, out.stderr
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], out.stderr
+    assert not root.exists()
