@@ -235,6 +235,10 @@ def run_units(executor: Executor | None, job: UnitJob, location: Any, scratch: s
     from .units import finished_units
 
     executor = executor or Executor()
+    protocols = (location.fs.protocol,) if isinstance(location.fs.protocol, str) else tuple(location.fs.protocol)
+    if executor.kind != "local" and "memory" in protocols:
+        raise BuildError(f"--executor {executor.kind}: workers cannot reach an in-memory store ({location.url}); "
+                         "use a folder or s3:// store")
     metas = finished_units(location, scratch, units)
     pending = [u for u in units if u.index not in metas]
     if metas:
