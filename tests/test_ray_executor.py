@@ -158,3 +158,37 @@ def test_bad_executor_is_one_line_and_touches_nothing(tmp_path, extra, message):
     lines = [line for line in out.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], out.stderr
     assert not root.exists()
+
+
+class _CountingJob:
+    """A unit job without a model: records which units ran."""
+
+    label = "fake"
+
+    def __init__(self, store: Store, scratch: str) -> None:
+        self.store, self.scratch, self.ran = store, scratch, []
+
+    def run_unit(self, unit):
+        import pyarrow as pa
+
+        from builders.units import UnitOutput
+
+        self.ran.append(unit.index)
+        out = UnitOutput(self.store.location, self.scratch, unit)
+        out.write_table(pa.table({"sample": pa.array(range(unit.start, unit.end), pa.int64())}))
+        return out.finish()
+
+
+def test_finished_units_are_not_redone(tmp_path):
+    from builders.executors import run_units
+    from builders.units import plan_units
+
+    store = Store(str(tmp_path / "s"))
+    scratch = store.partial_dir(_spec("resume-test"))
+    units = plan_units(10, 3)
+    first = _CountingJob(store, scratch)
+    first.run_unit(units[2])  # a killed run finished unit 2 only
+    (Path(scratch) / "unit-00001").mkdir()  # and started unit 1 (no done.json)
+    again = _CountingJob(store, scratch)
+    metas = run_units(Executor(threads=1), again, store.location, scratch, units, quiet=True)
+    assert again.ran == [0, 1, 3] and [m["unit"] for m in metas] == [0, 1, 2, 3]
