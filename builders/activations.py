@@ -9,8 +9,11 @@ Layer k = output of decoder block k = Hugging Face ``hidden_states[k+1]``. Posit
 pooled; ``prompt[-1]`` is the state that produces the first response token).
 
 Pooled output: Zarr array ``acts`` ``[sample, layer, d_model]`` float32, chunks one layer
-deep; ``--per-token``: ``acts`` ``[token, layer, d_model]`` plus the index columns
-``token_start``/``token_end`` in the sample table. ``--replay-from A`` runs ``--variant``
+and one work unit (``--unit-size`` samples) deep; ``--per-token``: ``acts``
+``[token, layer, d_model]`` (tokens in sample order) plus the index columns
+``token_start``/``token_end`` in the sample table. Units run in this process or on Ray
+(``--executor ray``, see builders/executors.py) with the same version and bytes; finished
+units are kept, so an interrupted run resumes. ``--replay-from A`` runs ``--variant``
 over variant A's response token ids, its prompt formatted its own way (seed 001 step 4c);
 both variants must share a tokenizer. Output dataset:
 ``activations-<experiment>-<variant>-<prompt set>-<position>-<component>[-replay_<A>][-per_token]``.
