@@ -115,7 +115,7 @@ def cmd_sql(store: Store, args: argparse.Namespace) -> None:
 
 
 def cmd_gc(store: Store, args: argparse.Namespace) -> None:
-    removed = store.collect_garbage()
+    removed = store.collect_garbage(min_idle=args.min_idle)
     print(f"removed {len(removed)} leftover folder(s)" + "".join(f"\n  {p}" for p in removed))
 
 
@@ -142,7 +142,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("query")
     p.add_argument("--format", **fmt)
     p.add_argument("--output", help="file to write (needed for parquet)")
-    sub.add_parser("gc", help="remove leftovers of killed builds")
+    p = sub.add_parser("gc", help="remove leftovers of killed builds (safe while builders run)")
+    p.add_argument("--min-idle", type=float, default=600.0, metavar="SECONDS",
+                   help="folders whose builder cannot be checked (another host) must be idle this long "
+                        "(default 600; a dead builder's folder on this host goes at once)")
     return parser
 
 

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from .fs import Location, resolve_location
 from .hashing import canonical_json, sha256_text, version_id
+from .leftovers import TMP_PREFIX, is_leftover, tmp_name
 from .manifest import MANIFEST, Manifest, package_versions
 from .writer import VersionWriter, open_zarr_store
 
@@ -28,7 +29,8 @@ log = logging.getLogger(__name__)
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 LATEST = "_latest"
 PARTIAL_PREFIX = ".partial-"
-TMP_PREFIX = ".tmp-"
+# a killed build's manifest-less folder older than this is garbage (a live one is seconds old)
+DEFAULT_MIN_IDLE = 600.0
 
 
 class StoreError(Exception):
@@ -225,7 +227,7 @@ class Store:
             log.info("%s is up to date", existing.ref)
             return BuildResult(existing, built=False)
 
-        tmp = self.location.join(spec.name, f"{TMP_PREFIX}{version}-{uuid.uuid4().hex[:8]}")
+        tmp = self.location.join(spec.name, tmp_name(version))
         writer = VersionWriter(self.location, tmp)
         try:
             produce(writer)
@@ -321,8 +323,13 @@ class Store:
         if self.fs.exists(path):
             self.fs.rm(path, recursive=True)
 
-    def garbage(self) -> Iterator[str]:
-        """Leftovers of killed builds: temporary folders and manifest-less versions."""
+    def garbage(self, min_idle: float = DEFAULT_MIN_IDLE) -> Iterator[str]:
+        """Leftovers of killed builds: temporary folders and manifest-less versions.
+
+        Safe while builders run: a temporary folder whose owner process is alive on this
+        host is never garbage; folders whose owner cannot be checked must have been idle
+        for ``min_idle`` seconds (pass 0 when no builder can be running).
+        """
         for entry in self.fs.ls(self.location.root, detail=True) if self.fs.exists(self.location.root) else []:
             if entry["type"] != "directory":
                 continue
@@ -333,11 +340,13 @@ class Store:
                 base = sub["name"].rstrip("/").rsplit("/", 1)[-1]
                 if sub["type"] != "directory":
                     continue
-                if base.startswith(TMP_PREFIX) or (not base.startswith(".") and not self.has_version(name, base)):
+                candidate = base.startswith(TMP_PREFIX) or (
+                    not base.startswith(".") and not self.has_version(name, base))
+                if candidate and is_leftover(self.fs, sub["name"], base, min_idle):
                     yield sub["name"]
 
-    def collect_garbage(self) -> list[str]:
-        removed = list(self.garbage())
+    def collect_garbage(self, min_idle: float = DEFAULT_MIN_IDLE) -> list[str]:
+        removed = list(self.garbage(min_idle))
         for path in removed:
             self._remove(path)
         return removed

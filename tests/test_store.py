@@ -100,7 +100,8 @@ def test_folder_without_manifest_is_invisible(store):
     assert store.versions("prompts-x") == []
     with pytest.raises(StoreError):
         store.resolve("prompts-x")
-    assert len(list(store.garbage())) == 1
+    assert list(store.garbage()) == []  # too fresh: could be a build about to write it
+    assert len(list(store.garbage(min_idle=0))) == 1
     rebuilt = store.build(spec(), write_rows(2))  # the leftover is replaced, same id and bytes
     assert rebuilt.built and rebuilt.manifest.version == m.version
     assert rebuilt.manifest.content_hash == m.content_hash
