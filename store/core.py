@@ -232,9 +232,16 @@ class Store:
         try:
             produce(writer)
             files = writer.inventory()
-        except BaseException:
+        except BaseException as err:
             self._remove(tmp)
-            raise
+            # a concurrent builder of the same version may have finished first and cleared
+            # the scratch area this one was reading: its version is the one asked for
+            winner = self._read_manifest(spec.name, version) if isinstance(err, Exception) and not force else None
+            if winner is None:
+                raise
+            self._set_latest(spec.name, version)
+            log.info("%s was published concurrently while this build failed (%s); reusing it", winner.ref, err)
+            return BuildResult(winner, built=False)
         manifest = Manifest(
             name=spec.name, version=version, kind=spec.kind, builder=spec.builder,
             code_version=str(spec.code_version), params=spec.params, parents=spec.parents,

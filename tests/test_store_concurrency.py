@@ -122,3 +122,37 @@ def test_gc_removes_a_dead_builders_folder_at_once_and_spares_a_live_one(tmp_pat
     assert store.collect_garbage() == [str(dead)]
     assert live.exists()
     assert sorted(store.collect_garbage(min_idle=0)) == [str(tmp_path / "d" / "0123456789abcdef")]
+
+
+def _publish_with_scratch(root: str, round_: int, delay: float, barrier, out) -> None:
+    """A resumable builder: work goes to the version's scratch folder, then is read back."""
+    import os
+
+    store = Store(root)
+    spec = BuildSpec(f"scratch-{round_}", "test", "test", "1", {"round": round_}, {}, {})
+
+    def produce(writer) -> None:
+        scratch = store.partial_dir(spec)
+        with open(f"{scratch}/part-{os.getpid()}", "w") as handle:
+            handle.write("done")
+        time.sleep(delay)  # the other builder may publish and clear the scratch folder meanwhile
+        rows = [{"part": p.rsplit("/", 1)[-1][:4]} for p in sorted(store.fs.ls(scratch, detail=False))]
+        writer.write_table(rows[:1])
+
+    barrier.wait()
+    out.put(store.build(spec, produce).manifest.version)
+
+
+def test_a_builder_whose_scratch_was_cleared_by_the_winner_reuses_its_version(tmp_path):
+    ctx = mp.get_context("fork")
+    for round_ in range(5):
+        barrier, out = ctx.Barrier(2), ctx.Queue()
+        procs = [ctx.Process(target=_publish_with_scratch, args=(str(tmp_path), round_, delay, barrier, out))
+                 for delay in (0.0, 1.5)]
+        for proc in procs:
+            proc.start()
+        for proc in procs:
+            proc.join(timeout=30)
+        assert [proc.exitcode for proc in procs] == [0, 0]
+        assert len({out.get(timeout=5), out.get(timeout=5)}) == 1
+        assert len(Store(str(tmp_path)).versions(f"scratch-{round_}")) == 1
