@@ -81,8 +81,13 @@ def resolve_endpoint(endpoint: str | None = None) -> str:
 
 
 def _api(endpoint: str) -> "HfApi":
-    from huggingface_hub import HfApi
+    from huggingface_hub import HfApi, constants
 
+    if endpoint != constants.ENDPOINT.rstrip("/") and not constants.HF_HUB_DISABLE_TELEMETRY:
+        # huggingface_hub builds its user agent with a registry fetched from its import-time
+        # endpoint (huggingface.co by default): with another endpoint, talk to that one only
+        log.debug("using %s: huggingface_hub telemetry headers disabled", endpoint)
+        constants.HF_HUB_DISABLE_TELEMETRY = True
     return HfApi(endpoint=endpoint, library_name="traitstore")  # token: HF_TOKEN / login
 
 

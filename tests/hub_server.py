@@ -78,7 +78,7 @@ class FakeHub:
         self.lock = threading.RLock()
         self.requests: list[tuple[str, str, int]] = []  # (method, path, status)
         self.commit_statuses: list[int] = []
-        self.before_commit: Callable[[str], None] | None = None  # called with repo id, lock held
+        self.before_commit: Callable[[str], None] | None = None  # called with the repo id per commit
         self._counter = itertools.count()
         handler = type("Handler", (_Handler,), {"hub": self})
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
@@ -169,6 +169,9 @@ class _Handler(BaseHTTPRequestHandler):
         body = self._body() if self.command in ("POST", "PUT") else b""
         try:
             self._check_auth()
+            match = API_RE.match(urlsplit(self.path).path)
+            if match and match.group(3) == "commit" and self.hub.before_commit is not None:
+                self.hub.before_commit(f"{match.group(1)}/{match.group(2)}")  # outside the lock
             with self.hub.lock:
                 self._route(body)
         except HttpError as err:
@@ -284,8 +287,6 @@ class _Handler(BaseHTTPRequestHandler):
         self._json(200, {"files": files, "commitOid": commit.oid})
 
     def _commit_post(self, repo: Repo, rev: str, body: bytes) -> None:
-        if self.hub.before_commit is not None:
-            self.hub.before_commit(repo.repo_id)
         lines = [json.loads(line) for line in body.splitlines() if line.strip()]
         header = next((line["value"] for line in lines if line["key"] == "header"), None)
         if header is None:

@@ -22,12 +22,29 @@ TOKEN = "hf_TESTtokenNEVERwrite0123456789"
 REPO = "me/traits"
 
 
+@pytest.fixture(autouse=True)
+def loopback_only(monkeypatch):
+    """Fail any test whose code tries to resolve a host other than loopback (huggingface.co ...)."""
+    outside: list[str] = []
+    original = socket.getaddrinfo
+
+    def guarded(host, *args, **kwargs):
+        if str(host) not in ("127.0.0.1", "localhost", "::1"):
+            outside.append(str(host))
+            raise OSError(f"test guard: no network beyond loopback ({host})")
+        return original(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", guarded)
+    yield
+    assert not outside, f"tried to contact {sorted(set(outside))}"
+
+
 @pytest.fixture
 def hub(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_TOKEN", TOKEN)
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-cache"))
     monkeypatch.delenv("HF_ENDPOINT", raising=False)
-    with FakeHub(token=TOKEN, page_size=4) as server:  # small pages: listings paginate
+    with FakeHub(token=TOKEN, page_size=2) as server:  # small pages: listings paginate
         yield server
 
 
@@ -103,6 +120,7 @@ def test_push_pull_round_trips_bits_ids_manifests_and_lineage(hub, source, tmp_p
         assert pulled.version == m.version and pulled == m
         src_dir, dst_dir = Path(store.path(m)), Path(fresh.path(pulled))
         assert tree_hashes(src_dir) == tree_hashes(dst_dir)  # every file bit-identical, manifest too
+    assert any("cursor=" in path for _, path, _ in hub.requests)  # tree listings were paged
     assert [x.ref for x in fresh.parents(fresh.resolve(r.ref))] == [p.ref]
     assert [x.ref for x in fresh.children(fresh.resolve(p.ref))] == [r.ref]
     # the Zarr array and the safetensors file
@@ -126,10 +144,11 @@ def test_pull_into_an_fsspec_store(hub, source):
     assert mem.resolve(r.ref).parents == {"prompts": p.ref}
 
 
-def test_pushed_parquet_loads_with_hf_datasets(hub, source, tmp_path):
+def test_pushed_parquet_loads_with_hf_datasets(hub, source, tmp_path, monkeypatch):
     import datasets
     from huggingface_hub import snapshot_download
 
+    monkeypatch.setattr(datasets.config, "HF_UPDATE_DOWNLOAD_COUNTS", False)  # its ping goes to S3
     store, p, r = source
     assert push_cli(store, "responses-x", endpoint=hub.url, extra=("--with-parents",)) == 0
     folder = snapshot_download(REPO, repo_type="dataset", endpoint=hub.url, local_dir=str(tmp_path / "snap"))
@@ -210,11 +229,18 @@ def test_two_concurrent_pushes_of_different_versions_both_land(hub, source):
     p2 = extra_prompts(store, 2)
     push(store, [p.ref], REPO, endpoint=hub.url)
     gate = threading.Barrier(2)
+    arrivals: list[str] = []
+
+    def hold_first_two_commits(repo_id):  # both pushers have read the same head: one must lose
+        arrivals.append(repo_id)
+        if len(arrivals) <= 2:
+            gate.wait(timeout=20)
+
+    hub.before_commit = hold_first_two_commits
     errors: list[BaseException] = []
 
     def run(ref):
         try:
-            gate.wait(timeout=10)
             push(store, [ref], REPO, endpoint=hub.url)
         except BaseException as err:  # pragma: no cover - reported below
             errors.append(err)
@@ -225,6 +251,7 @@ def test_two_concurrent_pushes_of_different_versions_both_land(hub, source):
     for t in threads:
         t.join(timeout=60)
     assert not errors
+    assert hub.commit_statuses[1:] == [200, 412, 200]  # the loser re-read the head and retried
     files = hub.files(REPO)
     for m in (p, p2, r):
         assert f"{m.name}/{m.version}/{MANIFEST}" in files
@@ -289,7 +316,8 @@ def test_push_to_a_branch(hub, source, tmp_path):
 # ---- tokens and errors -----------------------------------------------------------------
 def test_token_is_never_written_or_logged(hub, source, tmp_path, capsys, caplog):
     store, p, r = source
-    caplog.set_level(logging.DEBUG)
+    for name in (None, "huggingface_hub", "httpx2", "httpcore", "store"):
+        caplog.set_level(logging.DEBUG, logger=name)
     root = str(tmp_path / "fresh")
     assert push_cli(store, r.ref, endpoint=hub.url, extra=("--with-parents",)) == 0
     assert pull_cli(root, endpoint=hub.url) == 0
