@@ -354,7 +354,8 @@ def pull(store: Store, repo: str, *, refs: Sequence[str] | None = None, path_in_
         for m in selected:
             here = store._read_manifest(m.name, m.version)
             if here is not None and here.content_hash != m.content_hash:
-                raise HubError(f"{m.ref} already exists in {store.location.url} with different content; nothing installed")
+                raise HubError(f"{m.ref} already exists in {store.location.url} with different content; "
+                               "nothing installed")
             if here is None:
                 todo.append(m)
         files = os.path.join(work, "files")

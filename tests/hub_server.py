@@ -99,7 +99,8 @@ class FakeHub:
     def new_commit(self, repo: Repo, branch: str, files: dict[str, bytes], message: str) -> Commit:
         parent = repo.branches.get(branch)
         seed = f"{repo.repo_id}|{parent}|{message}|{next(self._counter)}".encode()
-        oid = hashlib.sha1(seed + b"".join(sorted(git_blob_oid(v).encode() + k.encode() for k, v in files.items()))).hexdigest()
+        listing = b"".join(sorted(git_blob_oid(v).encode() + k.encode() for k, v in files.items()))
+        oid = hashlib.sha1(seed + listing).hexdigest()
         commit = Commit(oid, parent, message, files)
         repo.commits[oid] = commit
         repo.branches[branch] = oid
@@ -151,14 +152,14 @@ class _Handler(BaseHTTPRequestHandler):
         return self.rfile.read(length) if length else b""
 
     def _send(self, status: int, body: bytes = b"", headers: dict[str, str] | None = None,
-              content_type: str = "application/json", head: bool = False) -> None:
+              content_type: str = "application/json") -> None:
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
         for key, value in (headers or {}).items():
             self.send_header(key, value)
         self.end_headers()
-        if not head:
+        if self.command != "HEAD":  # a body after a HEAD response would poison the kept-alive connection
             self.wfile.write(body)
         self.hub.requests.append((self.command, self.path, status))
 
@@ -328,4 +329,4 @@ class _Handler(BaseHTTPRequestHandler):
         if data is None:
             raise HttpError(404, f"Entry not found: {file}", "EntryNotFound")
         headers = {"ETag": f'"{git_blob_oid(data)}"', "X-Repo-Commit": commit.oid}
-        self._send(200, data, headers, content_type="application/octet-stream", head=self.command == "HEAD")
+        self._send(200, data, headers, content_type="application/octet-stream")

@@ -173,8 +173,9 @@ def test_card_has_configs_version_params_and_parent_locations(hub, source):
                             f"responses-x--{r.version[:8]}", f"responses-x--{r.version[:8]}--stats"}
     assert configs["responses-x"] == [{"split": "train",
                                        "path": [f"responses-x/{r.version}/data/train-00000-of-00001.parquet"]}]
-    assert configs["responses-x--stats"][0]["path"] == [f"responses-x/{r.version}/tables/stats/train-00000-of-00001.parquet"]
-    assert f"- version id: `{r.version}`" in body and f"- kind: `responses`" in body
+    stats_shard = f"responses-x/{r.version}/tables/stats/train-00000-of-00001.parquet"
+    assert configs["responses-x--stats"][0]["path"] == [stats_shard]
+    assert f"- version id: `{r.version}`" in body and "- kind: `responses`" in body
     assert f"content hash: `{r.content_hash}`" in body and "builders.test" in body
     assert '"temperature": 0.7' in body and '"seed": 3' in body
     assert f"- prompts: `{p.ref}` — `hf://datasets/{REPO}/prompts-x/{p.version}`" in body
@@ -288,6 +289,7 @@ def test_pull_selects_by_ref_path_and_pinned_revision(hub, source, tmp_path):
     p2 = extra_prompts(store, 2)
     push(store, [p2.ref, r.ref], REPO, endpoint=hub.url)
 
+    hub.external_commit(REPO, "prompts-x/0123456789abcdef/data/half-pushed.parquet", b"no manifest")
     pinned = str(tmp_path / "pinned")
     assert pull_cli(pinned, f"{REPO}@{first}", endpoint=hub.url) == 0
     assert [m.version for m in Store(pinned).versions("prompts-x")] == [p.version]
@@ -348,6 +350,7 @@ def test_errors_are_one_line_exit_2_and_leave_the_store_untouched(hub, source, t
     root = tmp_path / "fresh"
     assert push_cli(store, p.ref, endpoint=hub.url) == 0
     capsys.readouterr()
+    before = tree_hashes(Path(store.location.root))
 
     assert pull_cli(str(root), "me/missing", endpoint=hub.url) == 2
     assert "'me/missing' not found" in one_line_error(capsys)
@@ -377,8 +380,8 @@ def test_errors_are_one_line_exit_2_and_leave_the_store_untouched(hub, source, t
     hub.external_commit(REPO, shard, b"tampered")
     assert pull_cli(str(root), endpoint=hub.url) == 2
     assert "sha256" in one_line_error(capsys)
-    assert not root.exists() or Store(str(root)).datasets() == []
-    assert Store(str(root)).garbage and list(Store(str(root)).garbage()) == []
+    assert not root.exists()  # no failed pull left anything behind, not even a folder
+    assert tree_hashes(Path(store.location.root)) == before  # failed pushes did not touch the source
 
 
 def test_version_with_other_content_is_refused_both_ways(hub, source, tmp_path, capsys):
