@@ -42,6 +42,7 @@ PUBLIC_ENDPOINT = "https://huggingface.co"
 REPO_TYPE = "dataset"
 LATEST_FILE = "_latest"
 MAX_COMMIT_ATTEMPTS = 6
+RETRY_BASE_SECONDS = 0.1  # backoff between commit attempts: base * 2**attempt, at most 2 s
 DOWNLOAD_THREADS = 8
 
 
@@ -126,7 +127,7 @@ def hub_errors(endpoint: str, repo_id: str, revision: str | None = None) -> Iter
         raise HubError(f"Hub request for {repo_id!r} failed with HTTP {status}: {_redact(str(err))}") from None
     except OfflineModeIsEnabled:
         raise HubError("HF_HUB_OFFLINE is set: unset it to push or pull") from None
-    except (httpx2.TransportError, OSError) as err:
+    except (httpx2.TransportError, ConnectionError, TimeoutError) as err:
         raise HubError(f"cannot reach {endpoint}: {type(err).__name__}: {_redact(str(err))}") from None
 
 
@@ -260,7 +261,7 @@ def push_version(api: "HfApi", store: Store, m: Manifest, repo_id: str, revision
                 raise
             log.warning("%s moved while pushing %s (HTTP %s); re-reading it (attempt %d of %d)",
                         repo_id, m.ref, status, attempt, MAX_COMMIT_ATTEMPTS)
-            time.sleep(min(0.1 * 2 ** attempt, 2.0))
+            time.sleep(min(RETRY_BASE_SECONDS * 2 ** attempt, 2.0))
             continue
         log.info("pushed %s to %s (commit %s)", m.ref, location, info.oid[:12])
         return PushResult(m.ref, location, info.oid)
@@ -294,8 +295,8 @@ def _select(state: RemoteState, repo_id: str, refs: Sequence[str] | None, path_i
     chosen = list(state.manifests.values())
     if path_in_repo:
         prefix = path_in_repo.strip("/")
-        chosen = [m for m in chosen if f"{m.name}/{m.version}".startswith(prefix)
-                  or prefix.startswith(f"{m.name}/{m.version}/")]
+        chosen = [m for m in chosen if prefix in (m.name, f"{m.name}/{m.version}")
+                  or f"{m.name}/{m.version}".startswith(prefix + "/") or prefix.startswith(f"{m.name}/{m.version}/")]
         if not chosen:
             raise HubError(f"no version under {path_in_repo!r} in {repo_id!r}")
     if refs:

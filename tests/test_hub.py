@@ -223,6 +223,19 @@ def test_stale_parent_commit_gets_412_then_the_push_rereads_and_succeeds(hub, so
     assert {f"prompts-x--{p.version[:8]}", f"prompts-x--{p2.version[:8]}"} <= names
 
 
+def test_a_head_that_never_settles_is_a_bounded_one_line_error(hub, source, capsys, monkeypatch):
+    import store.hub
+
+    store_, p, _ = source
+    assert push_cli(store_, p.ref, endpoint=hub.url) == 0
+    monkeypatch.setattr(store.hub, "RETRY_BASE_SECONDS", 0.0)
+    hub.before_commit = lambda repo_id: hub.external_commit(repo_id, "busy.txt", os.urandom(8))
+    capsys.readouterr()
+    assert push_cli(store_, extra_prompts(store_, 2).ref, endpoint=hub.url) == 2
+    assert f"during {store.hub.MAX_COMMIT_ATTEMPTS} attempts" in one_line_error(capsys)
+    assert hub.commit_statuses.count(412) == store.hub.MAX_COMMIT_ATTEMPTS
+
+
 def test_two_concurrent_pushes_of_different_versions_both_land(hub, source):
     from store.hub import push
 
