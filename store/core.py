@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from .fs import Location, resolve_location
-from .hashing import canonical_json, sha256_text, version_id
+from .hashing import canonical_json, content_hash_of, sha256_text, version_id
 from .leftovers import TMP_PREFIX, is_leftover, tmp_name
 from .manifest import MANIFEST, Manifest, package_versions
 from .writer import VersionWriter, open_zarr_store
@@ -248,7 +248,7 @@ class Store:
             identity=spec.identity, files=files, tables=writer.tables, arrays=writer.arrays,
             summary=writer.summary, packages=package_versions(),
             created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            content_hash=sha256_text(canonical_json({k: v["sha256"] for k, v in files.items()})),
+            content_hash=content_hash_of(files),
         )
         final = self.location.join(spec.name, version)
         if not self._claim(tmp, final, replace=existing is not None):
@@ -259,7 +259,7 @@ class Store:
             self._set_latest(spec.name, version)
             log.info("%s was published concurrently; reusing it", winner.ref)
             return BuildResult(winner, built=False)
-        self._write_manifest(final, manifest)
+        self._write_manifest(final, manifest.to_json())
         self._set_latest(spec.name, version)
         partial = self.location.join(spec.name, PARTIAL_PREFIX + version)
         if self.fs.exists(partial):
@@ -306,11 +306,11 @@ class Store:
             time.sleep(0.02)
         return self.fs.exists(f"{final}/{MANIFEST}")
 
-    def _write_manifest(self, final: str, manifest: Manifest) -> None:
+    def _write_manifest(self, final: str, text: str) -> None:
         """Write to a temporary name, then rename: a reader never sees half a manifest."""
         tmp = f"{final}/.{MANIFEST}.{uuid.uuid4().hex[:8]}"
         with self.fs.open(tmp, "w", encoding="utf-8") as handle:
-            handle.write(manifest.to_json())
+            handle.write(text)
         self.fs.mv(tmp, f"{final}/{MANIFEST}")
 
     def _set_latest(self, name: str, version: str) -> None:
@@ -357,3 +357,79 @@ class Store:
         for path in removed:
             self._remove(path)
         return removed
+
+    # ---- importing (versions built elsewhere, e.g. pulled from the Hub) --------------
+    def import_version(
+        self,
+        manifest: Manifest,
+        source_dir: str,
+        manifest_text: str | None = None,
+        verify: bool = True,
+    ) -> BuildResult:
+        """Install a version whose files sit in the local folder ``source_dir``, keeping its
+        id, manifest and lineage exactly (``manifest_text`` is written verbatim if given).
+
+        Same protocol as :meth:`build`: temporary folder, rename into place, manifest last.
+        An existing version with the same content hash is a no-op; with another content
+        hash, or a file that does not match its manifest hash, nothing is installed.
+        """
+        if not NAME_RE.match(manifest.name) or not NAME_RE.match(manifest.version):
+            raise StoreError(f"bad version reference {manifest.ref!r} in an imported manifest")
+        existing = self._read_manifest(manifest.name, manifest.version)
+        if existing is not None:
+            if existing.content_hash != manifest.content_hash:
+                raise StoreError(f"{manifest.ref} already exists in {self.location.url} with different content "
+                                 f"({existing.content_hash[:12]} here, {manifest.content_hash[:12]} imported)")
+            log.info("%s is already here", manifest.ref)
+            return BuildResult(existing, built=False)
+        if verify:
+            verify_version_files(manifest, source_dir)
+        import os
+
+        tmp = self.location.join(manifest.name, tmp_name(manifest.version))
+        try:
+            self.fs.makedirs(tmp, exist_ok=True)
+            for rel in sorted(manifest.files):
+                target = f"{tmp}/{rel}"
+                self.fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
+                self.fs.put_file(os.path.join(source_dir, *rel.split("/")), target)
+        except BaseException:
+            self._remove(tmp)
+            raise
+        final = self.location.join(manifest.name, manifest.version)
+        if not self._claim(tmp, final, replace=False):
+            self._remove(tmp)
+            winner = self._read_manifest(manifest.name, manifest.version)
+            assert winner is not None
+            if winner.content_hash != manifest.content_hash:
+                raise StoreError(f"{manifest.ref} was published concurrently with different content")
+            return BuildResult(winner, built=False)
+        self._write_manifest(final, manifest_text if manifest_text is not None else manifest.to_json())
+        log.info("imported %s (%d files)", manifest.ref, len(manifest.files))
+        return BuildResult(manifest, built=True)
+
+
+def verify_version_files(manifest: Manifest, source_dir: str) -> None:
+    """Check every file of ``manifest`` in the local folder ``source_dir`` (size, sha256),
+    and the manifest's own content hash; raise a one-line :class:`StoreError` otherwise."""
+    import hashlib
+    import os
+    from pathlib import PurePosixPath
+
+    if content_hash_of(manifest.files) != manifest.content_hash:
+        raise StoreError(f"{manifest.ref}: manifest content hash does not match its file list")
+    for rel, info in sorted(manifest.files.items()):
+        parts = PurePosixPath(rel).parts
+        if not parts or rel.startswith("/") or ".." in parts or rel == MANIFEST:
+            raise StoreError(f"{manifest.ref}: unsafe file path {rel!r} in manifest")
+        path = os.path.join(source_dir, *parts)
+        if not os.path.isfile(path):
+            raise StoreError(f"{manifest.ref}: file {rel} is missing")
+        digest = hashlib.sha256()
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        got = digest.hexdigest()
+        if got != info["sha256"] or os.path.getsize(path) != info["size"]:
+            raise StoreError(f"{manifest.ref}: {rel} has sha256 {got[:12]}..., the manifest says "
+                             f"{info['sha256'][:12]}...; nothing installed")
