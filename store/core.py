@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from .fs import Location, resolve_location
-from .hashing import canonical_json, content_hash_of, sha256_text, version_id
+from .hashing import content_hash_of, version_id
 from .leftovers import TMP_PREFIX, is_leftover, tmp_name
 from .manifest import MANIFEST, Manifest, package_versions
 from .writer import VersionWriter, open_zarr_store
