@@ -138,7 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"{'built' if result.built else 'up to date'}: {result.manifest.ref}")
-    print(f"open: {store.path(result.manifest, 'index.html')}")
+    print(f"open: {store.location.uri(store.path(result.manifest, 'index.html'))}")
     return 0
 
 
