@@ -391,33 +391,39 @@ class Store:
         claim = self.location.join(name, CLAIM_PREFIX + version)
         if replace:  # a forced rebuild: hide the old version (manifest first)
             self._remove(f"{final}/{MANIFEST}")
-        token = uuid.uuid4().hex
-        if not self._take_claim(name, version, claim, token):
-            return False
-        committed = False
-        try:
-            self._remove(final)  # no manifest and we hold the claim: a leftover, or the replaced version
-            rels = sorted(manifest.files)
-            refreshed = time.monotonic()
-            for i in range(0, len(rels), self.copy_batch):
-                batch = rels[i:i + self.copy_batch]
-                self.fs.copy([f"{tmp}/{r}" for r in batch], [f"{final}/{r}" for r in batch])
-                if time.monotonic() - refreshed > self.claim_stale_after / 4:
-                    self._refresh_claim(claim, token)
-                    refreshed = time.monotonic()
-            self._check_claim(claim, token)
-            try:  # the commit point: readers see the version once this object exists
-                self.fs.pipe_file(f"{final}/{MANIFEST}", manifest.to_json().encode("utf-8"), mode="create")
-            except FileExistsError:
+        while True:
+            token = uuid.uuid4().hex
+            if not self._take_claim(name, version, claim, token):
                 return False
-            committed = True
-        finally:
-            if not committed and self._read_manifest(name, version) is None:
-                self._remove(final)  # our copies; nobody else writes here while we hold the claim
-            if self._claim_token(claim) == token:
-                self._remove(claim)  # released: a later publisher claims, then sees the manifest
-            self._fresh(self.location.join(name))
-        return True
+            outcome = None  # True: committed; False: another manifest won; None: claim lost
+            try:
+                self._remove(final)  # no manifest and we hold the claim: a leftover, or the replaced version
+                rels = sorted(manifest.files)
+                refreshed = time.monotonic()
+                for i in range(0, len(rels), self.copy_batch):
+                    batch = rels[i:i + self.copy_batch]
+                    self.fs.copy([f"{tmp}/{r}" for r in batch], [f"{final}/{r}" for r in batch])
+                    if time.monotonic() - refreshed > self.claim_stale_after / 4:
+                        if not self._refresh_claim(claim, token):
+                            break
+                        refreshed = time.monotonic()
+                else:
+                    if self._claim_token(claim) == token:
+                        try:  # the commit point: readers see the version once this object exists
+                            self.fs.pipe_file(f"{final}/{MANIFEST}", manifest.to_json().encode("utf-8"),
+                                              mode="create")
+                            outcome = True
+                        except FileExistsError:
+                            outcome = False
+            finally:
+                if self._claim_token(claim) == token:
+                    if not outcome and self._read_manifest(name, version) is None:
+                        self._remove(final)  # our copies: nobody else writes here while we hold the claim
+                    self._remove(claim)  # released: a later publisher claims, then sees the manifest
+                self._fresh(self.location.join(name))
+            if outcome is not None:
+                return outcome
+            log.warning("lost the claim on %s@%s (it went stale); waiting for the new holder", name, version)
 
     def _claim_payload(self, token: str) -> bytes:
         import os
@@ -451,6 +457,8 @@ class Store:
             except FileExistsError:
                 pass
             else:
+                if self._claim_token(claim) != token:  # a server ignoring If-None-Match: the last writer wins
+                    continue
                 if self._read_manifest(name, version) is not None:  # published, claim released
                     self._remove(claim)
                     return False
@@ -469,13 +477,12 @@ class Store:
                 continue
             time.sleep(0.05)
 
-    def _check_claim(self, claim: str, token: str) -> None:
+    def _refresh_claim(self, claim: str, token: str) -> bool:
+        """Renew our claim's timestamp; False when it is no longer ours."""
         if self._claim_token(claim) != token:
-            raise StoreError(f"lost the claim on {claim} (it went stale and another publisher took it over)")
-
-    def _refresh_claim(self, claim: str, token: str) -> None:
-        self._check_claim(claim, token)
+            return False
         self.fs.pipe_file(claim, self._claim_payload(token))
+        return True
 
     def _set_latest(self, name: str, version: str) -> None:
         pointer = self.location.join(name, LATEST)
