@@ -127,6 +127,17 @@ def test_same_sql_results_on_local_and_s3(both, capsys):
         assert _sql_json(s3.location.url, query, capsys) == expected, query
 
 
+def test_duckdb_reads_s3_through_fsspec_without_httpfs(both):
+    from store.sql import connect
+
+    _, s3 = both
+    con = connect(s3)
+    assert con.sql("SELECT count(*) FROM responses").fetchall() == [(10,)]
+    assert "s3" in con.list_filesystems()
+    loaded = con.sql("SELECT loaded FROM duckdb_extensions() WHERE extension_name = 'httpfs'").fetchall()
+    assert loaded in ([], [(False,)])
+
+
 def test_rebuild_on_s3_is_a_noop(both):
     _, s3 = both
     before = {m.ref: m.content_hash for m in s3.all_manifests()}
