@@ -2,8 +2,8 @@
 expensive to redo and not itself a dataset: judge scores, steered generations.
 
 Entries are rows of small Parquet files, one per flush, written to a temporary name and
-renamed (object stores: written in one PUT, which is atomic), so a reader never sees half a file and a process killed halfway keeps every
-flushed entry. Keys are strings hashed with sha256; values are rows of fixed columns.
+renamed (object stores: written with one PUT, which is atomic), so a reader never sees
+half a file and a process killed halfway keeps every flushed entry. Keys are strings hashed with sha256; values are rows of fixed columns.
 Folders starting with ``_`` are not datasets (``Store.datasets`` and ``gc`` skip them).
 """
 from __future__ import annotations
