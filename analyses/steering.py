@@ -231,8 +231,9 @@ def _main(args: argparse.Namespace) -> int:
     print_tables(tables, high, low)
     m = result.manifest
     plots = sorted(p for p in m.files if p.startswith("heatmaps/"))
+    where = Store(args.store)
     print(f"\n{'built' if result.built else 'up to date'}: {m.ref}; heatmaps: {len(plots)} under "
-          f"{Store(args.store).path(m, 'heatmaps')}")
+          f"{where.location.uri(where.path(m, 'heatmaps'))}")
     return 0
 
 

@@ -132,7 +132,7 @@ def _main(args: argparse.Namespace) -> int:
     store = Store(args.store)
     result = build_viewer(store, args.projections, force=args.force)
     print(f"{'built' if result.built else 'up to date'}: {result.manifest.ref}")
-    print(f"open: {store.path(result.manifest, 'index.html')}")
+    print(f"open: {store.location.uri(store.path(result.manifest, 'index.html'))}")
     return 0
 
 

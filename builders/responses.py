@@ -124,7 +124,7 @@ def _generate(store: Store, catalog: Catalog, spec: BuildSpec, experiment: str, 
 
     scratch = store.partial_dir(spec)
     fs = store.fs
-    done = {p.rsplit("/", 1)[-1] for p in fs.ls(scratch, detail=False)}
+    done = set(store.list_names(scratch))  # [] on object stores before the first batch
     generation = json.dumps(config.as_dict(), sort_keys=True)
     bar = progress(len(items), f"responses {variant}/{spec.params['prompt_set']}", quiet)
     for index, batch in enumerate(batches):

@@ -29,7 +29,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Iterator, Sequence
 
-from .core import NAME_RE, Store, StoreError, verify_version_files
+from .core import NAME_RE, Store, StoreError
+from .importing import verify_version_files
 from .dataset_card import hub_location, render_card
 from .manifest import MANIFEST, Manifest
 

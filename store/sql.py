@@ -45,6 +45,9 @@ def connect(store: Store) -> "duckdb.DuckDBPyConnection":
 
     con = duckdb.connect()
     if not store.location.is_local:
+        # DuckDB hands URLs of the registered protocols (s3://, s3a://, memory:// ...) to the
+        # fsspec filesystem, before its own httpfs handling: no extension download needed, and
+        # read_parquet stays lazy (footers, then only the column chunks a query needs, by range)
         con.register_filesystem(store.fs)
 
     catalog_rows = []

@@ -1,4 +1,4 @@
-"""The store: versions, atomic publish, references, lineage, formats, on disk and in memory."""
+"""The store: versions, atomic publish, references, lineage, formats, on disk, in memory and on S3."""
 from __future__ import annotations
 
 import json
@@ -12,10 +12,12 @@ from store.hashing import canonical_json, version_id
 from store.manifest import MANIFEST
 
 
-@pytest.fixture(params=["local", "memory"])
+@pytest.fixture(params=["local", "memory", "s3"])
 def store(request, tmp_path) -> Store:
     if request.param == "local":
         return Store(str(tmp_path / "root"))
+    if request.param == "s3":  # a moto S3 server on loopback (tests/conftest.py)
+        return Store(request.getfixturevalue("s3_url"))
     return Store(f"memory://ts-{uuid.uuid4().hex[:8]}")
 
 
