@@ -217,22 +217,15 @@ def analyze(store: Store, floor: float = 70.0, force: bool = False) -> tuple[Bui
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    import sys
+    from .cli import analysis_parser, run
 
-    from store import StoreError
-
-    parser = argparse.ArgumentParser(prog="python -m analyses.model_diff", description=__doc__.split("\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--store", help="store root (default $TRAITSTORE_ROOT or ./artifacts)")
+    parser = analysis_parser("python -m analyses.model_diff", __doc__.split("\n")[0])
     parser.add_argument("--floor", type=float, default=70.0, help="coherence floor of the transfer curve")
-    parser.add_argument("--force", action="store_true")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        result, _, text = analyze(Store(args.store), args.floor, args.force)
-    except (ValueError, StoreError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    return run(_main, parser, argv)
+
+
+def _main(args: argparse.Namespace) -> int:
+    result, _, text = analyze(Store(args.store), args.floor, args.force)
     print(text)
     print(f"{'built' if result.built else 'up to date'}: {result.manifest.ref}")
     return 0

@@ -189,16 +189,9 @@ def analyze(store: Store, projections: str, *, token_range: tuple[int, int] = (0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    import sys
+    from .cli import analysis_parser, run
 
-    import polars as pl
-
-    from store import StoreError
-    from store.cli import print_frame
-
-    parser = argparse.ArgumentParser(prog="python -m analyses.projections", description=__doc__.split("\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--store", help="store root (default $TRAITSTORE_ROOT or ./artifacts)")
+    parser = analysis_parser("python -m analyses.projections", __doc__.split("\n")[0])
     parser.add_argument("--projections", required=True, metavar="DATASET")
     parser.add_argument("--range", default="0:5", help="response token range a:b for mean_range")
     parser.add_argument("--group-by", help="summary column whose two groups are compared (e.g. note, passes)")
@@ -208,20 +201,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--max-lag", type=int, default=3)
     parser.add_argument("--bootstrap", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--force", action="store_true")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        lo, hi = (int(x) for x in args.range.split(":"))
-        groups = tuple(args.groups.split(",")) if args.groups else None
-        if groups is not None and len(groups) != 2:
-            raise ValueError("--groups: expected exactly two values A,B")
-        result, tables = analyze(Store(args.store), args.projections, token_range=(lo, hi), group_by=args.group_by,
-                                 groups=groups, metric=args.metric, decompose=args.decompose, max_lag=args.max_lag,
-                                 n_boot=args.bootstrap, seed=args.seed, force=args.force)
-    except (ValueError, StoreError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    return run(_main, parser, argv)
+
+
+def _main(args: argparse.Namespace) -> int:
+    import polars as pl
+
+    from store.cli import print_frame
+
+    lo, hi = (int(x) for x in args.range.split(":"))
+    groups = tuple(args.groups.split(",")) if args.groups else None
+    if groups is not None and len(groups) != 2:
+        raise ValueError("--groups: expected exactly two values A,B")
+    result, tables = analyze(Store(args.store), args.projections, token_range=(lo, hi), group_by=args.group_by,
+                             groups=groups, metric=args.metric, decompose=args.decompose, max_lag=args.max_lag,
+                             n_boot=args.bootstrap, seed=args.seed, force=args.force)
     for name, value in tables.items():
         frame = value if isinstance(value, pl.DataFrame) else pl.DataFrame(value)
         print(f"\n{name}")

@@ -203,12 +203,11 @@ def print_tables(tables: dict[str, Any], high: float, low: float) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m analyses.steering", description=__doc__.split("\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--store", help="store root (default $TRAITSTORE_ROOT or ./artifacts)")
+    from .cli import analysis_parser
+
+    parser = analysis_parser("python -m analyses.steering", __doc__.split("\n")[0])
     parser.add_argument("--floors", default="80,70", help="high,low coherence floors")
     parser.add_argument("--no-plots", action="store_true", help="skip the heatmaps")
-    parser.add_argument("--force", action="store_true")
     return parser
 
 
@@ -221,23 +220,20 @@ def parse_floors(text: str) -> tuple[float, float]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    import sys
+    from .cli import run
 
-    from store import StoreError
+    return run(_main, build_parser(), argv)
 
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        high, low = parse_floors(args.floors)
-        result, tables = analyze(Store(args.store), high, low, plots=not args.no_plots, force=args.force)
-    except (ValueError, StoreError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+
+def _main(args: argparse.Namespace) -> int:
+    high, low = parse_floors(args.floors)
+    result, tables = analyze(Store(args.store), high, low, plots=not args.no_plots, force=args.force)
     print_tables(tables, high, low)
     m = result.manifest
     plots = sorted(p for p in m.files if p.startswith("heatmaps/"))
+    where = Store(args.store)
     print(f"\n{'built' if result.built else 'up to date'}: {m.ref}; heatmaps: {len(plots)} under "
-          f"{Store(args.store).path(m, 'heatmaps')}")
+          f"{where.location.uri(where.path(m, 'heatmaps'))}")
     return 0
 
 

@@ -121,24 +121,18 @@ def build_viewer(store: Store, projections: str, force: bool = False) -> BuildRe
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    import sys
+    from .cli import analysis_parser, run
 
-    from store import StoreError
-
-    parser = argparse.ArgumentParser(prog="python -m analyses.viewer", description=__doc__.split("\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--store", help="store root (default $TRAITSTORE_ROOT or ./artifacts)")
+    parser = analysis_parser("python -m analyses.viewer", __doc__.split("\n")[0])
     parser.add_argument("--projections", required=True, metavar="DATASET")
-    parser.add_argument("--force", action="store_true")
-    args = parser.parse_args(argv)
+    return run(_main, parser, argv)
+
+
+def _main(args: argparse.Namespace) -> int:
     store = Store(args.store)
-    try:
-        result = build_viewer(store, args.projections, force=args.force)
-    except (ValueError, StoreError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    result = build_viewer(store, args.projections, force=args.force)
     print(f"{'built' if result.built else 'up to date'}: {result.manifest.ref}")
-    print(f"open: {store.path(result.manifest, 'index.html')}")
+    print(f"open: {store.location.uri(store.path(result.manifest, 'index.html'))}")
     return 0
 
 

@@ -24,10 +24,7 @@ from store import BuildResult, BuildSpec, Store
 
 from .catalog import Catalog
 from .common import BuildError, base_parser, open_store_and_catalog, report, run
-from .responses import dataset_name as responses_name
-from .responses import generate_responses, model_identity
-from .similarity import replay_sequences
-from .variants import variant_model
+from .replay import replay_source
 from .vectors import load_vectors
 
 log = logging.getLogger(__name__)
@@ -135,7 +132,7 @@ def compare_variants(
     from transforms.positions import parse_position
 
     exp = catalog.experiment(experiment)
-    a, b = catalog.variant(exp.name, variant_a), catalog.variant(exp.name, variant_b)
+    catalog.variant(exp.name, variant_a), catalog.variant(exp.name, variant_b)  # unknown variant: error now
     if not vectors:
         raise BuildError("--vectors: give at least one vector set to compare against")
     try:
@@ -144,11 +141,9 @@ def compare_variants(
         raise BuildError(f"--position: {err}") from None
     vector_sets = [_vector_layers(store, ref, method)[:2] for ref in vectors]
     control_sets = [_vector_layers(store, ref, method)[:2] for ref in controls]
-    generate_responses(store, catalog, variant_a, prompt_set, exp.name, generation, quiet=quiet)
-    responses = store.resolve(responses_name(exp.name, variant_a, prompt_set))
-    parents = {"responses": responses.ref, **{f"vectors{i}": m.ref for i, (m, _) in enumerate(vector_sets)},
+    source = replay_source(store, catalog, exp.name, variant_a, variant_b, prompt_set, generation, quiet)
+    parents = {"responses": source.responses.ref, **{f"vectors{i}": m.ref for i, (m, _) in enumerate(vector_sets)},
                **{f"control{i}": m.ref for i, (m, _) in enumerate(control_sets)}}
-    a_trait = b_trait = None
     if judge:
         from .judgments import judge_responses
 
@@ -159,18 +154,14 @@ def compare_variants(
               "position": str(pos), "random": n_random, "seed": seed, "judge": judge}
     spec = BuildSpec(name=f"compare-{exp.name}-{variant_a}-{variant_b}-{prompt_set}", kind="compare", builder=BUILDER,
                      code_version=CODE_VERSION, params=params, parents=parents,
-                     identity={"a": model_identity(catalog, exp.name, variant_a, store),
-                               "b": model_identity(catalog, exp.name, variant_b, store)})
+                     identity=source.identity)
 
     def produce(writer: Any) -> None:
         import numpy as np
 
         from transforms.capture import capture_pooled
 
-        loaded_a, loaded_b = variant_model(store, a), variant_model(store, b)
-        prompts = store.resolve(responses.parents["prompts"])
-        style = json.loads(store.read_bytes(prompts, "prompt_set.json"))["style"]
-        sequences = replay_sequences(store, responses, loaded_a, loaded_b, style)
+        loaded_a, loaded_b, sequences = source.load(store, catalog)
         layers = sorted(set().union(*(set(v) for _, v in vector_sets)) & set(range(loaded_a.n_layers)))
         width = {len(next(iter(v.values()))) for _, v in vector_sets + control_sets}
         if width != {loaded_a.d_model}:

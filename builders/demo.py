@@ -165,7 +165,7 @@ def main(args: argparse.Namespace) -> int:
         projections = next(m for stage, m, _ in results if stage == "projections")
         viewer = build_viewer(store, projections.ref, force=args.force).manifest
         print(f"\ntrait-dynamics viewer (per-token projections, steering heatmaps, steered responses):\n"
-              f"  open {store.path(viewer, 'index.html')}")
+              f"  open {store.location.uri(store.path(viewer, 'index.html'))}")
     print("\nnext: python -m store ls | python -m store lineage <dataset> | python -m store sql \"SELECT * FROM catalog\"")
     return 0
 

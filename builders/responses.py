@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import uuid
 import logging
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -207,7 +208,7 @@ class ResponsesJob:
             outputs = generate_batch(loaded.model, loaded.tokenizer, [formatted[i]["prompt_ids"] for i in batch],
                                      self.config, unit.start // batch_size + j)
             done = [self._row(loaded, formatted[i], items[i][1], o, generation) for i, o in zip(batch, outputs)]
-            tmp = f"{part}.tmp"
+            tmp = f"{part}.{uuid.uuid4().hex[:8]}.tmp"  # two builders of one version never share a temp file
             with fs.open(tmp, "wb") as handle:
                 pq.write_table(pa.Table.from_pylist(done, schema=self.schema), handle)
             fs.mv(tmp, part)  # a batch file exists only once it is complete

@@ -17,7 +17,6 @@ Output dataset: ``similarity-<experiment>-<A>-<B>-<set>``.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from typing import Any, Sequence
 
@@ -25,36 +24,12 @@ from store import BuildResult, BuildSpec, Store
 
 from .catalog import Catalog
 from .common import BuildError, base_parser, model_layer_count, open_store_and_catalog, progress, report, run
-from .responses import dataset_name as responses_name
-from .responses import format_row, generate_responses, model_identity
-from .variants import variant_model
+from .replay import replay_source
 
 log = logging.getLogger(__name__)
 
 BUILDER = "builders.similarity"
 CODE_VERSION = "1"
-
-
-def replay_sequences(store: Store, responses: Any, loaded_a: Any, loaded_b: Any, style: str) -> list[dict[str, Any]]:
-    """Per response: A's ids, B's ids (B's own prompt formatting + A's response ids) and how
-    each formatted the prompt."""
-    if loaded_a.tokenizer_fingerprint != loaded_b.tokenizer_fingerprint:
-        raise BuildError(f"{loaded_b.model_id} does not share the tokenizer of {loaded_a.model_id}: "
-                         f"replaying A's response ids through B needs identical token ids")
-    out = []
-    for row in store.read_table(responses).sort(["prompt_id", "rollout"]).to_dicts():
-        response_ids = list(row["token_ids"][row["prompt_len"]:])
-        b_prompt = format_row(loaded_b.tokenizer, row["prompt"], row.get("system_prompt"), style)
-        b_ids = list(b_prompt.ids) + response_ids
-        if b_ids[len(b_prompt.ids):] != list(row["token_ids"][row["prompt_len"]:]):
-            raise BuildError(f"prompt {row['prompt_id']}: B's replayed response ids differ from A's")
-        out.append({"prompt_id": row["prompt_id"], "rollout": row["rollout"],
-                    "a": {"ids": row["token_ids"], "prompt_len": row["prompt_len"]},
-                    "b": {"ids": b_ids, "prompt_len": len(b_prompt.ids)},
-                    "a_formatted": row["formatted_prompt"], "b_formatted": b_prompt.text,
-                    "a_chat": row["used_chat_template"], "b_chat": b_prompt.used_chat_template,
-                    "same_prompt_ids": list(b_prompt.ids) == list(row["token_ids"][:row["prompt_len"]])})
-    return out
 
 
 def compute_similarity(loaded_a: Any, loaded_b: Any, sequences: list[dict[str, Any]], layers: list[int],
@@ -117,20 +92,15 @@ def activation_similarity(
         layer_ids = parse_layers(layers, n_a)
     except ValueError as err:
         raise BuildError(f"--layers: {err}") from None
-    generate_responses(store, catalog, variant_a, prompt_set, exp.name, generation, quiet=quiet)
-    responses = store.resolve(responses_name(exp.name, variant_a, prompt_set))
-    prompts = store.resolve(responses.parents["prompts"])
+    source = replay_source(store, catalog, exp.name, variant_a, variant_b, prompt_set, generation, quiet)
     params = {"experiment": exp.name, "a": variant_a, "b": variant_b, "prompt_set": prompt_set,
               "layers": layer_ids, "min_share": min_share}
     spec = BuildSpec(name=f"similarity-{exp.name}-{variant_a}-{variant_b}-{prompt_set}", kind="similarity",
-                     builder=BUILDER, code_version=CODE_VERSION, params=params, parents={"responses": responses.ref},
-                     identity={"a": model_identity(catalog, exp.name, variant_a, store),
-                               "b": model_identity(catalog, exp.name, variant_b, store)})
+                     builder=BUILDER, code_version=CODE_VERSION, params=params, parents={"responses": source.responses.ref},
+                     identity=source.identity)
 
     def produce(writer: Any) -> None:
-        loaded_a, loaded_b = variant_model(store, a), variant_model(store, b)
-        style = json.loads(store.read_bytes(prompts, "prompt_set.json"))["style"]
-        sequences = replay_sequences(store, responses, loaded_a, loaded_b, style)
+        loaded_a, loaded_b, sequences = source.load(store, catalog)
         layer_rows, position_rows, prompt_rows = compute_similarity(loaded_a, loaded_b, sequences, layer_ids,
                                                                     batch_size, min_share, quiet)
         tag = {"variant_a": variant_a, "variant_b": variant_b}

@@ -36,9 +36,7 @@ def adapter_dir(store: Store | None, variant: Variant) -> Path | None:
     except Exception:
         raise BuildError(f"variant {variant.name!r}: adapter {variant.adapter!r} is neither a folder nor a built "
                          f"dataset; build it first (python -m builders.finetune ...)") from None
-    if not store.location.is_local:
-        raise BuildError(f"variant {variant.name!r}: adapters are read from a local store (got {store.location.url})")
-    return Path(store.path(manifest, "adapter"))
+    return store.local_dir(manifest, "adapter")  # object stores: a verified local download
 
 
 def adapter_fingerprint(folder: Path) -> str:

@@ -1,4 +1,4 @@
-"""``python -m store ls | show <ref> | lineage <ref> | sql "<query>" | gc``."""
+"""``python -m store ls | show <ref> | lineage <ref> | sql "<query>" | gc | push <ref> | pull <repo>``."""
 from __future__ import annotations
 
 import argparse
@@ -115,8 +115,32 @@ def cmd_sql(store: Store, args: argparse.Namespace) -> None:
 
 
 def cmd_gc(store: Store, args: argparse.Namespace) -> None:
-    removed = store.collect_garbage()
+    removed = store.collect_garbage(min_idle=args.min_idle)
     print(f"removed {len(removed)} leftover folder(s)" + "".join(f"\n  {p}" for p in removed))
+
+
+def cmd_push(store: Store, args: argparse.Namespace) -> None:
+    from huggingface_hub.utils import disable_progress_bars
+
+    from .hub import push
+
+    disable_progress_bars()
+    for result in push(store, args.ref, args.repo, private=args.private, revision=args.revision,
+                       endpoint=args.endpoint, with_parents=args.with_parents):
+        status = f"pushed (commit {result.commit[:12]})" if result.commit else "already there"
+        print(f"{result.ref} -> {result.location}  {status}")
+
+
+def cmd_pull(store: Store, args: argparse.Namespace) -> None:
+    from huggingface_hub.utils import disable_progress_bars
+
+    from .hub import pull
+
+    disable_progress_bars()
+    results = pull(store, args.repo, refs=args.ref, path_in_repo=args.path_in_repo,
+                   endpoint=args.endpoint, with_parents=args.with_parents)
+    for result in results:
+        print(f"{result.ref}  {'installed' if result.installed else 'already here'}")
 
 
 def _is_duckdb_error(err: Exception) -> bool:
@@ -142,7 +166,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("query")
     p.add_argument("--format", **fmt)
     p.add_argument("--output", help="file to write (needed for parquet)")
-    sub.add_parser("gc", help="remove leftovers of killed builds")
+    p = sub.add_parser("gc", help="remove leftovers of killed builds (safe while builders run)")
+    p.add_argument("--min-idle", type=float, default=600.0, metavar="SECONDS",
+                   help="folders whose builder cannot be checked (another host) must be idle this long "
+                        "(default 600; a dead builder's folder on this host goes at once)")
+    hub_help = "Hub URL (default $HF_ENDPOINT or https://huggingface.co); token from HF_TOKEN or `hf auth login`"
+    p = sub.add_parser("push", help="push versions to a Hugging Face Hub dataset repo (one commit per version)")
+    p.add_argument("ref", nargs="+", help="name or name@version")
+    p.add_argument("--repo", required=True, help="dataset repo id, user/name (created if missing)")
+    p.add_argument("--private", action="store_true", help="create the repo private")
+    p.add_argument("--revision", default="main", help="branch to commit to (created if missing)")
+    p.add_argument("--with-parents", action="store_true", help="push the versions' local ancestors too")
+    p.add_argument("--endpoint", help=hub_help)
+    p = sub.add_parser("pull", help="install versions from a Hub dataset repo, verified, ids and lineage kept")
+    p.add_argument("repo", help="user/name, or user/name@revision (branch or commit sha)")
+    p.add_argument("--ref", action="append", help="only name or name@version (repeatable); default all")
+    p.add_argument("--path-in-repo", help="only versions under this folder, e.g. <dataset> or <dataset>/<version>")
+    p.add_argument("--with-parents", action="store_true", help="also pull the selected versions' parents on the repo")
+    p.add_argument("--endpoint", help=hub_help)
     return parser
 
 
@@ -150,7 +191,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     store = Store(args.store)
-    commands = {"ls": cmd_ls, "show": cmd_show, "lineage": cmd_lineage, "sql": cmd_sql, "gc": cmd_gc}
+    commands = {"ls": cmd_ls, "show": cmd_show, "lineage": cmd_lineage, "sql": cmd_sql, "gc": cmd_gc,
+                "push": cmd_push, "pull": cmd_pull}
     try:
         commands[args.command](store, args)
     except StoreError as err:

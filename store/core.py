@@ -2,8 +2,11 @@
 
 Layout: ``<root>/<dataset>/<version>/`` holding data files and ``manifest.json``.
 A version is published by writing into ``<root>/<dataset>/.tmp-<version>-<nonce>/``,
-renaming that folder into place and writing the manifest last: a folder without a
-manifest is invisible to readers, so a killed build never shows a partial version.
+moving it into place and writing the manifest last: a folder without a manifest is
+invisible to readers, so a killed build never shows a partial version.
+
+How a finished folder is moved into place (atomic rename on local disk, a claim object
+on object stores) is in :mod:`store.publishing`.
 """
 from __future__ import annotations
 
@@ -14,12 +17,17 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
+from .errors import StoreError
 from .fs import Location, resolve_location
-from .hashing import canonical_json, sha256_text, version_id
+from .hashing import content_hash_of, version_id
+from .leftovers import TMP_PREFIX, is_leftover, tmp_name
 from .manifest import MANIFEST, Manifest, package_versions
+from .publishing import CLAIM_PREFIX, Publishing
 from .writer import VersionWriter, open_zarr_store
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     import polars as pl
     import zarr
 
@@ -28,11 +36,10 @@ log = logging.getLogger(__name__)
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 LATEST = "_latest"
 PARTIAL_PREFIX = ".partial-"
-TMP_PREFIX = ".tmp-"
+# a killed build's manifest-less folder older than this is garbage (a live one is seconds old)
+DEFAULT_MIN_IDLE = 600.0
 
 
-class StoreError(Exception):
-    """A store problem with a one-line message meant for the user."""
 
 
 @dataclass(frozen=True)
@@ -58,7 +65,7 @@ class BuildResult:
     built: bool  # False when the version already existed ("up to date")
 
 
-class Store:
+class Store(Publishing):
     """Readers and the publisher for one store root (a local folder or an fsspec URL)."""
 
     def __init__(self, url: str | None = None) -> None:
@@ -69,11 +76,26 @@ class Store:
         return f"Store({self.location.url!r})"
 
     # ---- reading -------------------------------------------------------------------
-    def datasets(self) -> list[str]:
-        if not self.fs.exists(self.location.root):
+    def _fresh(self, path: str) -> None:
+        """Forget cached listings of ``path`` (s3fs caches them; other processes publish)."""
+        if not self.location.is_local:
+            self.fs.invalidate_cache(path)
+
+    def _ls(self, path: str) -> list[dict[str, Any]]:
+        """Entries of folder ``path``; [] when missing (object stores have no empty folders)."""
+        self._fresh(path)
+        try:
+            return self.fs.ls(path, detail=True)
+        except (FileNotFoundError, NotADirectoryError):
             return []
+
+    def list_names(self, path: str) -> list[str]:
+        """Base names in folder ``path`` (files and folders); [] when it does not exist."""
+        return [e["name"].rstrip("/").rsplit("/", 1)[-1] for e in self._ls(path)]
+
+    def datasets(self) -> list[str]:
         names = []
-        for entry in self.fs.ls(self.location.root, detail=True):
+        for entry in self._ls(self.location.root):
             base = entry["name"].rstrip("/").rsplit("/", 1)[-1]
             if entry["type"] == "directory" and NAME_RE.match(base) and self.versions(base):
                 names.append(base)
@@ -81,11 +103,8 @@ class Store:
 
     def versions(self, name: str) -> list[Manifest]:
         """Published versions of ``name``, oldest first."""
-        folder = self.location.join(name)
-        if not self.fs.exists(folder):
-            return []
         found = []
-        for entry in self.fs.ls(folder, detail=True):
+        for entry in self._ls(self.location.join(name)):
             base = entry["name"].rstrip("/").rsplit("/", 1)[-1]
             if entry["type"] != "directory" or base.startswith("."):
                 continue
@@ -96,6 +115,7 @@ class Store:
 
     def _read_manifest(self, name: str, version: str) -> Manifest | None:
         path = self.location.join(name, version, MANIFEST)
+        self._fresh(path)
         try:
             with self.fs.open(path, "r", encoding="utf-8") as handle:
                 return Manifest.from_json(handle.read())
@@ -108,6 +128,7 @@ class Store:
     def latest(self, name: str) -> Manifest:
         """The version most recently built or confirmed up to date by a builder."""
         pointer = self.location.join(name, LATEST)
+        self._fresh(pointer)
         try:
             with self.fs.open(pointer, "r", encoding="utf-8") as handle:
                 manifest = self._read_manifest(name, handle.read().strip())
@@ -173,6 +194,45 @@ class Store:
         with self.fs.open(self.path(manifest, relpath), "rb") as handle:
             return handle.read()
 
+    def local_dir(self, ref: str | Manifest, relpath: str) -> "Path":
+        """A local folder holding the version's files under ``relpath`` (e.g. an adapter for
+        PEFT). Local stores: the folder itself. Other stores: a verified download into a
+        cache folder keyed by the version's content hash (versions are immutable)."""
+        import hashlib
+        import os
+        import shutil
+        import tempfile
+        from pathlib import Path
+
+        manifest = self.resolve(ref) if isinstance(ref, str) else ref
+        if self.location.is_local:
+            return Path(self.path(manifest, relpath))
+        prefix = relpath.strip("/") + "/"
+        wanted = {rel: info for rel, info in manifest.files.items() if rel.startswith(prefix)}
+        if not wanted:
+            raise StoreError(f"{manifest.ref} has no files under {relpath!r}")
+        base = Path(os.environ.get("TRAITSTORE_DOWNLOADS") or Path(tempfile.gettempdir()) / "traitstore-downloads")
+        target = base / f"{manifest.name}@{manifest.version}-{manifest.content_hash[:16]}" / relpath.strip("/")
+        if target.is_dir():
+            return target
+        target.parent.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix=".download-", dir=target.parent))
+        try:
+            for rel, info in sorted(wanted.items()):
+                local = work / rel[len(prefix):]
+                local.parent.mkdir(parents=True, exist_ok=True)
+                data = self.read_bytes(manifest, rel)
+                if hashlib.sha256(data).hexdigest() != info["sha256"]:
+                    raise StoreError(f"{manifest.ref}: {rel} does not match its manifest sha256")
+                local.write_bytes(data)
+            try:
+                os.rename(work, target)
+            except OSError:  # another process downloaded it meanwhile
+                pass
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        return target
+
     def load_dataset(self, ref: str | Manifest, table: str = "data") -> Any:
         """The table as a Hugging Face ``datasets.Dataset`` (local stores)."""
         import datasets
@@ -200,9 +260,12 @@ class Store:
 
     # ---- publishing ----------------------------------------------------------------
     def partial_dir(self, spec: BuildSpec) -> str:
-        """A per-version scratch folder that survives crashes, for resumable builders."""
+        """A per-version scratch folder that survives crashes, for resumable builders.
+        On object stores it exists once a file is written into it: list it with
+        :meth:`list_names`, which returns [] for a missing folder."""
         path = self.location.join(spec.name, PARTIAL_PREFIX + spec.version)
-        self.fs.makedirs(path, exist_ok=True)
+        if self.location.is_local:
+            self.fs.makedirs(path, exist_ok=True)
         return path
 
     def build(
@@ -225,24 +288,31 @@ class Store:
             log.info("%s is up to date", existing.ref)
             return BuildResult(existing, built=False)
 
-        tmp = self.location.join(spec.name, f"{TMP_PREFIX}{version}-{uuid.uuid4().hex[:8]}")
+        tmp = self.location.join(spec.name, tmp_name(version))
         writer = VersionWriter(self.location, tmp)
         try:
             produce(writer)
             files = writer.inventory()
-        except BaseException:
+        except BaseException as err:
             self._remove(tmp)
-            raise
+            # a concurrent builder of the same version may have finished first and cleared
+            # the scratch area this one was reading: its version is the one asked for
+            winner = self._read_manifest(spec.name, version) if isinstance(err, Exception) and not force else None
+            if winner is None:
+                raise
+            self._set_latest(spec.name, version)
+            log.info("%s was published concurrently while this build failed (%s); reusing it", winner.ref, err)
+            return BuildResult(winner, built=False)
         manifest = Manifest(
             name=spec.name, version=version, kind=spec.kind, builder=spec.builder,
             code_version=str(spec.code_version), params=spec.params, parents=spec.parents,
             identity=spec.identity, files=files, tables=writer.tables, arrays=writer.arrays,
             summary=writer.summary, packages=package_versions(),
             created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            content_hash=sha256_text(canonical_json({k: v["sha256"] for k, v in files.items()})),
+            content_hash=content_hash_of(files),
         )
-        final = self.location.join(spec.name, version)
-        if not self._claim(tmp, final, replace=existing is not None):
+        published = self._publish(tmp, manifest, manifest.to_json(), replace=existing is not None)
+        if not published:
             # a concurrent publisher of the same version won: same id, same inputs; reuse it
             self._remove(tmp)
             winner = self._read_manifest(spec.name, version)
@@ -250,94 +320,77 @@ class Store:
             self._set_latest(spec.name, version)
             log.info("%s was published concurrently; reusing it", winner.ref)
             return BuildResult(winner, built=False)
-        self._write_manifest(final, manifest)
         self._set_latest(spec.name, version)
         partial = self.location.join(spec.name, PARTIAL_PREFIX + version)
-        if self.fs.exists(partial):
-            self._remove(partial)
+        self._remove(partial)
         log.info("published %s (%d rows, %d files)", manifest.ref, manifest.rows, len(files))
         return BuildResult(manifest, built=True)
 
-    def _claim(self, tmp: str, final: str, replace: bool) -> bool:
-        """Move the finished ``tmp`` folder to ``final``. False when another publisher's
-        complete version is already there. On local disk the rename is atomic and refuses
-        an existing folder; a folder that gets no manifest within a few seconds is the
-        leftover of a killed build and is replaced."""
-        if replace:  # a forced rebuild: hide the old version (manifest first), then replace it
-            self.fs.rm(f"{final}/{MANIFEST}")
-            self._remove(final)
-        if not self.location.is_local:
-            if self.fs.exists(final):
-                if self._wait_for_manifest(final):
-                    return False
-                self._remove(final)
-            self.fs.mv(tmp, final, recursive=True)
-            return True
-        import os
-
-        for _ in range(3):
-            try:
-                os.rename(tmp, final)
-                return True
-            except OSError:
-                if self._wait_for_manifest(final):
-                    return False
-                self._remove(final)
-        raise StoreError(f"could not publish {final}: another process keeps replacing it")
-
-    def _wait_for_manifest(self, final: str, timeout: float = 10.0) -> bool:
-        import time
-
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.fs.exists(f"{final}/{MANIFEST}"):
-                return True
-            if not self.fs.exists(final):
-                return False
-            time.sleep(0.02)
-        return self.fs.exists(f"{final}/{MANIFEST}")
-
-    def _write_manifest(self, final: str, manifest: Manifest) -> None:
-        """Write to a temporary name, then rename: a reader never sees half a manifest."""
-        tmp = f"{final}/.{MANIFEST}.{uuid.uuid4().hex[:8]}"
-        with self.fs.open(tmp, "w", encoding="utf-8") as handle:
-            handle.write(manifest.to_json())
-        self.fs.mv(tmp, f"{final}/{MANIFEST}")
-
     def _set_latest(self, name: str, version: str) -> None:
         pointer = self.location.join(name, LATEST)
+        self._fresh(pointer)
         try:
             with self.fs.open(pointer, "r", encoding="utf-8") as handle:
                 if handle.read().strip() == version:
                     return
         except FileNotFoundError:
             pass
+        if not self.location.is_local:  # one object PUT replaces the pointer atomically
+            self.fs.pipe_file(pointer, version.encode("utf-8"))
+            return
         tmp = f"{pointer}.{uuid.uuid4().hex[:8]}"
         with self.fs.open(tmp, "w", encoding="utf-8") as handle:
             handle.write(version)
         self.fs.mv(tmp, pointer)
 
     def _remove(self, path: str) -> None:
+        self._fresh(path)
         if self.fs.exists(path):
             self.fs.rm(path, recursive=True)
+        self._fresh(path)
 
-    def garbage(self) -> Iterator[str]:
-        """Leftovers of killed builds: temporary folders and manifest-less versions."""
-        for entry in self.fs.ls(self.location.root, detail=True) if self.fs.exists(self.location.root) else []:
+    def garbage(self, min_idle: float = DEFAULT_MIN_IDLE) -> Iterator[str]:
+        """Leftovers of killed builds: temporary folders, manifest-less versions and (object
+        stores) stale claims without a manifest.
+
+        Safe while builders run: a temporary folder whose owner process is alive on this
+        host is never garbage; folders whose owner cannot be checked must have been idle
+        for ``min_idle`` seconds (pass 0 when no builder can be running).
+        """
+        for entry in self._ls(self.location.root):
             if entry["type"] != "directory":
                 continue
             name = entry["name"].rstrip("/").rsplit("/", 1)[-1]
             if not NAME_RE.match(name):  # `_cache` and other non-dataset folders
                 continue
-            for sub in self.fs.ls(entry["name"], detail=True):
+            for sub in self._ls(entry["name"]):
                 base = sub["name"].rstrip("/").rsplit("/", 1)[-1]
+                if base.startswith(CLAIM_PREFIX) and sub["type"] != "directory":
+                    claimed = base[len(CLAIM_PREFIX):]
+                    if not self.has_version(name, claimed) and not self._claim_is_fresh(sub["name"]):
+                        yield sub["name"]
+                    continue
                 if sub["type"] != "directory":
                     continue
-                if base.startswith(TMP_PREFIX) or (not base.startswith(".") and not self.has_version(name, base)):
-                    yield sub["name"]
+                if base.startswith(TMP_PREFIX):
+                    if is_leftover(self.fs, sub["name"], base, min_idle):
+                        yield sub["name"]
+                elif not base.startswith(".") and not self.has_version(name, base):
+                    claim = self.location.join(name, CLAIM_PREFIX + base)
+                    being_published = not self.location.is_local and self._claim_is_fresh(claim)
+                    if not being_published and is_leftover(self.fs, sub["name"], base, min_idle):
+                        yield sub["name"]
 
-    def collect_garbage(self) -> list[str]:
-        removed = list(self.garbage())
+    def collect_garbage(self, min_idle: float = DEFAULT_MIN_IDLE) -> list[str]:
+        removed = list(self.garbage(min_idle))
         for path in removed:
             self._remove(path)
         return removed
+
+    # ---- importing (versions built elsewhere, e.g. pulled from the Hub) --------------
+    def import_version(self, manifest: Manifest, source_dir: str, manifest_text: str | None = None,
+                       verify: bool = True) -> BuildResult:
+        """See :func:`store.importing.import_version`."""
+        from .importing import import_version
+
+        return import_version(self, manifest, source_dir, manifest_text, verify)

@@ -56,3 +56,8 @@ def version_id(
         "identity": identity or {},
     }
     return sha256_text(canonical_json(payload))[:VERSION_ID_LENGTH]
+
+
+def content_hash_of(files: dict[str, dict[str, Any]]) -> str:
+    """A manifest's ``content_hash``: a hash over every file's sha256 (equal bytes, equal hash)."""
+    return sha256_text(canonical_json({k: v["sha256"] for k, v in files.items()}))

@@ -2,8 +2,8 @@
 expensive to redo and not itself a dataset: judge scores, steered generations.
 
 Entries are rows of small Parquet files, one per flush, written to a temporary name and
-renamed, so a reader never sees half a file and a process killed halfway keeps every
-flushed entry. Keys are strings hashed with sha256; values are rows of fixed columns.
+renamed (object stores: written with one PUT, which is atomic), so a reader never sees
+half a file and a process killed halfway keeps every flushed entry. Keys are strings hashed with sha256; values are rows of fixed columns.
 Folders starting with ``_`` are not datasets (``Store.datasets`` and ``gc`` skip them).
 """
 from __future__ import annotations
@@ -42,6 +42,7 @@ class KeyedCache:
 
             rows: dict[str, dict[str, Any]] = {}
             fs = self.store.fs
+            self.store._fresh(self.folder)
             if fs.exists(self.folder):
                 for path in sorted(fs.find(self.folder)):
                     if not path.endswith(".parquet"):
@@ -78,12 +79,19 @@ class KeyedCache:
         for col, values in (extra or {}).items():
             columns[col] = values
         fs = self.store.fs
-        fs.makedirs(self.folder, exist_ok=True)
         name = uuid.uuid4().hex
-        tmp = f"{self.folder}/.{name}.tmp"
-        with fs.open(tmp, "wb") as handle:
-            pq.write_table(pa.table(columns), handle)
-        fs.mv(tmp, f"{self.folder}/{name}.parquet")
+        if self.store.location.is_local:
+            fs.makedirs(self.folder, exist_ok=True)
+            tmp = f"{self.folder}/.{name}.tmp"
+            with fs.open(tmp, "wb") as handle:
+                pq.write_table(pa.table(columns), handle)
+            fs.mv(tmp, f"{self.folder}/{name}.parquet")
+        else:  # an object PUT is atomic; a rename would be copy + delete
+            import io
+
+            buffer = io.BytesIO()
+            pq.write_table(pa.table(columns), buffer)
+            fs.pipe_file(f"{self.folder}/{name}.parquet", buffer.getvalue())
         rows = self._load()
         for key, row in items:
             rows[digest(key)] = {col: row.get(col) for col in self.columns}

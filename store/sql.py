@@ -29,6 +29,11 @@ def _quote(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
+def _ident(name: str) -> str:
+    """A quoted identifier: a dataset may be called ``left`` or ``order``."""
+    return '"' + name.replace('"', '""') + '"'
+
+
 def _scan(store: Store, uris: list[str]) -> str:
     return "read_parquet([" + ", ".join(_quote(u) for u in uris) + "], union_by_name=true)"
 
@@ -40,6 +45,9 @@ def connect(store: Store) -> "duckdb.DuckDBPyConnection":
 
     con = duckdb.connect()
     if not store.location.is_local:
+        # DuckDB hands URLs of the registered protocols (s3://, s3a://, memory:// ...) to the
+        # fsspec filesystem, before its own httpfs handling: no extension download needed, and
+        # read_parquet stays lazy (footers, then only the column chunks a query needs, by range)
         con.register_filesystem(store.fs)
 
     catalog_rows = []
@@ -62,7 +70,7 @@ def connect(store: Store) -> "duckdb.DuckDBPyConnection":
             })
         for table in latest.tables:
             view = view_name(name if table == "data" else f"{name}__{table}")
-            con.sql(f"CREATE VIEW {view} AS SELECT * FROM {_scan(store, store.table_uris(latest, table))}")
+            con.sql(f"CREATE VIEW {_ident(view)} AS SELECT * FROM {_scan(store, store.table_uris(latest, table))}")
         for table in latest.tables:
             part = (
                 f"SELECT {_quote(name)} AS dataset, {_quote(latest.version)} AS version, * "
@@ -75,7 +83,7 @@ def connect(store: Store) -> "duckdb.DuckDBPyConnection":
     for kind, parts in by_kind.items():
         view = view_name(kind)
         if view not in defined and view != "catalog":
-            con.sql(f"CREATE VIEW {view} AS " + " UNION ALL BY NAME ".join(parts))
+            con.sql(f"CREATE VIEW {_ident(view)} AS " + " UNION ALL BY NAME ".join(parts))
 
     schema = {
         "dataset": pl.String, "version": pl.String, "kind": pl.String, "builder": pl.String,

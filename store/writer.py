@@ -48,7 +48,8 @@ class VersionWriter:
         self.tables: dict[str, dict[str, Any]] = {}
         self.arrays: dict[str, dict[str, Any]] = {}
         self.summary: dict[str, Any] = {}
-        location.fs.makedirs(tmp_path, exist_ok=True)
+        if location.is_local:  # object stores have no folders
+            location.fs.makedirs(tmp_path, exist_ok=True)
 
     def file_path(self, relpath: str) -> str:
         return f"{self.path}/{relpath}"
@@ -133,9 +134,25 @@ class VersionWriter:
         with self.location.fs.open(self.file_path(relpath), "wb") as handle:
             handle.write(data)
 
+    def put_dir(self, local_dir: Any, relpath: str) -> list[str]:
+        """Upload every file under the local folder ``local_dir`` to ``relpath/`` in this
+        version (for libraries that only write to local disk: ``save_pretrained``, plots).
+        Returns the relative paths written."""
+        from pathlib import Path
+
+        root = Path(local_dir)
+        written = []
+        for path in sorted(p for p in root.rglob("*") if p.is_file()):
+            rel = f"{relpath.strip('/')}/{path.relative_to(root).as_posix()}"
+            self.write_bytes(rel, path.read_bytes())
+            written.append(rel)
+        return written
+
     def inventory(self) -> dict[str, dict[str, Any]]:
         """Every file with its size and sha256, relative to the version folder."""
         fs = self.location.fs
+        if not self.location.is_local:  # zarr wrote through its own (async) filesystem
+            fs.invalidate_cache(self.path)
         files: dict[str, dict[str, Any]] = {}
         prefix = self.path.rstrip("/") + "/"
         for full in sorted(fs.find(self.path)):

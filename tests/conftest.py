@@ -24,3 +24,47 @@ def gemma3():
     from transforms.models import load_model
 
     return load_model("pkg:gemma3-270m")
+
+
+# ---- a real S3-compatible server on loopback (moto in server mode) -------------------------
+S3_BUCKET = "traitstore-test"
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """A moto S3 server on 127.0.0.1 (a real HTTP endpoint, not patched boto) with the bucket
+    ``traitstore-test``. Stores, builders and subprocesses find it through the environment,
+    as a user would: credentials plus ``AWS_ENDPOINT_URL_S3`` (honoured by botocore, hence
+    s3fs and zarr's FsspecStore)."""
+    import logging
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no per-request lines
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    url = f"http://{host}:{port}"
+    patch = pytest.MonkeyPatch()
+    for key, value in {
+        "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL_S3": url, "AWS_EC2_METADATA_DISABLED": "true",
+        "AWS_CONFIG_FILE": "/nonexistent", "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent",
+    }.items():
+        patch.setenv(key, value)
+    patch.delenv("AWS_SESSION_TOKEN", raising=False)
+    patch.delenv("AWS_PROFILE", raising=False)
+    import boto3
+
+    boto3.client("s3").create_bucket(Bucket=S3_BUCKET)
+    yield url
+    patch.undo()
+    server.stop()
+
+
+@pytest.fixture
+def s3_url(s3_endpoint) -> str:
+    """A fresh, empty store root ``s3://traitstore-test/<random prefix>``."""
+    import uuid
+
+    return f"s3://{S3_BUCKET}/ts-{uuid.uuid4().hex[:8]}"

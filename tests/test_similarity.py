@@ -16,7 +16,8 @@ import yaml
 
 from builders.catalog import load_catalog
 from builders.common import BuildError
-from builders.similarity import activation_similarity, replay_sequences
+from builders.replay import replay_sequences
+from builders.similarity import activation_similarity
 from store import Store
 
 pytestmark = pytest.mark.slow
