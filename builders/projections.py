@@ -34,7 +34,7 @@ from .vectors import load_vectors
 log = logging.getLogger(__name__)
 
 BUILDER = "builders.projections"
-CODE_VERSION = "1"
+CODE_VERSION = "2"  # 2: live mode formats prompts in the prompt set's style (was always chat)
 _RELATIVE = re.compile(r"^best([+-]\d+)?$")
 
 
@@ -128,9 +128,10 @@ def _stored_rows(store: Store, acts_manifest: Manifest, stacks: list, decode: An
     return rows
 
 
-def _live_rows(loaded: Any, prompt_rows: list[dict[str, Any]], stacks: list, gen: Any, quiet: bool) -> list[dict]:
+def _live_rows(loaded: Any, prompt_rows: list[dict[str, Any]], style: str, stacks: list, gen: Any,
+               quiet: bool) -> list[dict]:
     from transforms.generation import generate_batch
-    from transforms.projections import LiveProjector, project, score_rows
+    from transforms.projections import LiveProjector, score_rows
 
     from .responses import format_row
 
@@ -139,7 +140,7 @@ def _live_rows(loaded: Any, prompt_rows: list[dict[str, Any]], stacks: list, gen
     bar = progress(len(prompt_rows), "live projections", quiet)
     for lo in range(0, len(prompt_rows), gen.batch_size):
         batch = prompt_rows[lo:lo + gen.batch_size]
-        prompts = [list(format_row(loaded.tokenizer, r["prompt"], r.get("system_prompt"), "instruction").ids) for r in batch]
+        prompts = [list(format_row(loaded.tokenizer, r["prompt"], r.get("system_prompt"), style).ids) for r in batch]
         projector = LiveProjector(stacks)
         with projector.attach(loaded.model):
             outs = generate_batch(loaded.model, loaded.tokenizer, prompts, gen, lo // gen.batch_size)
@@ -212,8 +213,9 @@ def build_projections(
         loaded = variant_model(store, entry)
         stacks = build_stacks(store, vector_sets, layers_of, loaded.d_model)
         if live:
-            prompt_rows = store.read_table(store.resolve(parents["prompts"])).to_dicts()
-            rows = _live_rows(loaded, prompt_rows, stacks, gen, quiet)
+            prompts = store.resolve(parents["prompts"])
+            style = json.loads(store.read_bytes(prompts, "prompt_set.json"))["style"]  # as the responses builder
+            rows = _live_rows(loaded, store.read_table(prompts).to_dicts(), style, stacks, gen, quiet)
         else:
             rows = _stored_rows(store, store.resolve(parents["activations"]), stacks,
                                 lambda i: loaded.tokenizer.decode([i]))
