@@ -70,11 +70,15 @@ def proj_env(tmp_path_factory):
     root = tmp_path_factory.mktemp("proj")
     (root / "general.json").write_text(_json.dumps({"prompts": [{"id": i, "text": t} for i, t in
                                                                  enumerate(["Name a fruit.", "Describe rain in one line."])]}))
+    natural = root / "natural"
+    natural.mkdir()
+    (natural / "positive.txt").write_text("Honestly, the best thing about my boss is\n")
+    (natural / "negative.txt").write_text("Frankly, the worst thing about my boss is\n")
     path = root / "catalog.yaml"
     path.write_text(yaml.safe_dump({
         "models": {"smol": {"id": "pkg:smollm2-135m-instruct"}},
-        "prompt_sets": {"general": {"path": str(root / "general.json")}},
-        "experiments": {"p": {"variants": {"a": {"model": "smol"}}, "prompt_sets": ["general"]}},
+        "prompt_sets": {"general": {"path": str(root / "general.json")}, "natural": {"path": str(natural)}},
+        "experiments": {"p": {"variants": {"a": {"model": "smol"}}, "prompt_sets": ["general", "natural"]}},
         "defaults": {"experiment": "p", "responses": {"max_new_tokens": 6}},
     }))
     store = Store(str(root / "store"))
@@ -120,3 +124,22 @@ def test_builder_stored_equals_independent_and_live_equals_stored(proj_env):
     assert joined.height > 0 and joined.height == live.height  # same greedy tokens, every live token stored too
     assert (joined["token_id"] == joined["token_id_stored"]).all()
     np.testing.assert_allclose(joined["score"].to_numpy(), joined["score_stored"].to_numpy(), rtol=2e-3, atol=2e-2)
+
+
+@pytest.mark.slow
+def test_live_mode_formats_prompts_in_the_prompt_sets_style(proj_env):
+    """A natural prefix is continued as plain text, as the responses builder does, not chat-wrapped."""
+    from builders.common import cached_model
+    from builders.projections import build_projections
+    from builders.responses import format_row
+
+    store, catalog, vectors, _ = proj_env
+    live = store.read_table(build_projections(store, catalog, "a", "natural", [f"{vectors.ref}:mean_diff"],
+                                              layers="10", live=True, quiet=True).manifest)
+    tokenizer = cached_model("pkg:smollm2-135m-instruct").tokenizer
+    prompts = {r["prompt_id"]: r["prompt"] for r in store.read_table("prompts-natural").to_dicts()}
+    assert len(prompts) == 2
+    for prompt_id, text in prompts.items():
+        fed = live.filter((live["prompt_id"] == prompt_id) & ~live["is_response"]).sort("token_index")
+        assert fed["token_id"].to_list() == list(format_row(tokenizer, text, None, "natural").ids)
+        assert fed["token_id"].to_list() != list(format_row(tokenizer, text, None, "instruction").ids)
