@@ -33,7 +33,8 @@ from .common import (BuildError, add_experiment_args, base_parser, model_config_
 from .executors import Executor, add_executor_args, executor_from_args, run_units, set_threads
 from .responses import dataset_name as responses_name
 from .responses import format_row, model_identity
-from .units import ArraySpec, Unit, UnitOutput, plain_type, plan_units, round_unit_size, store_address
+from .units import (ArraySpec, Unit, UnitOutput, plain_type, plan_units, report_progress, round_unit_size,
+                    store_address)
 from .variants import variant_model
 
 log = logging.getLogger(__name__)
@@ -268,6 +269,7 @@ class ActivationsJob:
                                         params["batch_size"]):
                 for t in chunk:
                     rows.write(offsets[t.sample_idx], t.acts_TLD)
+                report_progress(len(chunk))
             rows.close()
         else:
             from transforms.capture import iter_pooled
@@ -276,6 +278,7 @@ class ActivationsJob:
             for idx, acts_BLD in iter_pooled(loaded.model, sequences, pos, self.layer_ids, params["component"],
                                              params["batch_size"], None, on_empty="nan"):
                 acts[idx] = acts_BLD
+                report_progress(len(idx))
             out.write_array(self.array, unit.start, acts)
             out.save_npy("norms.npy", np.linalg.norm(acts, axis=-1))  # [sample, layer]
         out.write_table(pa.Table.from_pylist(

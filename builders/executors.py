@@ -232,7 +232,7 @@ def run_units(executor: Executor | None, job: UnitJob, location: Any, scratch: s
     """Run the units a previous run did not finish (a tqdm bar over units); return every
     unit's metadata in unit order."""
     from .common import progress
-    from .units import finished_units
+    from .units import finished_units, progress_hook
 
     executor = executor or Executor()
     protocols = (location.fs.protocol,) if isinstance(location.fs.protocol, str) else tuple(location.fs.protocol)
@@ -243,16 +243,23 @@ def run_units(executor: Executor | None, job: UnitJob, location: Any, scratch: s
     pending = [u for u in units if u.index not in metas]
     if metas:
         log.info("%s: %d of %d units already done", job.label, len(metas), len(units))
-    bar = progress(len(units), job.label, quiet)
-    bar.unit = "unit"
-    bar.update(len(metas))
+    size = {u.index: u.end - u.start for u in units}
+    bar = progress(sum(size.values()), job.label, quiet)  # samples; local units also report per batch
+    bar.update(sum(size[i] for i in metas))
+    reported = [0]  # samples the running (local) unit has reported so far
+
+    def partial(samples: int) -> None:
+        reported[0] += samples
+        bar.update(samples)
 
     def done(meta: dict[str, Any]) -> None:
         metas[meta["unit"]] = meta
-        bar.update(1)
+        bar.update(size[meta["unit"]] - reported[0])
+        reported[0] = 0
 
     try:
-        executor.map_units(job, pending, done)
+        with progress_hook(partial):
+            executor.map_units(job, pending, done)
     finally:
         bar.close()
     pids = sorted({m.get("pid") for m in metas.values() if m["unit"] in {u.index for u in pending}})

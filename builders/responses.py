@@ -28,7 +28,7 @@ from .common import (BuildError, add_experiment_args, base_parser, open_store_an
                      report, run)
 from .executors import Executor, add_executor_args, executor_from_args, run_units, set_threads
 from .prompts import ensure_prompt_set
-from .units import Unit, UnitOutput, plain_type, plan_units, round_unit_size, store_address
+from .units import Unit, UnitOutput, plain_type, plan_units, report_progress, round_unit_size, store_address
 from .variants import variant_model
 
 log = logging.getLogger(__name__)
@@ -204,6 +204,7 @@ class ResponsesJob:
             if fs.exists(part):
                 with fs.open(part, "rb") as handle:
                     rows.update(zip(batch, pq.read_table(handle).to_pylist()))
+                report_progress(len(batch))
                 continue
             outputs = generate_batch(loaded.model, loaded.tokenizer, [formatted[i]["prompt_ids"] for i in batch],
                                      self.config, unit.start // batch_size + j)
@@ -213,6 +214,7 @@ class ResponsesJob:
                 pq.write_table(pa.Table.from_pylist(done, schema=self.schema), handle)
             fs.mv(tmp, part)  # a batch file exists only once it is complete
             rows.update(zip(batch, done))
+            report_progress(len(batch))
         ordered = [rows[i] for i in range(len(items))]
         out.write_table(pa.Table.from_pylist(ordered, schema=self.schema))
         return out.finish(responses=len(ordered),

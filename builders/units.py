@@ -27,7 +27,8 @@ import os
 import socket
 import uuid
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from store.writer import (VersionWriter, create_zarr_array, open_zarr_store, shard_name, table_dir,
                           write_parquet)
@@ -41,6 +42,27 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DONE = "done.json"
+
+
+# samples finished inside the running unit, for the driver's progress bar (local executor only:
+# a Ray worker has no bar to feed, so there it stays None)
+_progress: Callable[[int], None] | None = None
+
+
+@contextmanager
+def progress_hook(callback: Callable[[int], None]) -> Iterator[None]:
+    global _progress
+    previous, _progress = _progress, callback
+    try:
+        yield
+    finally:
+        _progress = previous
+
+
+def report_progress(samples: int) -> None:
+    """Called by a unit as batches finish; a no-op unless the driver listens."""
+    if _progress is not None:
+        _progress(samples)
 
 
 @dataclass(frozen=True)
