@@ -341,7 +341,8 @@ def main(args: argparse.Namespace) -> int:
                 layers=args.layers or str(defaults.get("layers", "all")),
                 component=args.component or defaults.get("component", "residual"),
                 experiment=args.experiment, replay_from=args.replay_from, per_token=args.per_token,
-                batch_size=args.batch_size or int(defaults.get("batch_size", 8)), force=args.force,
+                batch_size=int(defaults.get("batch_size", 8)) if args.batch_size is None else args.batch_size,
+                force=args.force,
                 quiet=args.quiet, unit_size=args.unit_size, executor=executor,
             ))
     return 0

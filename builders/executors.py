@@ -107,7 +107,11 @@ class RayExecutor(Executor):
         self._connect(address)
         import ray
 
-        self.workers = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
+        cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+        if workers is not None and workers > cpus:
+            # each actor holds one CPU: actors beyond the cluster's CPUs would never start
+            log.warning("--workers %d > the cluster's %d CPUs: using %d workers", workers, cpus, cpus)
+        self.workers = min(workers or cpus, cpus)
         self._actors: list[Any] = []
 
     def _connect(self, address: str | None) -> None:
@@ -217,7 +221,7 @@ def make_executor(kind: str = "local", address: str | None = None, workers: int 
     if kind not in EXECUTORS:
         raise BuildError(f"--executor: unknown executor {kind!r} (known: {', '.join(EXECUTORS)})")
     if kind == "local":
-        if address or workers:
+        if address is not None or workers is not None:
             raise BuildError("--ray-address and --workers need --executor ray")
         return Executor(threads)
     return RayExecutor(address, workers, threads)
@@ -232,13 +236,14 @@ def run_units(executor: Executor | None, job: UnitJob, location: Any, scratch: s
     """Run the units a previous run did not finish (a tqdm bar over units); return every
     unit's metadata in unit order."""
     from .common import progress
-    from .units import finished_units, progress_hook
+    from .units import finished_units, mark_scratch, progress_hook
 
     executor = executor or Executor()
     protocols = (location.fs.protocol,) if isinstance(location.fs.protocol, str) else tuple(location.fs.protocol)
     if executor.kind != "local" and "memory" in protocols:
         raise BuildError(f"--executor {executor.kind}: workers cannot reach an in-memory store ({location.url}); "
                          "use a folder or s3:// store")
+    mark_scratch(location, scratch)
     metas = finished_units(location, scratch, units)
     pending = [u for u in units if u.index not in metas]
     if metas:

@@ -92,7 +92,6 @@ def generate_responses(
 
     exp = catalog.experiment(experiment)
     catalog.variant(exp.name, variant)  # unknown variant: clear error before any work
-    prompts = ensure_prompt_set(store, catalog, prompt_set)
     settings = {**catalog.stage_defaults("responses"), **{k: v for k, v in (overrides or {}).items() if v is not None}}
     rollouts = int(settings.pop("rollouts", 1))
     unit_size = int(settings.pop("unit_size", RESPONSES_UNIT))
@@ -100,9 +99,13 @@ def generate_responses(
         raise BuildError(f"--rollouts must be >= 1, got {rollouts}")
     try:
         config = GenerationConfig(**settings)
-        unit_size = round_unit_size(unit_size, config.batch_size)
     except (TypeError, ValueError) as err:
         raise BuildError(f"generation settings: {err}") from None
+    try:
+        unit_size = round_unit_size(unit_size, config.batch_size)
+    except ValueError as err:
+        raise BuildError(f"--unit-size: {err}") from None
+    prompts = ensure_prompt_set(store, catalog, prompt_set)  # only once the settings are known good
     params = {"experiment": exp.name, "variant": variant, "prompt_set": prompt_set,
               "rollouts": rollouts, "generation": config.as_dict(), "unit_size": unit_size}
     spec = BuildSpec(name=dataset_name(exp.name, variant, prompt_set), kind="responses", builder=BUILDER,
@@ -200,7 +203,7 @@ class ResponsesJob:
         generation = json.dumps(self.config.as_dict(), sort_keys=True)
         rows: dict[int, dict[str, Any]] = {}
         for j, batch in enumerate(batches):
-            part = out.path(f"batch-{j:05d}.parquet")
+            part = out.unit_path(f"batch-{j:05d}.parquet")
             if fs.exists(part):
                 with fs.open(part, "rb") as handle:
                     rows.update(zip(batch, pq.read_table(handle).to_pylist()))

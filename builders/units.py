@@ -2,16 +2,19 @@
 
 A build that runs a model over many samples (responses, activations) is split into units:
 unit k owns the contiguous sample ids ``[start, end)`` (and, for a per-token array, the
-token rows ``[token_start, token_end)``). A unit writes, into its own folder
-``<partial dir>/unit-0000k/`` of the store:
+token rows ``[token_start, token_end)``). Each attempt at a unit writes into its own folder
+``<partial dir>/unit-0000k/attempt-<nonce>/`` of the store (so a killed attempt's leftovers,
+or a concurrent builder of the same version, never mix with it):
 
 - its table rows as the finished Parquet shard ``data/train-0000k-of-0000K.parquet``;
 - for each array, every Zarr chunk that lies wholly inside its rows, encoded exactly as the
   published array encodes it, and the rows of chunks it shares with a neighbour ("edges")
   as ``.npy`` pieces (only ragged per-token arrays have edges: pooled arrays are chunked
   one unit deep along the sample axis);
-- ``done.json`` last: the unit's small metadata (row counts, edges, stats, worker pid).
-  A unit folder with ``done.json`` is finished and never redone, so a killed run resumes.
+- ``done.json`` last: the unit's small metadata (row counts, edges, stats, worker pid,
+  its attempt folder). A unit with an attempt holding ``done.json`` is finished and never
+  redone, so a killed run resumes. Work a unit checkpoints within itself (the responses
+  builder's batch files) sits beside the attempts in ``unit-0000k/``, written by rename.
 
 :func:`finalize` runs on the driver inside ``Store.build``: it places the units' files into
 the version by hard link (local) or server-side copy (remote) without changing a byte,
@@ -42,6 +45,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DONE = "done.json"
+SCRATCH_MARKER = "units.txt"
 
 
 # samples finished inside the running unit, for the driver's progress bar (local executor only:
@@ -136,12 +140,22 @@ class UnitOutput:
     def __init__(self, location: "Location", scratch: str, unit: Unit) -> None:
         self.location = location
         self.unit = unit
-        self.folder = f"{scratch}/{unit.name}"
-        self.meta: dict[str, Any] = {"unit": unit.index, "tables": {}, "arrays": {}}
+        self.unit_folder = f"{scratch}/{unit.name}"
+        attempt = f"{unit.name}/attempt-{uuid.uuid4().hex[:8]}"
+        self.folder = f"{scratch}/{attempt}"
+        self.meta: dict[str, Any] = {"unit": unit.index, "folder": attempt, "tables": {}, "arrays": {}}
+        if not location.fs.exists(f"{scratch}/{SCRATCH_MARKER}"):
+            raise RuntimeError(f"{location.url}: this worker ({socket.gethostname()}) does not see the build's "
+                               f"scratch folder {scratch}; workers need the store on shared storage (e.g. s3://)")
         location.fs.makedirs(self.folder, exist_ok=True)
 
     def path(self, relpath: str) -> str:
+        """A file of this attempt."""
         return f"{self.folder}/{relpath}"
+
+    def unit_path(self, relpath: str) -> str:
+        """A checkpoint file shared by every attempt at this unit (write it by rename)."""
+        return f"{self.unit_folder}/{relpath}"
 
     def write_table(self, table: "pa.Table", name: str = "data") -> None:
         rel = self.unit.shard(name)
@@ -218,14 +232,24 @@ class ArrayRows:
                                                       "edges": edges}
 
 
+def mark_scratch(location: "Location", scratch: str) -> None:
+    """Written by the driver before units run: a worker that cannot see it is on another
+    machine than a local-folder store, and says so instead of writing where nobody reads."""
+    location.fs.makedirs(scratch, exist_ok=True)
+    with location.fs.open(f"{scratch}/{SCRATCH_MARKER}", "wb") as handle:
+        handle.write(b"units of this build are written below this folder\n")
+
+
 def finished_units(location: "Location", scratch: str, units: list[Unit]) -> dict[int, dict[str, Any]]:
-    """Metadata of the units a previous (killed) run finished."""
+    """Metadata of the units a previous (killed) run finished (the first finished attempt)."""
+    if not location.is_local:
+        location.fs.invalidate_cache(scratch)
     done = {}
     for unit in units:
-        path = f"{scratch}/{unit.name}/{DONE}"
-        if location.fs.exists(path):
+        for path in sorted(location.fs.glob(f"{scratch}/{unit.name}/attempt-*/{DONE}")):
             with location.fs.open(path, "r", encoding="utf-8") as handle:
                 done[unit.index] = json.loads(handle.read())
+            break
     return done
 
 
@@ -245,7 +269,7 @@ def finalize(writer: VersionWriter, location: "Location", scratch: str, metas: l
     metas = sorted(metas, key=lambda m: m["unit"])
     if [m["unit"] for m in metas] != list(range(len(metas))):
         raise ValueError(f"finalize needs every unit once, got {[m['unit'] for m in metas]}")
-    folders = [f"{scratch}/unit-{m['unit']:05d}" for m in metas]
+    folders = [f"{scratch}/{m['folder']}" for m in metas]
     for table in sorted({t for m in metas for t in m["tables"]}):
         shards, rows = [], 0
         for meta, folder in zip(metas, folders):

@@ -149,6 +149,18 @@ def _is_duckdb_error(err: Exception) -> bool:
     return isinstance(err, duckdb.Error)
 
 
+def _seconds(text: str) -> float:
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"expected seconds >= 0, got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m store", description=__doc__.split("\n")[0])
     parser.add_argument("--store", help="store root: a folder or fsspec URL (default $TRAITSTORE_ROOT or ./artifacts)")
@@ -167,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", **fmt)
     p.add_argument("--output", help="file to write (needed for parquet)")
     p = sub.add_parser("gc", help="remove leftovers of killed builds (safe while builders run)")
-    p.add_argument("--min-idle", type=float, default=600.0, metavar="SECONDS",
+    p.add_argument("--min-idle", type=_seconds, default=600.0, metavar="SECONDS",
                    help="folders whose builder cannot be checked (another host) must be idle this long "
                         "(default 600; a dead builder's folder on this host goes at once)")
     hub_help = "Hub URL (default $HF_ENDPOINT or https://huggingface.co); token from HF_TOKEN or `hf auth login`"
@@ -190,11 +202,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    store = Store(args.store)
     commands = {"ls": cmd_ls, "show": cmd_show, "lineage": cmd_lineage, "sql": cmd_sql, "gc": cmd_gc,
                 "push": cmd_push, "pull": cmd_pull}
     try:
-        commands[args.command](store, args)
+        commands[args.command](Store(args.store), args)
     except StoreError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -375,6 +375,10 @@ class Store(Publishing):
                 if base.startswith(TMP_PREFIX):
                     if is_leftover(self.fs, sub["name"], base, min_idle):
                         yield sub["name"]
+                elif base.startswith(PARTIAL_PREFIX):  # scratch a late concurrent builder left behind
+                    published = self.has_version(name, base[len(PARTIAL_PREFIX):])
+                    if published and is_leftover(self.fs, sub["name"], base, min_idle):
+                        yield sub["name"]
                 elif not base.startswith(".") and not self.has_version(name, base):
                     claim = self.location.join(name, CLAIM_PREFIX + base)
                     being_published = not self.location.is_local and self._claim_is_fresh(claim)

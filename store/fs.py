@@ -5,6 +5,8 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from .errors import StoreError
+
 if TYPE_CHECKING:
     import fsspec
 
@@ -42,9 +44,12 @@ def resolve_location(url: str | None = None) -> Location:
     import fsspec
 
     given = url or os.environ.get(ROOT_ENV) or DEFAULT_ROOT
-    fs, path = fsspec.core.url_to_fs(given)
+    try:
+        fs, path = fsspec.core.url_to_fs(given)
+    except (ValueError, ImportError) as err:  # unknown protocol, or its package is missing
+        raise StoreError(f"store URL {given!r}: {str(err).splitlines()[0]}") from None
     if isinstance(path, list):  # globs are not store roots
-        raise ValueError(f"store URL {given!r} must name one folder")
+        raise StoreError(f"store URL {given!r} must name one folder")
     protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
     if protocol in ("file", "local"):
         path = os.path.abspath(path)

@@ -105,7 +105,7 @@ def _redact(text: str) -> str:
 def hub_errors(endpoint: str, repo_id: str, revision: str | None = None) -> Iterator[None]:
     """Turn huggingface_hub / network exceptions into one-line :class:`HubError` s."""
     import httpx2
-    from huggingface_hub.errors import (EntryNotFoundError, HfHubHTTPError, OfflineModeIsEnabled,
+    from huggingface_hub.errors import (EntryNotFoundError, HfHubHTTPError, HFValidationError, OfflineModeIsEnabled,
                                         RepositoryNotFoundError, RevisionNotFoundError)
 
     try:
@@ -126,6 +126,8 @@ def hub_errors(endpoint: str, repo_id: str, revision: str | None = None) -> Iter
         if status == 403:
             raise HubError(f"no write access to {repo_id!r} on {endpoint} (403)") from None
         raise HubError(f"Hub request for {repo_id!r} failed with HTTP {status}: {_redact(str(err))}") from None
+    except HFValidationError as err:  # a malformed repo id, revision or path
+        raise HubError(f"{repo_id!r}: {_redact(str(err))}") from None
     except OfflineModeIsEnabled:
         raise HubError("HF_HUB_OFFLINE is set: unset it to push or pull") from None
     except (httpx2.TransportError, ConnectionError, TimeoutError) as err:
@@ -211,15 +213,15 @@ def _with_parents(store: Store, manifests: list[Manifest]) -> list[Manifest]:
     return ordered
 
 
-def _operations(store: Store, m: Manifest, repo_id: str, state: RemoteState) -> list:
+def _operations(store: Store, m: Manifest, source: str, repo_id: str, state: RemoteState) -> list:
+    """The commit's files, read from the local folder ``source`` (never all held in memory)."""
     from huggingface_hub import CommitOperationAdd
 
     folder = f"{m.name}/{m.version}"
     ops = []
     for rel in sorted(m.files):
-        path = store.path(m, rel)
-        source: str | bytes = path if store.location.is_local else store.read_bytes(m, rel)
-        ops.append(CommitOperationAdd(path_in_repo=f"{folder}/{rel}", path_or_fileobj=source))
+        path = os.path.join(source, *rel.split("/"))
+        ops.append(CommitOperationAdd(path_in_repo=f"{folder}/{rel}", path_or_fileobj=path))
     ops.append(CommitOperationAdd(path_in_repo=f"{folder}/{MANIFEST}", path_or_fileobj=store.read_bytes(m, MANIFEST)))
     ops.append(CommitOperationAdd(path_in_repo=f"{m.name}/{LATEST_FILE}", path_or_fileobj=m.version.encode()))
     manifests = [x for x in state.manifests.values() if x.ref != m.ref] + [m]
@@ -228,13 +230,22 @@ def _operations(store: Store, m: Manifest, repo_id: str, state: RemoteState) -> 
     return ops
 
 
-def _check_local(store: Store, m: Manifest) -> None:
-    """Refuse to push a version whose local files no longer match its manifest."""
+def _verified_source(store: Store, m: Manifest, staging: str) -> str:
+    """A local folder with ``m``'s files, each checked against its manifest sha256 (a
+    version whose files changed is refused). Object stores: streamed down into ``staging``."""
     if store.location.is_local:
-        verify_version_files(m, store.path(m))
+        folder = store.path(m)
+    else:
+        folder = os.path.join(staging, m.name, m.version)
+        for rel in sorted(m.files):
+            target = os.path.join(folder, *rel.split("/"))
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            store.fs.get_file(store.path(m, rel), target)
+    verify_version_files(m, folder)
+    return folder
 
 
-def push_version(api: "HfApi", store: Store, m: Manifest, repo_id: str, revision: str,
+def push_version(api: "HfApi", store: Store, m: Manifest, source: str, repo_id: str, revision: str,
                  workdir: str, cache: dict[str, str]) -> PushResult:
     """One commit for version ``m``, retried while the branch head keeps moving."""
     from huggingface_hub.errors import HfHubHTTPError
@@ -250,7 +261,7 @@ def push_version(api: "HfApi", store: Store, m: Manifest, repo_id: str, revision
                                f"({there.content_hash[:12]} there, {m.content_hash[:12]} here)")
             log.info("%s is already on %s", m.ref, repo_id)
             return PushResult(m.ref, location, None)
-        ops = _operations(store, m, repo_id, state)
+        ops = _operations(store, m, source, repo_id, state)
         try:
             info = api.create_commit(
                 repo_id, ops, commit_message=f"Add {m.ref} ({m.kind})",
@@ -275,19 +286,21 @@ def push(store: Store, refs: Sequence[str], repo_id: str, *, private: bool = Fal
     manifests = [store.resolve(ref) for ref in refs]
     if with_parents:
         manifests = _with_parents(store, manifests)
-    for m in manifests:
-        _check_local(store, m)
     endpoint = resolve_endpoint(endpoint)
-    api = _api(endpoint)
-    results = []
-    with hub_errors(endpoint, repo_id, revision), tempfile.TemporaryDirectory(prefix="traitstore-push-") as work:
-        api.create_repo(repo_id, repo_type=REPO_TYPE, exist_ok=True, private=private)
-        if revision != "main":
-            api.create_branch(repo_id, branch=revision, repo_type=REPO_TYPE, exist_ok=True)
-        cache: dict[str, str] = {}
-        for m in manifests:
-            results.append(push_version(api, store, m, repo_id, revision, work, cache))
+    with tempfile.TemporaryDirectory(prefix="traitstore-push-") as work:
+        sources = {m.ref: _verified_source(store, m, os.path.join(work, "files")) for m in manifests}
+        with hub_errors(endpoint, repo_id, revision):
+            results = _push_all(_api(endpoint), store, manifests, sources, repo_id, private, revision, work)
     return results
+
+
+def _push_all(api: "HfApi", store: Store, manifests: list[Manifest], sources: dict[str, str], repo_id: str,
+              private: bool, revision: str, work: str) -> list[PushResult]:
+    api.create_repo(repo_id, repo_type=REPO_TYPE, exist_ok=True, private=private)
+    if revision != "main":
+        api.create_branch(repo_id, branch=revision, repo_type=REPO_TYPE, exist_ok=True)
+    cache: dict[str, str] = {}
+    return [push_version(api, store, m, sources[m.ref], repo_id, revision, work, cache) for m in manifests]
 
 
 # ---- pull ------------------------------------------------------------------------------

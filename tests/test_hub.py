@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import yaml
 
-from store import BuildSpec, Store
+from store import BuildSpec, Store, StoreError
 from store.cli import main
 from store.manifest import MANIFEST
 from tests.hub_server import FakeHub
@@ -142,6 +142,25 @@ def test_pull_into_an_fsspec_store(hub, source):
     assert [(x.ref, x.installed) for x in results] == [(r.ref, True)]
     assert mem.read_table(r.ref)["response"].to_list() == store.read_table(r.ref)["response"].to_list()
     assert mem.resolve(r.ref).parents == {"prompts": p.ref}
+
+
+def test_push_from_an_fsspec_store_streams_verified_files(hub, source, tmp_path):
+    """A version on an object store is pushed from a verified local copy, never from memory."""
+    from store.hub import pull, push
+    from store.importing import import_version
+
+    store, p, r = source
+    mem = Store("memory://hub-push-test")
+    for m in (p, r):
+        import_version(mem, m, store.path(m))
+    assert [x.pushed for x in push(mem, [r.ref], REPO, endpoint=hub.url)] == [True]
+    fresh = Store(str(tmp_path / "fresh"))
+    pull(fresh, REPO, refs=[r.ref], endpoint=hub.url)
+    assert tree_hashes(Path(fresh.path(fresh.resolve(r.ref)))) == tree_hashes(Path(store.path(r)))
+    broken = mem.path(mem.resolve(p.ref), "vectors/mean_diff.safetensors")  # a file changed behind the store
+    mem.fs.pipe_file(broken, b"changed")
+    with pytest.raises(StoreError, match="sha256"):
+        push(mem, [p.ref], REPO, endpoint=hub.url)
 
 
 def test_pushed_parquet_loads_with_hf_datasets(hub, source, tmp_path, monkeypatch):
@@ -373,6 +392,8 @@ def test_errors_are_one_line_exit_2_and_leave_the_store_untouched(hub, source, t
     assert "revision 'no-such-branch' not found" in one_line_error(capsys)
     assert push_cli(store, "nothing", endpoint=hub.url) == 2
     assert "no published version of dataset 'nothing'" in one_line_error(capsys)
+    assert push_cli(store, p.ref, repo="bad id!", endpoint=hub.url) == 2
+    assert "'bad id!'" in one_line_error(capsys)
 
     dead = f"http://127.0.0.1:{closed_port()}"
     assert pull_cli(str(root), endpoint=dead) == 2

@@ -150,6 +150,11 @@ def _cli(root: Path, *extra: str) -> subprocess.CompletedProcess:
     (["--executor", "ray", "--ray-address", "127.0.0.1:1"], "cannot reach 127.0.0.1:1"),
     (["--executor", "ray", "--ray-address", "ray://127.0.0.1:1"], "cannot reach 127.0.0.1:1"),
     (["--ray-address", "auto"], "need --executor ray"),
+    (["--workers", "0"], "need --executor ray"),
+    (["--executor", "ray", "--workers", "0"], "--workers must be >= 1"),
+    (["--unit-size", "0"], "--unit-size: unit size must be >= 1"),
+    (["--rollouts", "0"], "--rollouts must be >= 1"),
+    (["--threads", "0"], "--threads must be >= 1"),
 ])
 def test_bad_executor_is_one_line_and_touches_nothing(tmp_path, extra, message):
     root = tmp_path / "store"
@@ -180,15 +185,20 @@ class _CountingJob:
 
 
 def test_finished_units_are_not_redone(tmp_path):
+    import pyarrow as pa
+
     from builders.executors import run_units
-    from builders.units import plan_units
+    from builders.units import UnitOutput, mark_scratch, plan_units
 
     store = Store(str(tmp_path / "s"))
     scratch = store.partial_dir(_spec("resume-test"))
     units = plan_units(10, 3)
+    mark_scratch(store.location, scratch)
     first = _CountingJob(store, scratch)
     first.run_unit(units[2])  # a killed run finished unit 2 only
-    (Path(scratch) / "unit-00001").mkdir()  # and started unit 1 (no done.json)
+    started = UnitOutput(store.location, scratch, units[1])  # and started unit 1: files, no done.json
+    started.write_table(pa.table({"sample": pa.array([99], pa.int64())}))
+    started.save_npy("edges/x.npy", np.zeros(3))
     again = _CountingJob(store, scratch)
     metas = run_units(Executor(threads=1), again, store.location, scratch, units, quiet=True)
     assert again.ran == [0, 1, 3] and [m["unit"] for m in metas] == [0, 1, 2, 3]

@@ -68,3 +68,13 @@ def test_module_entry_point(root):
     out = subprocess.run([sys.executable, "-m", "store", "--store", root, "ls"], cwd=REPO,
                          capture_output=True, text=True, check=True).stdout
     assert "activations-a" in out
+
+
+def test_unknown_store_protocol_and_bad_gc_settings_are_one_line(tmp_path, capsys):
+    assert main(["--store", "nosuchproto://x", "ls"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: store URL 'nosuchproto://x'")
+    for bad in ("-5", "nan", "soon"):
+        with pytest.raises(SystemExit) as exit_:
+            main(["--store", str(tmp_path), "gc", "--min-idle", bad])
+        assert exit_.value.code == 2 and "expected seconds >= 0" in capsys.readouterr().err

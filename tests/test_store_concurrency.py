@@ -156,3 +156,16 @@ def test_a_builder_whose_scratch_was_cleared_by_the_winner_reuses_its_version(tm
         assert [proc.exitcode for proc in procs] == [0, 0]
         assert len({out.get(timeout=5), out.get(timeout=5)}) == 1
         assert len(Store(str(tmp_path)).versions(f"scratch-{round_}")) == 1
+
+
+def test_gc_collects_scratch_left_beside_a_published_version_only(tmp_path):
+    store = Store(str(tmp_path))
+    spec = BuildSpec("d", "test", "test", "1", {}, {}, {})
+    store.build(spec, lambda w: w.write_table([{"i": 1}]))
+    late = Path(store.partial_dir(spec))  # a losing builder wrote scratch after the winner cleared it
+    (late / "unit-00000").mkdir(parents=True)
+    pending = Path(store.partial_dir(BuildSpec("d", "test", "test", "1", {"other": 1}, {}, {})))  # resumable work
+    (pending / "batch-00000.parquet").write_bytes(b"x")
+    assert store.collect_garbage() == []  # fresh: maybe still being written
+    assert store.collect_garbage(min_idle=0) == [str(late)]
+    assert pending.exists()
