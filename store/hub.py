@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Iterator, Sequence
 
 from .core import NAME_RE, Store, StoreError
-from .importing import verify_version_files
+from .importing import check_file_paths, verify_version_files
 from .dataset_card import hub_location, render_card
 from .manifest import MANIFEST, Manifest
 
@@ -374,6 +374,8 @@ def pull(store: Store, repo: str, *, refs: Sequence[str] | None = None, path_in_
             if here is None:
                 todo.append(m)
         files = os.path.join(work, "files")
+        for m in todo:
+            check_file_paths(m)  # before any download: a path may not leave its version folder
         jobs = [f"{m.name}/{m.version}/{rel}" for m in todo for rel in m.files]
         with ThreadPoolExecutor(DOWNLOAD_THREADS) as pool:
             list(pool.map(lambda path: _download(api, repo_id, path, sha, files), jobs))

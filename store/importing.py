@@ -61,16 +61,22 @@ def import_version(store: "Store", manifest: Manifest, source_dir: str, manifest
     return BuildResult(manifest, built=True)
 
 
-def verify_version_files(manifest: Manifest, source_dir: str) -> None:
-    """Check every file of ``manifest`` in the local folder ``source_dir`` (size, sha256),
-    and the manifest's own content hash; raise a one-line :class:`StoreError` otherwise."""
-    if content_hash_of(manifest.files) != manifest.content_hash:
-        raise StoreError(f"{manifest.ref}: manifest content hash does not match its file list")
-    for rel, info in sorted(manifest.files.items()):
+def check_file_paths(manifest: Manifest) -> None:
+    """Refuse a manifest (e.g. from the Hub) naming files outside its version folder."""
+    for rel in manifest.files:
         parts = PurePosixPath(rel).parts
         if not parts or rel.startswith("/") or ".." in parts or rel == MANIFEST:
             raise StoreError(f"{manifest.ref}: unsafe file path {rel!r} in manifest")
-        path = os.path.join(source_dir, *parts)
+
+
+def verify_version_files(manifest: Manifest, source_dir: str) -> None:
+    """Check every file of ``manifest`` in the local folder ``source_dir`` (size, sha256),
+    and the manifest's own content hash; raise a one-line :class:`StoreError` otherwise."""
+    check_file_paths(manifest)
+    if content_hash_of(manifest.files) != manifest.content_hash:
+        raise StoreError(f"{manifest.ref}: manifest content hash does not match its file list")
+    for rel, info in sorted(manifest.files.items()):
+        path = os.path.join(source_dir, *PurePosixPath(rel).parts)
         if not os.path.isfile(path):
             raise StoreError(f"{manifest.ref}: file {rel} is missing")
         digest = hashlib.sha256()

@@ -446,3 +446,21 @@ def test_live_hub_round_trip(tmp_path):  # pragma: no cover - needs the network 
     fresh = Store(str(tmp_path / "fresh"))
     pull(fresh, repo, refs=[m.ref])
     assert tree_hashes(Path(fresh.path(m))) == tree_hashes(Path(store.path(m)))
+
+
+def test_a_manifest_naming_files_outside_its_folder_is_refused_before_download(hub, source, tmp_path, capsys):
+    from dataclasses import replace
+
+    from store.hashing import content_hash_of
+
+    store, p, _ = source
+    assert push_cli(store, p.ref, endpoint=hub.url) == 0
+    capsys.readouterr()
+    files = {"../../outside.txt": {"size": 1, "sha256": "0" * 64}}
+    evil = replace(p, name="evil-x", files=files, content_hash=content_hash_of(files))
+    hub.external_commit(REPO, f"evil-x/{p.version}/{MANIFEST}", evil.to_json().encode())
+    root = tmp_path / "fresh"
+    assert pull_cli(str(root), endpoint=hub.url, extra=("--ref", "evil-x")) == 2
+    assert "unsafe file path '../../outside.txt'" in one_line_error(capsys)
+    assert not root.exists() and not (tmp_path / "outside.txt").exists()
+    assert not any("outside" in path for _, path, _ in hub.requests)

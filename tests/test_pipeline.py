@@ -7,7 +7,6 @@ The last block's output is compared with the final norm replaced by identity, si
 """
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
