@@ -307,7 +307,7 @@ def _layer_stats(writer: Any, location: Any, scratch: str, metas: list[dict[str,
 
     from .units import load_npy
 
-    norms = np.concatenate([load_npy(location, f"{scratch}/unit-{m['unit']:05d}/norms.npy")
+    norms = np.concatenate([load_npy(location, f"{scratch}/{m['folder']}/norms.npy")
                             for m in sorted(metas, key=lambda m: m["unit"])])  # [sample, layer]
     rows = [{"layer": layer, "mean_norm": float(np.nanmean(norms[:, j])), "std_norm": float(np.nanstd(norms[:, j]))}
             for j, layer in enumerate(layer_ids)]

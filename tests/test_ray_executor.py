@@ -116,14 +116,14 @@ def _fake_units(store: Store, scratch: str, arrays) -> list[dict]:
 
 
 def test_finalize_ignores_unit_order(tmp_path):
-    from builders.units import ArraySpec, finalize
+    from builders.units import ArraySpec, finalize, mark_scratch
 
     results = []
     for order in ("forward", "reversed"):
         store = Store(str(tmp_path / order))
         spec = _spec("units-test")
         scratch = store.partial_dir(spec)
-        total = 0
+        mark_scratch(store.location, scratch)
         pooled = ArraySpec("pooled", (11, 2, 4), (3, 1, 4), ("sample", "layer", "d"), attributes={"a": 1})
         rng = np.random.default_rng(0)
         total = int(sum(rng.integers(0, 9, size=11)))
