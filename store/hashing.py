@@ -4,7 +4,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from typing import Any
+from typing import Any, BinaryIO
 
 VERSION_ID_LENGTH = 16
 
@@ -61,3 +61,11 @@ def version_id(
 def content_hash_of(files: dict[str, dict[str, Any]]) -> str:
     """A manifest's ``content_hash``: a hash over every file's sha256 (equal bytes, equal hash)."""
     return sha256_text(canonical_json({k: v["sha256"] for k, v in files.items()}))
+
+
+def sha256_stream(handle: BinaryIO) -> str:
+    """sha256 of everything left in an open binary file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    for block in iter(lambda: handle.read(1 << 20), b""):
+        digest.update(block)
+    return digest.hexdigest()

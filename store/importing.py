@@ -2,14 +2,13 @@
 and lineage kept exactly."""
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from pathlib import PurePosixPath
 from typing import TYPE_CHECKING
 
 from .core import NAME_RE, BuildResult, StoreError
-from .hashing import content_hash_of
+from .hashing import content_hash_of, sha256_stream
 from .leftovers import tmp_name
 from .manifest import MANIFEST, Manifest
 
@@ -79,11 +78,8 @@ def verify_version_files(manifest: Manifest, source_dir: str) -> None:
         path = os.path.join(source_dir, *PurePosixPath(rel).parts)
         if not os.path.isfile(path):
             raise StoreError(f"{manifest.ref}: file {rel} is missing")
-        digest = hashlib.sha256()
         with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-        got = digest.hexdigest()
+            got = sha256_stream(handle)
         if got != info["sha256"] or os.path.getsize(path) != info["size"]:
             raise StoreError(f"{manifest.ref}: {rel} has sha256 {got[:12]}..., the manifest says "
                              f"{info['sha256'][:12]}...; nothing installed")

@@ -1,14 +1,13 @@
 """Writing one version: everything goes into a private temporary folder first."""
 from __future__ import annotations
 
-import hashlib
 import logging
 from typing import TYPE_CHECKING, Any
 
 from .fs import Location
+from .hashing import sha256_stream
 
 if TYPE_CHECKING:
-    import numpy as np
     import pyarrow as pa
     import zarr
 
@@ -157,11 +156,8 @@ class VersionWriter:
         prefix = self.path.rstrip("/") + "/"
         for full in sorted(fs.find(self.path)):
             rel = full[len(prefix):] if full.startswith(prefix) else full.split(self.path, 1)[-1].lstrip("/")
-            digest = hashlib.sha256()
             with fs.open(full, "rb") as handle:
-                for block in iter(lambda: handle.read(1 << 20), b""):
-                    digest.update(block)
-            files[rel] = {"size": fs.size(full), "sha256": digest.hexdigest()}
+                files[rel] = {"size": fs.size(full), "sha256": sha256_stream(handle)}
         return files
 
 
