@@ -21,6 +21,7 @@ def run(body: Callable[[argparse.Namespace], int | None], parser: argparse.Argum
         argv: Sequence[str] | None = None) -> int:
     """Parse, set up logging, run ``body``; a ValueError or StoreError is one line + exit 2."""
     from store import StoreError
+    from store.errors import storage_errors, storage_message
 
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
@@ -29,4 +30,7 @@ def run(body: Callable[[argparse.Namespace], int | None], parser: argparse.Argum
         return int(body(args) or 0)
     except (ValueError, StoreError) as err:
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    except storage_errors() as err:
+        print(f"error: {storage_message(err)}", file=sys.stderr)
         return 2

@@ -7,6 +7,7 @@ import sys
 from typing import Callable, Sequence
 
 from store import BuildResult, Store, StoreError
+from store.errors import storage_errors, storage_message
 
 from .catalog import CatalogError, load_catalog
 
@@ -29,9 +30,20 @@ def base_parser(prog: str, description: str) -> argparse.ArgumentParser:
     return parser
 
 
-def add_experiment_args(parser: argparse.ArgumentParser, variant_required: bool = True) -> None:
+def add_experiment_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--experiment", help="experiment in the catalog (default: defaults.experiment)")
+
+
+def add_experiment_args(parser: argparse.ArgumentParser, variant_required: bool = True) -> None:
+    add_experiment_arg(parser)
     parser.add_argument("--variant", required=variant_required, help="variant of the experiment, e.g. base, instruct")
+
+
+def add_variant_pair_args(parser: argparse.ArgumentParser, a_help: str, b_help: str) -> None:
+    """``--experiment``, ``--a`` and ``--b``: the builders that compare two variants."""
+    add_experiment_arg(parser)
+    parser.add_argument("--a", required=True, help=a_help)
+    parser.add_argument("--b", required=True, help=b_help)
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
@@ -66,6 +78,9 @@ def run(main: Callable[[argparse.Namespace], int | None], parser: argparse.Argum
         return int(main(args) or 0)
     except user_errors() as err:
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    except storage_errors() as err:
+        print(f"error: {storage_message(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted: finished work is kept; rerun to resume", file=sys.stderr)

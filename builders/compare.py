@@ -23,7 +23,7 @@ from typing import Any, Sequence
 from store import BuildResult, BuildSpec, Store
 
 from .catalog import Catalog
-from .common import BuildError, base_parser, open_store_and_catalog, report, run
+from .common import BuildError, add_variant_pair_args, base_parser, open_store_and_catalog, report, run
 from .replay import replay_source
 from .vectors import load_vectors
 
@@ -184,9 +184,8 @@ def compare_variants(
 
 def build_parser() -> argparse.ArgumentParser:
     parser = base_parser("python -m builders.compare", "Compare two variants' activations against trait vectors.")
-    parser.add_argument("--experiment", help="experiment in the catalog (default: defaults.experiment)")
-    parser.add_argument("--a", required=True, help="reference variant (its responses are replayed)")
-    parser.add_argument("--b", required=True, help="compared variant (e.g. finetuned)")
+    add_variant_pair_args(parser, "reference variant (its responses are replayed)",
+                          "compared variant (e.g. finetuned)")
     parser.add_argument("--prompts", required=True, metavar="SET")
     parser.add_argument("--vectors", action="append", default=[], metavar="REF", help="trait vector set (repeatable)")
     parser.add_argument("--controls", action="append", default=[], metavar="REF", help="other traits' vector sets")

@@ -192,7 +192,8 @@ def main(args: argparse.Namespace) -> int:
     store, catalog = open_store_and_catalog(args)
     targets = [t.strip() for t in args.targets.split(",") if t.strip()]
     report(finetune(store, catalog, args.variant, args.prompts, experiment=args.experiment, polarity=args.polarity,
-                    passing_only=args.passing_only, keep_system_prompt=args.keep_system_prompt, r=args.r, alpha=args.alpha, targets=targets, epochs=args.epochs,
+                    passing_only=args.passing_only, keep_system_prompt=args.keep_system_prompt, r=args.r,
+                    alpha=args.alpha, targets=targets, epochs=args.epochs,
                     lr=args.lr, batch_size=args.batch_size, seed=args.seed,
                     generation={"max_new_tokens": args.max_new_tokens}, force=args.force, quiet=args.quiet))
     return 0

@@ -23,7 +23,8 @@ from typing import Any, Sequence
 from store import BuildResult, BuildSpec, Store
 
 from .catalog import Catalog
-from .common import BuildError, base_parser, model_layer_count, open_store_and_catalog, progress, report, run
+from .common import (BuildError, add_variant_pair_args, base_parser, model_layer_count, open_store_and_catalog,
+                     progress, report, run)
 from .replay import replay_source
 
 log = logging.getLogger(__name__)
@@ -117,9 +118,8 @@ def activation_similarity(
 
 def build_parser() -> argparse.ArgumentParser:
     parser = base_parser("python -m builders.similarity", "Per-layer / per-position activation similarity of two variants.")
-    parser.add_argument("--experiment", help="experiment in the catalog (default: defaults.experiment)")
-    parser.add_argument("--a", required=True, help="variant whose responses are replayed (e.g. instruct)")
-    parser.add_argument("--b", required=True, help="variant that replays them (e.g. base, finetuned)")
+    add_variant_pair_args(parser, "variant whose responses are replayed (e.g. instruct)",
+                          "variant that replays them (e.g. base, finetuned)")
     parser.add_argument("--prompts", required=True, metavar="SET")
     parser.add_argument("--layers", default="all")
     parser.add_argument("--min-share", type=float, default=0.8, help="positions reached by at least this share of prompts")

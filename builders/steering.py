@@ -29,7 +29,7 @@ from typing import Any, Sequence
 from store import BuildResult, BuildSpec, Manifest, Store
 
 from .catalog import Catalog
-from .common import BuildError, base_parser, open_store_and_catalog, report, run
+from .common import BuildError, add_experiment_arg, base_parser, open_store_and_catalog, report, run
 from .steering_eval import Planned, SteeringSetup, add_deltas, baseline_plan, dedupe_responses, evaluate, make_setup
 from .vectors import dataset_name as vectors_name
 from .vectors import load_vectors
@@ -251,7 +251,7 @@ def matrix_vectors(store: Store, catalog: Catalog, experiment: str | None) -> li
 
 def build_parser() -> argparse.ArgumentParser:
     parser = base_parser("python -m builders.steering", "Steer with trait vectors; judge trait and coherence.")
-    parser.add_argument("--experiment", help="experiment in the catalog (default: defaults.experiment)")
+    add_experiment_arg(parser)
     which = parser.add_mutually_exclusive_group(required=True)
     which.add_argument("--vectors", metavar="REF", help="a vectors dataset (name or name@version)")
     which.add_argument("--matrix", action="store_true",

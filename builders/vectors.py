@@ -22,7 +22,7 @@ from store import BuildResult, BuildSpec, Manifest, Store
 
 from .activations import capture_activations
 from .catalog import Catalog, ExtractionConfig
-from .common import BuildError, base_parser, open_store_and_catalog, report, run
+from .common import BuildError, add_experiment_arg, base_parser, open_store_and_catalog, report, run
 from .responses import generate_responses
 
 log = logging.getLogger(__name__)
@@ -151,7 +151,7 @@ def safetensors_metadata(data: bytes) -> dict[str, str]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = base_parser("python -m builders.vectors", "Extract trait vectors (all layers, several methods).")
-    parser.add_argument("--experiment", help="experiment in the catalog (default: defaults.experiment)")
+    add_experiment_arg(parser)
     which = parser.add_mutually_exclusive_group(required=True)
     which.add_argument("--matrix", action="store_true", help="every config of the experiment's extraction matrix")
     which.add_argument("--prompts", metavar="SET", help="one trait prompt set (with --variant, --position)")

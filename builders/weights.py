@@ -29,7 +29,7 @@ from typing import Any, Sequence
 from store import BuildResult, BuildSpec, Store
 
 from .catalog import Catalog, Variant
-from .common import BuildError, base_parser, open_store_and_catalog, report, run
+from .common import BuildError, add_variant_pair_args, base_parser, open_store_and_catalog, report, run
 from .responses import model_identity
 from .variants import adapter_dir
 
@@ -159,9 +159,8 @@ def weight_tables(store: Store, base: Any, other: Any, folder_a: Path, vector_se
 
 def build_parser() -> argparse.ArgumentParser:
     parser = base_parser("python -m builders.weights", "Weight diff norms, logit lens and trait alignment of two variants.")
-    parser.add_argument("--experiment", help="experiment in the catalog (default: defaults.experiment)")
-    parser.add_argument("--a", required=True, help="reference variant (e.g. base)")
-    parser.add_argument("--b", required=True, help="compared variant (e.g. instruct, or an adapter variant)")
+    add_variant_pair_args(parser, "reference variant (e.g. base)",
+                          "compared variant (e.g. instruct, or an adapter variant)")
     parser.add_argument("--vectors", action="append", default=[], metavar="REF", help="vector set to align (repeatable)")
     parser.add_argument("--method", default="mean_diff")
     parser.add_argument("--top-k", type=int, default=20)

@@ -8,6 +8,7 @@ import sys
 from typing import TYPE_CHECKING, Sequence
 
 from .core import Store, StoreError
+from .errors import storage_errors, storage_message
 
 if TYPE_CHECKING:
     import polars as pl
@@ -208,6 +209,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         commands[args.command](Store(args.store), args)
     except StoreError as err:
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    except storage_errors() as err:
+        print(f"error: {storage_message(err)}", file=sys.stderr)
         return 2
     except Exception as err:
         if args.command != "sql" or not _is_duckdb_error(err):

@@ -309,3 +309,22 @@ def test_resumable_builder_scratch_on_s3(s3_url):
     assert store.list_names(scratch) == ["batch-00000.parquet"]
     store.build(spec, _race_produce(5, False))
     assert store.list_names(scratch) == []  # removed once the version is published
+
+
+@pytest.mark.parametrize("module", [["store", "ls"], ["builders.responses", "--variant", "instruct", "--prompts", "general"],
+                                    ["analyses.steering"]])
+def test_unreachable_object_storage_is_one_line(module):
+    import socket
+
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "y", "AWS_DEFAULT_REGION": "us-east-1",
+           "AWS_ENDPOINT_URL_S3": f"http://127.0.0.1:{port}", "AWS_MAX_ATTEMPTS": "1"}
+    name, *rest = module
+    out = subprocess.run([sys.executable, "-m", name, "--store", "s3://nowhere/x", *rest], cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=300)
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    assert out.returncode == 2, out.stderr
+    assert len(lines) == 1 and lines[0].startswith("error: storage: EndpointConnectionError"), out.stderr
+    assert f"127.0.0.1:{port}" in lines[0]
