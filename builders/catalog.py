@@ -158,9 +158,12 @@ def parse_catalog(data: Any, path: Path) -> Catalog:
     traits = {}
     for name, entry in _mapping(root.get("traits", {}), "traits", file).items():
         entry = _mapping(entry, f"traits.{name}", file)
-        _check_keys(entry, {"definition", "note"}, f"traits.{name}", file)
+        _check_keys(entry, {"definition", "sentiment", "note"}, f"traits.{name}", file)
         definition = _string(entry, "definition", f"traits.{name}", file)
-        traits[name] = {"definition": base / definition}
+        sentiment = _string(entry, "sentiment", f"traits.{name}", file, required=False) or "positive"
+        if sentiment not in ("positive", "negative"):
+            raise CatalogError(f"{file}: traits.{name}.sentiment: expected positive or negative, got {sentiment!r}")
+        traits[name] = {"definition": base / definition, "sentiment": sentiment}
 
     prompt_sets = {}
     for name, entry in _mapping(root.get("prompt_sets", {}), "prompt_sets", file).items():

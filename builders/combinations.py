@@ -103,7 +103,7 @@ def combine_runs(
     for run_ in (a_run, b_run):
         if run_.kind != "steering":
             raise BuildError(f"{run_.ref} is a {run_.kind} dataset, not a steering run")
-    keys = ("experiment", "application", "questions", "generation", "judge", "positions")
+    keys = ("experiment", "application", "questions", "generation", "judges", "judge_identity", "positions")
     differ = [k for k in keys if a_run.params.get(k) != b_run.params.get(k)]
     if differ:
         raise BuildError(f"{a_run.ref} and {b_run.ref} differ in {', '.join(differ)}: combine runs on the same setup")

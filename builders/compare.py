@@ -1,15 +1,15 @@
 """Compare two variants against trait vectors on the same tokens (seed 001 phase 4 / persona shift).
 
     python -m builders.compare --a instruct --b finetuned --prompts sycophancy_instruction \\
-        --vectors vectors-demo-instruct-sycophancy_instruction-response__-residual [--controls REF ...] [--judge]
+        --vectors vectors-demo-instruct-sycophancy_instruction-response__-residual [--controls REF ...] [--judge-responses --trait-judge sentiment]
 
 B replays A's responses (as in :mod:`builders.similarity`); both are mean-pooled over
 ``--position`` at every layer the vectors have. Per vector set and layer: the cosine of
 the mean activation diff ``B − A`` with the trait vector; the finetuning shift (mean of the
 per-sample projection differences onto ``v̂``); paired and unpaired Cohen's d of the
 projections; specificity against ``--random`` seeded random unit directions (share at
-least as aligned) and against the ``--controls`` vector sets (other traits). ``--judge``
-also judges both variants' own responses, so the shift sits next to B's judged trait
+least as aligned) and against the ``--controls`` vector sets (other traits).
+``--judge-responses`` also judges both variants' own responses, so the shift sits next to B's judged trait
 expression. ``report.md`` says, with the numbers, whether B moved toward the trait.
 Output dataset: ``compare-<experiment>-<A>-<B>-<set>``.
 """
@@ -24,13 +24,14 @@ from store import BuildResult, BuildSpec, Store
 
 from .catalog import Catalog
 from .common import BuildError, add_variant_pair_args, base_parser, open_store_and_catalog, report, run
+from .judges import JudgeChoice, add_judge_args, judge_choice
 from .replay import replay_source
 from .vectors import load_vectors
 
 log = logging.getLogger(__name__)
 
 BUILDER = "builders.compare"
-CODE_VERSION = "1"
+CODE_VERSION = "2"
 
 
 def _vector_layers(store: Store, ref: str, method: str) -> tuple[Any, dict[int, Any], dict[str, Any]]:
@@ -42,13 +43,11 @@ def _vector_layers(store: Store, ref: str, method: str) -> tuple[Any, dict[int, 
     return manifest, {int(k): vecs[i] for i, k in enumerate(layers)}, meta
 
 
-def judged_means(store: Store, experiment: str, variant: str, prompt_set: str) -> float | None:
-    from .judgments import dataset_name as judgments_name
-
-    name = judgments_name(experiment, variant, prompt_set)
-    if name not in store.datasets():
+def judged_means(store: Store, ref: str | None) -> float | None:
+    """Mean trait score of the judgments version ``ref`` (exactly the one recorded as parent)."""
+    if ref is None:
         return None
-    scores = [r["trait_score"] for r in store.read_table(store.latest(name)).to_dicts() if r["trait_score"] is not None]
+    scores = [r["trait_score"] for r in store.read_table(store.resolve(ref)).to_dicts() if r["trait_score"] is not None]
     return sum(scores) / len(scores) if scores else None
 
 
@@ -124,7 +123,7 @@ def compare_variants(
     position: str = "response[:]",
     n_random: int = 1000,
     seed: int = 0,
-    judge: bool = False,
+    judges: JudgeChoice | None = None,
     generation: dict[str, Any] | None = None,
     force: bool = False,
     quiet: bool = False,
@@ -144,14 +143,15 @@ def compare_variants(
     source = replay_source(store, catalog, exp.name, variant_a, variant_b, prompt_set, generation, quiet)
     parents = {"responses": source.responses.ref, **{f"vectors{i}": m.ref for i, (m, _) in enumerate(vector_sets)},
                **{f"control{i}": m.ref for i, (m, _) in enumerate(control_sets)}}
-    if judge:
+    if judges is not None:
         from .judgments import judge_responses
 
         for variant in (variant_a, variant_b):
-            parents[f"judgments_{variant}"] = judge_responses(store, catalog, variant, prompt_set, exp.name,
+            parents[f"judgments_{variant}"] = judge_responses(store, catalog, variant, prompt_set, exp.name, judges,
                                                               generation=generation, quiet=quiet).manifest.ref
     params = {"experiment": exp.name, "a": variant_a, "b": variant_b, "prompt_set": prompt_set, "method": method,
-              "position": str(pos), "random": n_random, "seed": seed, "judge": judge}
+              "position": str(pos), "random": n_random, "seed": seed,
+              "judges": None if judges is None else judges.as_dict()}
     spec = BuildSpec(name=f"compare-{exp.name}-{variant_a}-{variant_b}-{prompt_set}", kind="compare", builder=BUILDER,
                      code_version=CODE_VERSION, params=params, parents=parents,
                      identity=source.identity)
@@ -173,8 +173,8 @@ def compare_variants(
         writer.write_table(rows)
         if control_rows:
             writer.write_table(control_rows, table="controls")
-        a_mean = judged_means(store, exp.name, variant_a, prompt_set) if judge else None
-        b_mean = judged_means(store, exp.name, variant_b, prompt_set) if judge else None
+        a_mean = judged_means(store, parents.get(f"judgments_{variant_a}"))
+        b_mean = judged_means(store, parents.get(f"judgments_{variant_b}"))
         text = shift_report(rows, variant_a, variant_b, a_mean, b_mean)
         writer.write_bytes("report.md", text.encode())
         writer.summary.update({"samples": int(keep.sum()), "a_trait": a_mean, "b_trait": b_mean})
@@ -193,7 +193,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--position", default="response[:]")
     parser.add_argument("--random", type=int, default=1000, help="random unit directions for specificity")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--judge", action="store_true", help="also judge both variants' own responses (local judge)")
+    parser.add_argument("--judge-responses", action="store_true",
+                        help="also judge both variants' own responses (with the judges below)")
+    add_judge_args(parser)
     parser.add_argument("--max-new-tokens", type=int, help="for responses built on the way")
     return parser
 
@@ -202,7 +204,8 @@ def main(args: argparse.Namespace) -> int:
     store, catalog = open_store_and_catalog(args)
     result = compare_variants(store, catalog, args.a, args.b, args.prompts, args.vectors, experiment=args.experiment,
                               method=args.method, controls=args.controls, position=args.position,
-                              n_random=args.random, seed=args.seed, judge=args.judge,
+                              n_random=args.random, seed=args.seed,
+                              judges=judge_choice(args) if args.judge_responses else None,
                               generation={"max_new_tokens": args.max_new_tokens}, force=args.force, quiet=args.quiet)
     report(result)
     print(store.read_bytes(result.manifest, "report.md").decode())

@@ -3,61 +3,55 @@
     python -m builders.demo                 # store in ./artifacts
     python -m builders.demo --store memory://demo
 
-prompt sets -> responses (instruct = SmolLM2-135M-Instruct, base = Gemma 3 270M)
--> activations for both variants -> judgments of the instruct model's sycophancy responses
-(local judge: SmolLM2 itself) -> the experiment's extraction matrix (mean_diff + probe)
--> a small adaptive steering search with the instruct vectors on the instruct model
--> the steering analysis (best layer per vector config, heatmaps) -> model diffing on a
-matched pair (seed 001 phases 3-4): a LoRA finetune of the instruct model on its own
-sycophantic responses (variant ``finetuned``), the weight analysis, activation similarity
-and the variant comparison, the same steering search with the instruct vectors applied to
-the finetuned model (transfer), and the model-diff report -> per-token projections of the
-inference set onto the trait vectors and the trait-dynamics viewer (a self-contained HTML
-page; the demo prints where to open it). Then a summary of what was built and one SQL query. Rerunning it is a no-op: every stage says "up to date".
-
-SmolLM2-135M is a weak judge: it scores coherence ~35 for almost any answer, so the demo
-searches with a coherence threshold of 30 and reports floors 35 / 30 instead of the
-seed's 80 / 70. The numbers prove the pipeline, not a finding.
+Headline trait: **optimism**, measured by instruments checked first: the judges are
+calibrated on labelled answers (``builders.calibration``: the perplexity coherence judge,
+VADER sentiment, and the SmolLM2 LLM judge side by side), then prompt sets -> responses
+(instruct = SmolLM2-135M-Instruct, base = Gemma 3 270M) -> judgments (sentiment trait
+judge, perplexity coherence) -> the extraction matrix (mean_diff + probe) -> an adaptive
+steering search on the instruct model and a grid at its best layer (the coherence cliff)
+-> a planted organism: LoRA adapters trained on the instruct model's own cheerful answers
+(``finetuned``) and on its unprompted answers (``control``); behaviour, projection shift,
+weight alignment, and transfer of the instruct vectors to the finetuned model -> per-token
+projections and the trait-dynamics viewer. Sycophancy (LLM judge) runs beside it as an
+exploratory second trait. Then the finding, read from the store
+(:mod:`analyses.finding`), and a summary. Rerunning it is a no-op.
 """
 from __future__ import annotations
 
 import argparse
 import time
-from typing import Sequence
-
-from typing import Any
+from typing import Any, Sequence
 
 from .activations import capture_activations
+from .calibration import calibrate
 from .common import base_parser, open_store_and_catalog, run
 from .compare import compare_variants
 from .finetune import finetune
-from .projections import build_projections
+from .judges import JudgeChoice
 from .judgments import judge_responses
+from .projections import build_projections
 from .prompts import ensure_prompt_set
-from .responses import generate_responses
 from .similarity import activation_similarity
 from .steering import steer_vectors
 from .vectors import extract_vectors
 from .weights import analyze_weights
 
-# (variant, prompt set, position): instruction-elicited traits are read over the whole
-# response on the instruct model, natural ones over the first tokens on the base model
-# (seed 001, Phase 0); the inference set is captured on both for later comparisons.
-PLAN = (
-    ("instruct", "sycophancy_instruction", "response[:]"),
-    ("base", "sycophancy_natural", "response[:5]"),
-    ("instruct", "general", "response[:]"),
-    ("base", "general", "response[:]"),
-)
+# the judges, chosen per metric: objective trait judge for the headline, LLM judge for the exploratory trait
+OPTIMISM_JUDGES = JudgeChoice(trait="sentiment", coherence="perplexity")
+SYCOPHANCY_JUDGES = JudgeChoice(trait="local", coherence="perplexity")
+CALIBRATED = ("perplexity", "sentiment", "local")
+FLOORS = (80.0, 70.0)  # the seed's coherence floors, on the calibrated scale
 
-# the steering search: instruction-elicited vectors applied to the model they came from
-STEER = {"config": ("sycophancy_instruction", "instruct", "response[:]"), "method": "mean_diff",
-         "layers": "9,12,15", "steps": 2, "subset": 4, "threshold": 30.0}
-FLOORS = (35.0, 30.0)
-# model diffing: the instruct model vs itself + a LoRA adapter (catalog variant "finetuned")
-DIFF = {"a": "instruct", "b": "finetuned", "data": "sycophancy_instruction", "replay": "general"}
-# per-token monitoring: the inference set scored against both methods' vectors at the searched layers
-MONITOR = {"variant": "instruct", "prompts": "general", "methods": ("mean_diff", "probe"), "layers": "9,12,15"}
+# (variant, prompt set, position) captured for later comparisons besides the matrix's own
+PLAN = (("instruct", "general", "response[:]"), ("base", "general", "response[:]"))
+HEADLINE = {"config": ("optimism_instruction", "instruct", "response[:]"), "method": "mean_diff",
+            "layers": "4,6,8,10,12", "steps": 4, "threshold": FLOORS[1]}
+EXPLORATORY = {"config": ("sycophancy_instruction", "instruct", "response[:]"), "method": "mean_diff",
+               "layers": "9,12,15", "steps": 2, "subset": 4, "threshold": FLOORS[1]}
+CLIFF_RATIOS = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0)
+# the planted organism and its control (catalog variants) and the held-out questions
+ORGANISM = {"a": "instruct", "b": "finetuned", "control": "control", "train": "optimism_instruction",
+            "control_train": "optimism_questions", "heldout": "optimism_heldout"}
 
 SUMMARY_SQL = """
 SELECT r.variant, r.prompt_set, count(*) AS responses,
@@ -71,101 +65,118 @@ GROUP BY ALL ORDER BY r.variant, r.prompt_set
 def build_parser() -> argparse.ArgumentParser:
     parser = base_parser("python -m builders.demo", __doc__.split("\n")[0])
     parser.add_argument("--experiment", default="demo")
-    parser.add_argument("--max-new-tokens", type=int, default=24, help="response length for the demo")
     return parser
 
 
-def build_stages(store: Any, catalog: Any, args: argparse.Namespace) -> tuple[list[tuple], Any]:
-    """Every stage of the demo in order; returns ``(results, steering vectors or None)``."""
-    gen = {"max_new_tokens": args.max_new_tokens}
-    common = {"force": args.force, "quiet": args.quiet}
-    results: list[tuple] = []
-    for name in sorted({p for _, p, _ in PLAN}):
-        results.append(("prompts", ensure_prompt_set(store, catalog, name), None))
+class Stages:
+    """Runs stages and remembers ``(stage, manifest, built)`` for the summary."""
+
+    def __init__(self, store: Any, catalog: Any, args: argparse.Namespace) -> None:
+        self.store, self.catalog, self.exp = store, catalog, args.experiment
+        self.common = {"force": args.force, "quiet": args.quiet}
+        self.results: list[tuple[str, Any, bool | None]] = []
+
+    def add(self, stage: str, result: Any) -> Any:
+        self.results.append((stage, result.manifest, result.built))
+        return result.manifest
+
+
+def cliff_grid(stages: Stages, vectors: Any, search: Any, variant: str | None = None) -> Any:
+    """A grid at the search's best layer over :data:`CLIFF_RATIOS` (perturbation ratios)."""
+    rows = stages.store.read_table(search).to_dicts()
+    direction = int(search.params["direction"])
+    ok = [r for r in rows if r["mode"] != "baseline" and r["delta"] is not None
+          and (r["coherence_mean"] or 0) >= FLOORS[1]]
+    best = max(ok or [r for r in rows if r["mode"] != "baseline"], key=lambda r: direction * (r["delta"] or 0))
+    coefs = [round(direction * q * best["h_norm"] / best["v_norm"], 3) for q in CLIFF_RATIOS]
+    return stages.add("steering", steer_vectors(
+        stages.store, stages.catalog, vectors.ref, HEADLINE["method"], experiment=stages.exp, variant=variant,
+        mode="grid", layers=str(best["layer"]), coefficients=coefs, judges=OPTIMISM_JUDGES, **stages.common))
+
+
+def build_stages(store: Any, catalog: Any, args: argparse.Namespace) -> Stages:
+    """Every stage of the demo in order."""
+    s = Stages(store, catalog, args)
+    exp, common = s.exp, s.common
+    for name in catalog.experiment(exp).prompt_sets:
+        s.results.append(("prompts", ensure_prompt_set(store, catalog, name), None))
+    for judge in CALIBRATED:  # instruments first
+        s.add("calibration", calibrate(store, catalog, judge, experiment=exp, **common))
     for variant, prompt_set, position in PLAN:
-        resp = generate_responses(store, catalog, variant, prompt_set, args.experiment, gen, **common)
-        results.append(("responses", resp.manifest, resp.built))
-        acts = capture_activations(store, catalog, variant, prompt_set, position, "all", "residual",
-                                   args.experiment, **common)
-        results.append(("activations", acts.manifest, acts.built))
-    judged = judge_responses(store, catalog, "instruct", "sycophancy_instruction", args.experiment, generation=gen, **common)
-    results.append(("judgments", judged.manifest, judged.built))
-    steer_from = None
-    for config in catalog.experiment(args.experiment).extraction:
-        vec = extract_vectors(store, catalog, config, args.experiment, generation=gen, **common)
-        results.append(("vectors", vec.manifest, vec.built))
-        if (config.prompt_set, config.variant, config.position) == STEER["config"]:
-            steer_from = vec.manifest
-    if steer_from is None:
-        return results, None
-    search = {"layers": STEER["layers"], "steps": STEER["steps"], "subset": STEER["subset"],
-              "threshold": STEER["threshold"], "generation": gen}
-    for variant in (None, DIFF["b"]):  # on the instruct model, then transferred to the finetuned one
-        steered = steer_vectors(store, catalog, steer_from.ref, STEER["method"], experiment=args.experiment,
-                                variant=variant, **search, **common)
-        results.append(("steering", steered.manifest, steered.built))
-        if variant is None:
-            tuned = finetune(store, catalog, DIFF["a"], DIFF["data"], experiment=args.experiment, generation=gen, **common)
-            results.append(("finetune", tuned.manifest, tuned.built))
-    a, b = DIFF["a"], DIFF["b"]
-    for stage, result in (
-        ("weights", analyze_weights(store, catalog, a, b, experiment=args.experiment, vectors=[steer_from.ref],
-                                    force=args.force)),
-        ("similarity", activation_similarity(store, catalog, a, b, DIFF["replay"], experiment=args.experiment,
-                                             generation=gen, **common)),
-        ("compare", compare_variants(store, catalog, a, b, DIFF["replay"], [steer_from.ref], experiment=args.experiment,
-                                     generation=gen, **common)),
-    ):
-        results.append((stage, result.manifest, result.built))
-    monitored = build_projections(store, catalog, MONITOR["variant"], MONITOR["prompts"],
-                                  [f"{steer_from.ref}:{m}" for m in MONITOR["methods"]], experiment=args.experiment,
-                                  layers=MONITOR["layers"], generation=gen, **common)
-    results.append(("projections", monitored.manifest, monitored.built))
-    return results, steer_from
+        s.add("activations", capture_activations(store, catalog, variant, prompt_set, position, "all", "residual",
+                                                 exp, **common))
+    s.add("judgments", judge_responses(store, catalog, "instruct", "optimism_instruction", exp, OPTIMISM_JUDGES,
+                                       **common))
+    s.add("judgments", judge_responses(store, catalog, "instruct", "sycophancy_instruction", exp, SYCOPHANCY_JUDGES,
+                                       **common))
+    vectors = {}
+    for config in catalog.experiment(exp).extraction:
+        vectors[(config.prompt_set, config.variant, config.position)] = s.add(
+            "vectors", extract_vectors(store, catalog, config, exp, **common))
+    optimism, sycophancy = vectors[HEADLINE["config"]], vectors[EXPLORATORY["config"]]
+    search = {k: HEADLINE[k] for k in ("layers", "steps", "threshold")}
+    headline = s.add("steering", steer_vectors(store, catalog, optimism.ref, HEADLINE["method"], experiment=exp,
+                                               judges=OPTIMISM_JUDGES, **search, **common))
+    cliff_grid(s, optimism, headline)
+    s.add("steering", steer_vectors(store, catalog, sycophancy.ref, EXPLORATORY["method"], experiment=exp,
+                                    judges=SYCOPHANCY_JUDGES, **{k: EXPLORATORY[k] for k in
+                                                                 ("layers", "steps", "subset", "threshold")},
+                                    **common))
+    a, b, control = ORGANISM["a"], ORGANISM["b"], ORGANISM["control"]
+    s.add("finetune", finetune(store, catalog, a, ORGANISM["train"], experiment=exp, polarity="pos", **common))
+    s.add("finetune", finetune(store, catalog, a, ORGANISM["control_train"], experiment=exp, polarity="all",
+                               **common))
+    for variant in (b, control):
+        s.add("compare", compare_variants(store, catalog, a, variant, ORGANISM["heldout"], [optimism.ref],
+                                          experiment=exp, judges=OPTIMISM_JUDGES, **common))
+        s.add("weights", analyze_weights(store, catalog, a, variant, experiment=exp, vectors=[optimism.ref],
+                                         force=args.force))
+    s.add("similarity", activation_similarity(store, catalog, a, b, ORGANISM["heldout"], experiment=exp, **common))
+    s.add("steering", steer_vectors(store, catalog, optimism.ref, HEADLINE["method"], experiment=exp, variant=b,
+                                    judges=OPTIMISM_JUDGES, **search, **common))  # transfer: A's vectors on B
+    s.add("projections", build_projections(store, catalog, "instruct", "optimism_instruction",
+                                           [f"{optimism.ref}:{HEADLINE['method']}"], experiment=exp,
+                                           layers="best", floor=FLOORS[1], **common))
+    return s
 
 
-def print_summary(store: Any, results: list[tuple], started: float) -> None:
+def print_summary(store: Any, stages: Stages, started: float) -> None:
     from store.cli import print_frame
     from store.sql import query
 
     print(f"\ndemo finished in {time.time() - started:.0f}s; store: {store.location.url}\n")
     seen = set()
-    for _stage, manifest, built in results:
+    for _stage, manifest, built in stages.results:
         if manifest.ref in seen:
             continue
         seen.add(manifest.ref)
         state = "up to date" if built is False else "built" if built else "ready"
-        extra = ""
-        if manifest.arrays:
-            info = manifest.arrays["acts"]
-            extra = "  acts " + "x".join(f"{d}={n}" for d, n in zip(info["dimension_names"], info["shape"]))
-        print(f"  {state:<10} {manifest.ref:<80} {manifest.rows:>4} rows{extra}")
+        print(f"  {state:<10} {manifest.ref:<84} {manifest.rows:>4} rows")
     print("\nresponses per variant and prompt set (python -m store sql ...):")
     print_frame(query(store, SUMMARY_SQL))
 
 
 def main(args: argparse.Namespace) -> int:
+    from analyses import model_diff
+    from analyses.finding import finding_report
+    from analyses.steering import analyze, print_tables
+    from analyses.viewer import build_viewer
+
     store, catalog = open_store_and_catalog(args)
     started = time.time()
-    results, steer_from = build_stages(store, catalog, args)
-    print_summary(store, results, started)
-    if steer_from is not None:
-        from analyses import model_diff
-        from analyses.steering import analyze, print_tables
-
-        analysis, tables = analyze(store, *FLOORS, force=args.force)
-        print_tables({"best_layers": tables["best_layers"]}, *FLOORS)
-        print(f"(135M judge: floors {FLOORS[0]:g}/{FLOORS[1]:g}, not 80/70) tables and heatmaps: {analysis.manifest.ref}; "
-              f"python -m analyses.steering --floors {FLOORS[0]:g},{FLOORS[1]:g}")
-        diff, _, text = model_diff.analyze(store, FLOORS[1], force=args.force)
-        print("\n" + text)
-        print(f"model-diff tables, plots and report: {diff.manifest.ref}; python -m analyses.model_diff --floor {FLOORS[1]:g}")
-        from analyses.viewer import build_viewer
-
-        projections = next(m for stage, m, _ in results if stage == "projections")
-        viewer = build_viewer(store, projections.ref, force=args.force).manifest
-        print(f"\ntrait-dynamics viewer (per-token projections, steering heatmaps, steered responses):\n"
-              f"  open {store.location.uri(store.path(viewer, 'index.html'))}")
+    stages = build_stages(store, catalog, args)
+    print_summary(store, stages, started)
+    analysis, tables = analyze(store, *FLOORS, force=args.force)
+    print_tables({"best_layers": tables["best_layers"]}, *FLOORS)
+    print(f"steering tables and heatmaps: {analysis.manifest.ref}; python -m analyses.steering --floors 80,70")
+    diff, _, text = model_diff.analyze(store, FLOORS[1], force=args.force)
+    print("\n" + text)
+    print(f"model-diff tables, plots and report: {diff.manifest.ref}; python -m analyses.model_diff --floor 70")
+    print("\n" + finding_report(store, args.experiment))
+    projections = next(m for stage, m, _ in stages.results if stage == "projections")
+    viewer = build_viewer(store, projections.ref, force=args.force).manifest
+    print(f"\ntrait-dynamics viewer (per-token projections, steering heatmaps, steered responses):\n"
+          f"  open {store.location.uri(store.path(viewer, 'index.html'))}")
     print("\nnext: python -m store ls | python -m store lineage <dataset> | python -m store sql \"SELECT * FROM catalog\"")
     return 0
 

@@ -7,7 +7,9 @@ own positive-trait responses (loss on response tokens only, the stored token ids
 re-tokenization of the response), so the adapter variant should express the trait more.
 By default the eliciting system prompt is dropped (the prompt is re-formatted without it,
 the response ids kept): the model learns to answer that way unprompted, as in the
-persona-vectors finetuning setting; ``--keep-system-prompt`` trains on the ids as generated. ``--passing-only``
+persona-vectors finetuning setting; ``--keep-system-prompt`` trains on the ids as generated.
+A response the model ended itself is trained with its end-of-sequence token (generation
+strips it), so the adapter learns to stop. ``--passing-only``
 keeps only responses the judgments vetted. Seeded and single-ordered: same inputs, same
 version id. The version holds ``adapter/`` (a PEFT folder: ``adapter_config.json`` +
 ``adapter_model.safetensors``) and a ``data`` table of the training loss per step; a
@@ -31,7 +33,7 @@ from .responses import generate_responses, model_identity
 log = logging.getLogger(__name__)
 
 BUILDER = "builders.finetune"
-CODE_VERSION = "1"
+CODE_VERSION = "2"  # 2: targets end with EOS
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
@@ -44,6 +46,18 @@ def training_rows(store: Store, responses: Any, polarity: str, passing: set[tupl
     keep = [r for r in rows if (polarity == "all" or r.get("polarity") == polarity) and r["response_len"] > 0
             and (passing is None or (r["prompt_id"], r["rollout"]) in passing)]
     return sorted(keep, key=lambda r: (r["prompt_id"], r["rollout"]))
+
+
+def with_eos(tokenizer: Any, row: dict) -> dict:
+    """The row's ids with the end-of-sequence token appended when the model stopped by itself.
+
+    Generation strips the stop token, so training on the stored ids alone would never teach
+    the adapter to stop. A response cut by the token budget (``finish_reason == "length"``)
+    gets none: it did not end there."""
+    eos = tokenizer.eos_token_id
+    if row.get("finish_reason") != "eos" or eos is None or (row["token_ids"] and row["token_ids"][-1] == eos):
+        return row
+    return {**row, "token_ids": list(row["token_ids"]) + [int(eos)]}
 
 
 def without_system_prompt(tokenizer: Any, row: dict) -> dict:
@@ -157,6 +171,7 @@ def finetune(
     def produce(writer: Any) -> None:
         loaded = variant_model(store, entry)
         data = rows if keep_system_prompt else [without_system_prompt(loaded.tokenizer, r) for r in rows]
+        data = [with_eos(loaded.tokenizer, r) for r in data]
         with tempfile.TemporaryDirectory() as tmp:
             log_rows = train_lora(loaded, data, opts, Path(tmp), quiet)
             for path in sorted(Path(tmp).iterdir()):
@@ -164,6 +179,7 @@ def finetune(
                     writer.write_bytes(f"adapter/{path.name}", path.read_bytes())
         writer.write_table(log_rows)
         writer.summary.update({"sequences": len(rows), "steps": len(log_rows),
+                               "ending_with_eos": sum(r.get("finish_reason") == "eos" for r in rows),
                                "loss_first": log_rows[0]["loss"], "loss_last": log_rows[-1]["loss"]})
 
     return store.build(spec, produce, force=force)

@@ -2,10 +2,17 @@
 
     python -m builders.judgments --variant instruct --prompts sycophancy_instruction
     python -m builders.judgments --variant instruct --prompts sycophancy_instruction --judge openai --judge-model gpt-4.1-mini
+    python -m builders.judgments --variant instruct --prompts optimism_instruction --trait-judge sentiment
+    python -m builders.judgments --responses-file answers.jsonl --name mine --trait-judge sentiment
 
-Scores (0-100, None when the judge put < 25% probability on numbers): ``trait_score``
-(the trait's eval_prompt, or the trait_score template bound to its definition.txt),
-``coherence`` (capped for off-topic answers by the relevance check) and ``relevance``.
+Scores 0-100 (None when an LLM judge put < 25% probability on numbers): ``trait_score``
+from the trait judge (``--trait-judge``: an LLM judge with the trait's eval_prompt or
+definition, ``sentiment`` or ``lexicon``), ``coherence`` from the coherence judge
+(``--coherence-judge``: ``perplexity`` by default, or an LLM judge, capped for off-topic
+answers by its relevance check: then ``coherence_raw`` and ``relevance`` too); see
+:mod:`builders.judges`. ``--responses-file`` imports external answers (``{"id",
+"question", "response", ...labels}`` per line) as ``responses-external-<name>`` and
+judges them into ``judgments-external-<name>`` (columns id, trait, coherence, labels).
 Vetting: positive rows pass with trait ≥ ``--pos-threshold`` (60), negative rows with
 trait ≤ ``--neg-threshold`` (40); ``--paired`` keeps a pair only when both sides pass
 (joined on pair id). ``--min-pass`` stops with a clear message when too few pass. Every
@@ -16,72 +23,36 @@ Output dataset: ``judgments-<experiment>-<variant>-<prompt set>``.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
-import os
+from pathlib import Path
 from typing import Any, Sequence
 
 from store import BuildResult, BuildSpec, Manifest, Store
 
 from .catalog import Catalog
-from .common import (BuildError, add_experiment_args, base_parser, cached_model, open_store_and_catalog, progress,
-                     report, run)
-from .judge_cache import StoreScoreCache
+from .common import BuildError, add_experiment_args, base_parser, open_store_and_catalog, report, run
+from .judges import (JudgeChoice, add_judge_args, coherence_scorer, judge_choice, prompt_meta, scorer_identities,
+                     score_items, trait_scorer)
+from .prompts import ensure_prompt_set
 from .responses import dataset_name as responses_name
 from .responses import generate_responses
 
 log = logging.getLogger(__name__)
 
 BUILDER = "builders.judgments"
-CODE_VERSION = "1"
-DEFAULT_LOCAL_JUDGE = "pkg:smollm2-135m-instruct"
+CODE_VERSION = "2"
 
 
 def dataset_name(experiment: str, variant: str, prompt_set: str) -> str:
     return f"judgments-{experiment}-{variant}-{prompt_set}"
 
 
-def make_judge(backend: str, model: str | None, concurrency: int = 8) -> Any:
-    """A judge by backend name: ``local`` (in-process HF chat model) or ``openai``
-    (any OpenAI-compatible endpoint: OPENAI_API_KEY, OPENAI_BASE_URL)."""
-    from transforms.judge import LocalJudge, OpenAIJudge
-
-    if backend == "local":
-        return LocalJudge(cached_model(model or DEFAULT_LOCAL_JUDGE))
-    if backend == "openai":
-        if not model:
-            raise BuildError("--judge openai needs --judge-model (e.g. gpt-4.1-mini)")
-        return OpenAIJudge(model, base_url=os.environ.get("OPENAI_BASE_URL"), concurrency=concurrency)
-    raise BuildError(f"--judge: unknown backend {backend!r} (local, openai)")
-
-
-def trait_judge_template(store: Store, prompts: Manifest) -> Any:
-    from transforms.judge import load_templates
-    from transforms.judge.templates import trait_template
-
-    meta = json.loads(store.read_bytes(prompts, "prompt_set.json"))
-    steering = meta.get("steering") or {}
-    return trait_template(load_templates(), meta.get("definition"), steering.get("eval_prompt"),
-                          meta.get("trait") or meta["name"])
-
-
-def judge_rows(judge: Any, store: Store, items: list[tuple[str, str]], trait_template: Any,
+def judge_rows(trait: Any, coherence: Any, store: Store, items: list[tuple[str, str]],
                quiet: bool = True) -> dict[str, list]:
-    """trait, coherence (relevance-capped) and relevance scores for (question, answer) items."""
-    from transforms.judge import apply_relevance_cap, load_templates, score_responses
-
-    templates = load_templates()
-    cache = StoreScoreCache(store)
-    bar = progress(3 * len(items), "judge scores", quiet)
-    try:
-        tick = lambda index, score: bar.update(1)  # noqa: E731
-        trait = score_responses(judge, trait_template, items, cache, on_result=tick)
-        coherence = score_responses(judge, templates["coherence"], items, cache, on_result=tick)
-        relevance = score_responses(judge, templates["relevance"], items, cache, on_result=tick)
-    finally:
-        bar.close()
-    return {"trait_score": trait, "coherence_raw": coherence, "relevance": relevance,
-            "coherence": [apply_relevance_cap(c, r) for c, r in zip(coherence, relevance)]}
+    """trait, coherence (and for an LLM coherence judge: raw coherence, relevance) of items."""
+    return score_items(trait, coherence, store, items, quiet)
 
 
 def vet(rows: list[dict[str, Any]], pos_threshold: float, neg_threshold: float, paired: bool) -> list[bool]:
@@ -108,8 +79,7 @@ def judge_responses(
     variant: str,
     prompt_set: str,
     experiment: str | None = None,
-    backend: str = "local",
-    judge_model: str | None = None,
+    choice: JudgeChoice | None = None,
     pos_threshold: float = 60.0,
     neg_threshold: float = 40.0,
     paired: bool = False,
@@ -119,30 +89,24 @@ def judge_responses(
     quiet: bool = False,
 ) -> BuildResult:
     exp = catalog.experiment(experiment)
+    choice = choice or JudgeChoice()
+    trait_judge, coherence_judge, calibration = _scorers(store, catalog, exp.name, variant, prompt_set, choice, quiet)
     generate_responses(store, catalog, variant, prompt_set, exp.name, generation, quiet=quiet)
     responses = store.resolve(responses_name(exp.name, variant, prompt_set))
-    prompts = store.resolve(responses.parents["prompts"])
-    judge_id = f"{backend}:{judge_model or DEFAULT_LOCAL_JUDGE}"
-    template = trait_judge_template(store, prompts)
-    from transforms.judge import load_templates
-
-    templates = load_templates()
-    params = {"experiment": exp.name, "variant": variant, "prompt_set": prompt_set, "judge": judge_id,
-              "templates": {"trait": template.hash, "coherence": templates["coherence"].hash,
-                            "relevance": templates["relevance"].hash},
+    params = {"experiment": exp.name, "variant": variant, "prompt_set": prompt_set, "judges": choice.as_dict(),
               "pos_threshold": pos_threshold, "neg_threshold": neg_threshold, "paired": paired, "min_pass": min_pass}
+    parents = {"responses": responses.ref, **({"coherence_calibration": calibration.ref} if calibration else {})}
     spec = BuildSpec(name=dataset_name(exp.name, variant, prompt_set), kind="judgments", builder=BUILDER,
-                     code_version=CODE_VERSION, params=params, parents={"responses": responses.ref},
-                     identity={"judge": judge_id})
+                     code_version=CODE_VERSION, params=params, parents=parents,
+                     identity={"judges": scorer_identities(trait_judge, coherence_judge)})
 
     def produce(writer) -> None:
         rows = store.read_table(responses).select(
             "prompt_id", "pair_id", "polarity", "rollout", "prompt", "response").to_dicts()
-        judge = make_judge(backend, judge_model)
-        scores = judge_rows(judge, store, [(r["prompt"], r["response"]) for r in rows], template, quiet)
+        scores = judge_rows(trait_judge, coherence_judge, store, [(r["prompt"], r["response"]) for r in rows], quiet)
         for i, row in enumerate(rows):
             row.update({k: v[i] for k, v in scores.items()})
-            row["judge_model"] = judge.model_id
+            row["trait_judge"], row["coherence_judge"] = choice.trait, choice.coherence
         keep = vet(rows, pos_threshold, neg_threshold, paired)
         for row, k in zip(rows, keep):
             row["passes"] = k
@@ -154,17 +118,109 @@ def judge_responses(
                 f"Scores are cached: loosen the thresholds or add rollouts and rerun")
         writer.write_table(rows)
         defined = [r["trait_score"] for r in rows if r["trait_score"] is not None]
-        writer.summary.update({"judge": judge.model_id, "passing": counts, "scored": len(defined), "rows": len(rows)})
+        writer.summary.update({"judges": choice.as_dict(), "passing": counts, "scored": len(defined), "rows": len(rows)})
+
+    return store.build(spec, produce, force=force)
+
+
+def _scorers(store: Store, catalog: Catalog, experiment: str, variant: str, trait_set: str, choice: JudgeChoice,
+             quiet: bool) -> tuple[Any, Any, Manifest | None]:
+    """The trait and coherence scorers (checked before any generation) and the calibration."""
+    meta = prompt_meta(store, ensure_prompt_set(store, catalog, trait_set))
+    trait = trait_scorer(store, catalog, choice, meta)
+    coherence, calibration = coherence_scorer(store, catalog, experiment, variant, choice, quiet)
+    return trait, coherence, calibration
+
+
+def external_name(name: str) -> str:
+    return f"responses-external-{name}"
+
+
+def read_responses_file(path: Path) -> list[dict[str, Any]]:
+    """Rows ``{"id", "question", "response", ...labels}`` of a JSONL file, validated line by line."""
+    if not path.is_file():
+        raise BuildError(f"--responses-file: {path} does not exist")
+    rows, seen = [], set()
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise BuildError(f"{path.name}:{n}: not JSON ({err.msg})") from None
+        if not isinstance(row, dict):
+            raise BuildError(f"{path.name}:{n}: expected a JSON object")
+        for key in ("id", "question", "response"):
+            if key not in row:
+                raise BuildError(f"{path.name}:{n}: missing field {key!r}")
+            if not isinstance(row[key], str):
+                raise BuildError(f"{path.name}:{n}: field {key!r} must be a string")
+            if not row[key].strip():
+                raise BuildError(f"{path.name}:{n}: field {key!r} is empty")
+        if row["id"] in seen:
+            raise BuildError(f"{path.name}:{n}: duplicate id {row['id']!r}")
+        seen.add(row["id"])
+        rows.append(row)
+    if not rows:
+        raise BuildError(f"{path.name}: no responses")
+    return rows
+
+
+def import_responses(store: Store, path: Path, name: str, force: bool = False) -> BuildResult:
+    """Publish an external responses file as ``responses-external-<name>`` (content-addressed)."""
+    rows = read_responses_file(path)
+    labels = sorted({k for r in rows for k in r} - {"id", "question", "response"})
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    spec = BuildSpec(name=external_name(name), kind="responses_import", builder=BUILDER, code_version=CODE_VERSION,
+                     params={"source": path.name, "sha256": digest}, parents={}, identity={})
+
+    def produce(writer) -> None:
+        writer.write_table([{"id": r["id"], "question": r["question"], "response": r["response"],
+                             **{k: (None if r.get(k) is None else str(r[k])) for k in labels}} for r in rows])
+        writer.summary.update({"labels": labels})
+
+    return store.build(spec, produce, force=force)
+
+
+def judge_file(store: Store, catalog: Catalog, path: Path, name: str, experiment: str | None = None,
+               variant: str | None = None, trait_set: str = "optimism_instruction",
+               choice: JudgeChoice | None = None, force: bool = False, quiet: bool = False) -> BuildResult:
+    """Import ``path`` and judge it: ``judgments-external-<name>`` (id, trait, coherence, labels)."""
+    exp = catalog.experiment(experiment)
+    variant = variant or exp.application or next(iter(exp.variants))
+    choice = choice or JudgeChoice()
+    read_responses_file(path)  # bad input fails before any model loads
+    trait_judge, coherence_judge, calibration = _scorers(store, catalog, exp.name, variant, trait_set, choice, quiet)
+    imported = import_responses(store, path, name, force=force).manifest
+    params = {"experiment": exp.name, "variant": variant, "trait_set": trait_set, "judges": choice.as_dict()}
+    parents = {"responses": imported.ref, **({"coherence_calibration": calibration.ref} if calibration else {})}
+    spec = BuildSpec(name=f"judgments-external-{name}", kind="judgments", builder=BUILDER, code_version=CODE_VERSION,
+                     params=params, parents=parents, identity={"judges": scorer_identities(trait_judge, coherence_judge)})
+
+    def produce(writer) -> None:
+        rows = store.read_table(imported).to_dicts()
+        scores = judge_rows(trait_judge, coherence_judge, store, [(r["question"], r["response"]) for r in rows], quiet)
+        for i, row in enumerate(rows):
+            row.update({"trait": scores["trait_score"][i], "coherence": scores["coherence"][i],
+                        "coherence_raw": scores["coherence_raw"][i], "relevance": scores["relevance"][i],
+                        "trait_judge": choice.trait, "coherence_judge": choice.coherence})
+        writer.write_table(rows)
+        writer.summary.update({"judges": choice.as_dict(), "rows": len(rows)})
 
     return store.build(spec, produce, force=force)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = base_parser("python -m builders.judgments", "Judge responses for trait and coherence; vet pairs.")
-    add_experiment_args(parser)
-    parser.add_argument("--prompts", required=True, action="append", metavar="SET", help="prompt set (repeatable)")
-    parser.add_argument("--judge", default="local", choices=("local", "openai"))
-    parser.add_argument("--judge-model", help=f"model id (local default {DEFAULT_LOCAL_JUDGE})")
+    add_experiment_args(parser, variant_required=False)
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--prompts", action="append", metavar="SET", help="prompt set (repeatable; needs --variant)")
+    which.add_argument("--responses-file", type=Path, metavar="FILE.jsonl",
+                       help='external responses: rows {"id", "question", "response", ...label columns} (needs --name)')
+    parser.add_argument("--name", help="dataset name of an imported responses file")
+    parser.add_argument("--trait-set", default="optimism_instruction",
+                        help="with --responses-file: the prompt set whose trait is scored")
+    add_judge_args(parser)
     parser.add_argument("--pos-threshold", type=float, default=60.0)
     parser.add_argument("--neg-threshold", type=float, default=40.0)
     parser.add_argument("--paired", action="store_true", help="keep a pair only when both sides pass")
@@ -174,8 +230,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(args: argparse.Namespace) -> int:
     store, catalog = open_store_and_catalog(args)
+    choice = judge_choice(args)
+    if args.responses_file is not None:
+        if not args.name:
+            raise BuildError("--responses-file needs --name (the dataset name)")
+        report(judge_file(store, catalog, args.responses_file, args.name, args.experiment, args.variant,
+                          args.trait_set, choice, force=args.force, quiet=args.quiet))
+        return 0
+    if not args.variant:
+        raise BuildError("--prompts needs --variant")
     for prompt_set in args.prompts:
-        report(judge_responses(store, catalog, args.variant, prompt_set, args.experiment, args.judge, args.judge_model,
+        report(judge_responses(store, catalog, args.variant, prompt_set, args.experiment, choice,
                                args.pos_threshold, args.neg_threshold, args.paired, args.min_pass,
                                force=args.force, quiet=args.quiet))
     return 0

@@ -54,6 +54,8 @@ def import_prompt_set(store: Store, path: Path, name: str, trait: str | None = N
         writer.write_table(rows)
         meta = {"name": name, "kind": prompt_set.kind, "style": prompt_set.style, "trait": trait,
                 "definition": prompt_set.definition, "steering": prompt_set.steering}
+        if prompt_set.lexicon is not None:
+            meta["lexicon"] = prompt_set.lexicon
         writer.write_bytes("prompt_set.json", json.dumps(meta, indent=1, ensure_ascii=False).encode())
         pos = sum(1 for r in rows if r.get("polarity") == "pos")
         neg = sum(1 for r in rows if r.get("polarity") == "neg")

@@ -30,14 +30,16 @@ from store import BuildResult, BuildSpec, Manifest, Store
 
 from .catalog import Catalog
 from .common import BuildError, add_experiment_arg, base_parser, open_store_and_catalog, report, run
-from .steering_eval import Planned, SteeringSetup, add_deltas, baseline_plan, dedupe_responses, evaluate, make_setup
+from .judges import JudgeChoice, add_judge_args, judge_choice
+from .steering_eval import (Planned, SteeringSetup, add_deltas, baseline_plan, calibration_parent, dedupe_responses,
+                            evaluate, make_setup)
 from .vectors import dataset_name as vectors_name
 from .vectors import load_vectors
 
 log = logging.getLogger(__name__)
 
 BUILDER = "builders.steering"
-CODE_VERSION = "1"
+CODE_VERSION = "2"
 MODES = ("adaptive", "grid", "baseline", "ablate")
 
 
@@ -171,8 +173,7 @@ def steer_vectors(
     questions: str | None = None,
     subset: int = 0,
     generation: dict[str, Any] | None = None,
-    judge: str = "local",
-    judge_model: str | None = None,
+    judges: JudgeChoice | None = None,
     max_batch: int = 64,
     force: bool = False,
     quiet: bool = False,
@@ -195,7 +196,7 @@ def steer_vectors(
         raise BuildError(f"{vectors.ref} is a {vectors.kind} dataset, not vectors")
     base = vector_columns(store, vectors, method)
     setup = make_setup(store, catalog, exp.name, application, questions or vectors.params["prompt_set"],
-                       subset=subset, generation=generation, judge_backend=judge, judge_model=judge_model,
+                       subset=subset, generation=generation, choice=judges,
                        trait_set=vectors.params["prompt_set"], max_batch=max_batch, quiet=quiet)
     loaded = setup.loaded
     by_layer = layer_vectors(store, vectors, method, loaded.d_model, loaded.n_layers, application)
@@ -206,10 +207,12 @@ def steer_vectors(
             "positions": positions, "steps": steps if mode == "adaptive" else None, "threshold": threshold,
             "start_scale": start_scale, "momentum": momentum, "direction": direction}
     params = {"experiment": exp.name, "application": application, "vectors": vectors.ref, "method": method,
-              "trait_set": vectors.params["prompt_set"], **opts, **setup.params()}
+              "trait_set": vectors.params["prompt_set"], **opts, **setup.params(),
+              "allow_uncalibrated": setup.choice.allow_uncalibrated}
     base = {**base, "application": application, "direction": direction}
     spec = BuildSpec(name=dataset_name(exp.name, application, vectors.name, method, mode), kind="steering",
-                     builder=BUILDER, code_version=CODE_VERSION, params=params, parents={"vectors": vectors.ref},
+                     builder=BUILDER, code_version=CODE_VERSION, params=params,
+                     parents={"vectors": vectors.ref, **calibration_parent(setup)},
                      identity=dict(setup.identity))
 
     def produce(writer: Any) -> None:
@@ -273,8 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--subset", type=int, default=0, help="first N questions only (0 = all)")
     parser.add_argument("--max-new-tokens", type=int)
     parser.add_argument("--max-batch", type=int, default=64, help="rows per batched generate call")
-    parser.add_argument("--judge", default="local", choices=("local", "openai"))
-    parser.add_argument("--judge-model", help="judge model id (local default: SmolLM2-135M-Instruct)")
+    add_judge_args(parser, calibration_gate=True)
     return parser
 
 
@@ -283,6 +285,7 @@ def main(args: argparse.Namespace) -> int:
     coefficients = parse_coefficients(args.coefficients)
     mode = args.mode or ("grid" if coefficients else "adaptive")
     direction = None if args.direction == "auto" else int(args.direction)
+    judges = judge_choice(args)
     jobs: list[tuple[str, str]] = []
     if args.matrix:
         methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -297,7 +300,7 @@ def main(args: argparse.Namespace) -> int:
                 layers=args.layers, coefficients=coefficients, positions=args.positions, steps=args.steps,
                 threshold=args.threshold, start_scale=args.start_scale, momentum=args.momentum, direction=direction,
                 questions=args.questions, subset=args.subset, generation={"max_new_tokens": args.max_new_tokens},
-                judge=args.judge, judge_model=args.judge_model, max_batch=args.max_batch,
+                judges=judges, max_batch=args.max_batch,
                 force=args.force, quiet=args.quiet)
         except BuildError as err:
             if not (args.matrix and "cannot steer it" in str(err)):

@@ -27,7 +27,7 @@ from store.kvcache import KeyedCache
 
 from .catalog import Catalog
 from .common import BuildError, progress
-from .judgments import judge_rows, make_judge, trait_judge_template
+from .judges import JudgeChoice, coherence_scorer, prompt_meta, require_calibrated, score_items, trait_scorer
 from .prompts import ensure_prompt_set
 from .responses import format_row, model_identity
 from .variants import variant_model
@@ -57,27 +57,15 @@ class SteeringSetup:
     identity: dict[str, Any]
     questions: list[Question]
     questions_set: str
-    trait_template: Any
     gen: Any  # transforms.generation.GenerationConfig
-    judge_backend: str
-    judge_model: str | None
+    choice: JudgeChoice
+    trait_scorer: Any
+    coherence_scorer: Any
+    calibration: Any  # the coherence judge's calibration manifest, or None
     subset: int = 0
     max_batch: int = 64
     quiet: bool = False
-    _judge: Any = None
     _h_norms: dict[int, float] = field(default_factory=dict)
-
-    @property
-    def judge(self) -> Any:
-        if self._judge is None:
-            self._judge = make_judge(self.judge_backend, self.judge_model)
-        return self._judge
-
-    @property
-    def judge_id(self) -> str:
-        from .judgments import DEFAULT_LOCAL_JUDGE
-
-        return f"{self.judge_backend}:{self.judge_model or DEFAULT_LOCAL_JUDGE}"
 
     def h_norms(self, layers: list[int]) -> dict[int, float]:
         """Mean residual norm per layer over the questions' prompt tokens (cached per setup)."""
@@ -91,7 +79,13 @@ class SteeringSetup:
     def params(self) -> dict[str, Any]:
         """What of the setup enters a run's version id."""
         return {"questions_set": self.questions_set, "subset": self.subset, "questions": [q.id for q in self.questions],
-                "generation": self.gen.as_dict(), "judge": self.judge_id, "trait_template": self.trait_template.hash}
+                "generation": self.gen.as_dict(), "judges": self.choice.as_dict(),
+                "judge_identity": {"trait": self.trait_scorer.identity(), "coherence": self.coherence_scorer.identity()}}
+
+
+def calibration_parent(setup: SteeringSetup) -> dict[str, str]:
+    """``{"coherence_calibration": ref}`` when the coherence judge has a calibration."""
+    return {"coherence_calibration": setup.calibration.ref} if setup.calibration is not None else {}
 
 
 def steering_questions(store: Store, catalog: Catalog, prompt_set: str, subset: int = 0) -> tuple[list[dict[str, str]], Any]:
@@ -113,19 +107,23 @@ def steering_questions(store: Store, catalog: Catalog, prompt_set: str, subset: 
 
 def make_setup(
     store: Store, catalog: Catalog, experiment: str, variant: str, questions_set: str, *,
-    subset: int = 0, generation: dict[str, Any] | None = None, judge_backend: str = "local",
-    judge_model: str | None = None, trait_set: str | None = None, max_batch: int = 64, quiet: bool = False,
+    subset: int = 0, generation: dict[str, Any] | None = None, choice: JudgeChoice | None = None,
+    trait_set: str | None = None, max_batch: int = 64, quiet: bool = False,
 ) -> SteeringSetup:
     """Load the application variant and format the steering questions for it.
 
-    ``trait_set``: the prompt set whose trait definition the judge scores against (default:
-    ``questions_set``)."""
+    ``trait_set``: the prompt set whose trait the trait judge scores (default:
+    ``questions_set``). The coherence judge is the application variant's, unsteered, for
+    the perplexity judge, and must be calibrated (:func:`builders.judges.require_calibrated`)."""
     from transforms.generation import GenerationConfig
 
     entry = catalog.variant(experiment, variant)
     items, q_manifest = steering_questions(store, catalog, questions_set, subset)
     t_manifest = q_manifest if trait_set in (None, questions_set) else ensure_prompt_set(store, catalog, trait_set)
-    template = trait_judge_template(store, t_manifest)
+    choice = choice or JudgeChoice()
+    trait = trait_scorer(store, catalog, choice, prompt_meta(store, t_manifest))
+    coherence, calibration = coherence_scorer(store, catalog, experiment, variant, choice, quiet)
+    require_calibrated(choice, calibration)
     defaults = {"max_new_tokens": 32, "temperature": 0.0, "top_p": 1.0, "seed": 0}
     defaults.update(catalog.stage_defaults("steering"))
     defaults.update({k: v for k, v in (generation or {}).items() if v is not None})
@@ -139,19 +137,16 @@ def make_setup(
     questions = [Question(it["id"], it["text"], tuple(format_row(loaded.tokenizer, it["text"], None, "instruction").ids))
                  for it in items]
     return SteeringSetup(store, loaded, model_identity(catalog, experiment, variant, store), questions, questions_set,
-                         template, gen, judge_backend, judge_model, subset, max_batch, quiet)
+                         gen, choice, trait, coherence, calibration, subset, max_batch, quiet)
 
 
 def setup_from_run(store: Store, catalog: Catalog, run: Any, *, max_batch: int = 64, quiet: bool = False) -> SteeringSetup:
     """The setup a published steering run used (same model, questions, generation, judge)."""
     p = run.params
-    backend, _, model = p["judge"].partition(":")
-    from .judgments import DEFAULT_LOCAL_JUDGE
-
+    choice = JudgeChoice.from_dict(p["judges"], allow_uncalibrated=p.get("allow_uncalibrated", False))
     return make_setup(store, catalog, p["experiment"], p["application"], p["questions_set"], subset=p["subset"],
-                      generation=p["generation"], judge_backend=backend,
-                      judge_model=None if model == DEFAULT_LOCAL_JUDGE and backend == "local" else model,
-                      trait_set=p.get("trait_set"), max_batch=max_batch, quiet=quiet)
+                      generation=p["generation"], choice=choice, trait_set=p.get("trait_set"), max_batch=max_batch,
+                      quiet=quiet)
 
 
 def baseline_plan(base: dict[str, Any]) -> Planned:
@@ -240,7 +235,7 @@ def evaluate(setup: SteeringSetup, planned: list[Planned]) -> tuple[list[dict[st
         for q, g in zip(setup.questions, generations[key]):
             items.append((q.text, g["response"]))
             owners.append((i, q, g))
-    scores = judge_rows(setup.judge, setup.store, items, setup.trait_template, setup.quiet)
+    scores = score_items(setup.trait_scorer, setup.coherence_scorer, setup.store, items, setup.quiet)
     response_rows: list[dict[str, Any]] = []
     per_run: dict[int, list[dict[str, Any]]] = {}
     for j, (i, q, g) in enumerate(owners):

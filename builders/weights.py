@@ -15,7 +15,9 @@ without merging. Tables:
   (mean column of ΔW_o_proj + ΔW_down_proj);
 - ``logit_lens``: that direction through the final norm and the unembedding, top-k tokens
   both ways (word-like tokens only unless ``--no-token-filter``);
-- ``alignment``: cosine between the direction and each given vector set, per layer.
+- ``alignment``: cosine between the direction and each given vector set, per layer, beside
+  its random-direction baseline (mean and 95th percentile of ``|cos|`` over 1,000 seeded
+  random unit directions, and ``p_random``, the share at least as aligned).
 Output dataset: ``weights-<experiment>-<A>-<B>``.
 """
 from __future__ import annotations
@@ -36,7 +38,7 @@ from .variants import adapter_dir
 log = logging.getLogger(__name__)
 
 BUILDER = "builders.weights"
-CODE_VERSION = "1"
+CODE_VERSION = "2"  # 2: random-direction baseline of the alignment
 
 
 def checkpoint_dir(variant: Variant) -> Path:
@@ -116,7 +118,7 @@ def weight_tables(store: Store, base: Any, other: Any, folder_a: Path, vector_se
 
     from transformers import AutoConfig, AutoTokenizer
 
-    from transforms.weight_diff import cosine_by_layer, diff_norms, final_norm_name, logit_lens, norm_kind, unembedding_name
+    from transforms.weight_diff import cosine_by_layer, diff_norms, random_baseline, final_norm_name, logit_lens, norm_kind, unembedding_name
 
     from .vectors import load_vectors
 
@@ -153,6 +155,7 @@ def weight_tables(store: Store, base: Any, other: Any, folder_a: Path, vector_se
             raise BuildError(f"--vectors {v.ref}: width {vecs.shape[1]}, the models' d_model is {width}")
         for layer, cos in cosine_by_layer({k: d.numpy() for k, d in directions.items()}, vecs, layers).items():
             align_rows.append({"layer": layer, "vectors": v.ref, "method": method, "cosine": cos,
+                               **random_baseline(directions[layer].numpy(), cos, seed=layer),
                                "vector_config": f"{v.params['prompt_set']}/{v.params['variant']}/{v.params['position']}/{method}"})
     return rows, layer_rows, lens_rows, align_rows
 

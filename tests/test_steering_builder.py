@@ -108,7 +108,7 @@ def test_interrupted_run_keeps_generations_and_skips_them(mini, adaptive, monkey
     before = {m.ref for m in store.all_manifests()}
 
     judged = []
-    real_judge = engine.judge_rows
+    real_judge = engine.score_items
 
     def crash(*args, **kwargs):  # the baseline is judged, then the judge dies on the grid
         judged.append(1)
@@ -116,7 +116,7 @@ def test_interrupted_run_keeps_generations_and_skips_them(mini, adaptive, monkey
             raise RuntimeError("judge died")
         return real_judge(*args, **kwargs)
 
-    monkeypatch.setattr(engine, "judge_rows", crash)
+    monkeypatch.setattr(engine, "score_items", crash)
     with pytest.raises(RuntimeError, match="judge died"):
         steer_vectors(store, catalog, ref, "mean_diff", mode="grid", layers="15", coefficients=coefs,
                       generation=SMALL, quiet=True)

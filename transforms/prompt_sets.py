@@ -62,6 +62,12 @@ class PromptSet:
     source_files: list[str] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def lexicon(self) -> str | None:
+        """The trait dir's ``lexicon.txt`` text (for the lexicon judge), if it has one."""
+        path = next((Path(f) for f in self.source_files if Path(f).name == "lexicon.txt"), None)
+        return _read_text(path) if path is not None else None
+
     def __post_init__(self) -> None:
         if self.kind not in KINDS or self.style not in STYLES:
             raise ValueError(f"bad kind/style {self.kind!r}/{self.style!r}")
@@ -255,7 +261,7 @@ def _trait_extras(folder: Path, ext: str) -> tuple[str | None, dict[str, Any] | 
         definition = _read_text(folder / "definition.txt").strip()
     if (folder / "steering.json").exists():
         steering = _parse_steering(_load_json(folder / "steering.json"), folder / "steering.json")
-    names = [f"positive{ext}", f"negative{ext}", "definition.txt", "steering.json"]
+    names = [f"positive{ext}", f"negative{ext}", "definition.txt", "steering.json", "lexicon.txt"]
     return definition, steering, [str(folder / n) for n in names if (folder / n).exists()]
 
 

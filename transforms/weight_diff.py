@@ -214,3 +214,17 @@ def cosine_by_layer(directions: Mapping[int, Any], vectors_LD: Any, layers: Sequ
         denom = np.linalg.norm(d) * np.linalg.norm(v)
         out[int(layer)] = float(d @ v / denom) if denom > 0 else float("nan")
     return out
+
+
+def random_baseline(direction: Any, observed: float, n: int = 1000, seed: int = 0) -> dict[str, float]:
+    """How aligned ``n`` seeded random unit directions are with ``direction``: the mean and
+    95th percentile of ``|cos|``, and ``p_random`` = share at least as aligned as ``|observed|``
+    (the chance level a trait alignment must beat; ≈ sqrt(2/(π·d)) for the mean)."""
+    import numpy as np
+
+    d = np.asarray(direction, dtype=np.float64)
+    d = d / np.linalg.norm(d)
+    samples = np.random.default_rng(seed).standard_normal((n, d.shape[0]))
+    cos = np.abs(samples @ d) / np.linalg.norm(samples, axis=1)
+    return {"random_abs_cos_mean": float(cos.mean()), "random_abs_cos_p95": float(np.quantile(cos, 0.95)),
+            "p_random": float((cos >= abs(observed)).mean())}

@@ -1,0 +1,207 @@
+"""The demo's finding, read from the store: does steering move the trait, and does model
+diffing recover a planted one?
+
+    python -m analyses.finding [--experiment demo] [--trait-set optimism_instruction]
+
+Steering (the application variant's adaptive search and the grid at its best layer): best
+layer and coefficient at coherence ≥ the floor, the delta against the unsteered baseline,
+the coherence cliff (the first perturbation ratio whose mean coherence falls below the
+floor), the vectors' held-out validation accuracy at that layer, and how far per-token
+projections separate positive from negative responses of the **validation split** only (the
+training split made the vectors, so it would separate by construction).
+
+Planted organism (variants ``finetuned`` and ``control`` of the same model): (a) behaviour
+on held-out questions (paired per question, sentiment judge), (b) the projection shift
+along the trait vector (``builders.compare``) against the control's and random directions,
+(c) weight-diff alignment with the vector against random directions (``builders.weights``),
+(d) transfer of the vectors to the finetuned model. Each line says plainly when the
+pipeline does not find what was planted.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+from typing import Any, Sequence
+
+from store import Store
+
+
+def _rows(store: Store, name: str, table: str = "data") -> list[dict[str, Any]]:
+    if name not in store.datasets():
+        return []
+    return store.read_table(store.latest(name), table).to_dicts()
+
+
+def _mean(xs: Sequence[float]) -> float:
+    return sum(xs) / len(xs) if xs else float("nan")
+
+
+def _paired(diffs: Sequence[float]) -> tuple[float, float, float]:
+    """(mean, standard error, t) of paired differences."""
+    n = len(diffs)
+    if n < 2:
+        return _mean(diffs), float("nan"), float("nan")
+    m = _mean(diffs)
+    sd = math.sqrt(sum((d - m) ** 2 for d in diffs) / (n - 1))
+    se = sd / math.sqrt(n)
+    return m, se, (m / se if se > 0 else float("inf") if m else 0.0)
+
+
+def _auroc(pos: Sequence[float], neg: Sequence[float]) -> float:
+    """Probability a positive outranks a negative (ties count half)."""
+    if not pos or not neg:
+        return float("nan")
+    wins = sum((p > q) + 0.5 * (p == q) for p in pos for q in neg)
+    return wins / (len(pos) * len(neg))
+
+
+def _cohens_d(pos: Sequence[float], neg: Sequence[float]) -> float:
+    if len(pos) < 2 or len(neg) < 2:
+        return float("nan")
+    mp, mn = _mean(pos), _mean(neg)
+    vp = sum((x - mp) ** 2 for x in pos) / (len(pos) - 1)
+    vn = sum((x - mn) ** 2 for x in neg) / (len(neg) - 1)
+    pooled = math.sqrt(((len(pos) - 1) * vp + (len(neg) - 1) * vn) / (len(pos) + len(neg) - 2))
+    return (mp - mn) / pooled if pooled > 0 else float("nan")
+
+
+def _best(rows: list[dict[str, Any]], floor: float) -> dict[str, Any] | None:
+    ok = [r for r in rows if r["mode"] != "baseline" and r["delta"] is not None and (r["coherence_mean"] or 0) >= floor]
+    return max(ok, key=lambda r: r["direction"] * r["delta"], default=None)
+
+
+def steering_finding(store: Store, exp: str, variant: str, short: str, method: str, floor: float) -> dict[str, Any]:
+    base = f"steering-{exp}-{variant}-{short}-{method}"
+    search, grid = _rows(store, f"{base}-adaptive"), _rows(store, f"{base}-grid")
+    best = _best(search + [r for r in grid if r["mode"] != "baseline"], floor)
+    out: dict[str, Any] = {"baseline_trait": search[0]["trait_mean"] if search else None, "best": best}
+    ladder = sorted((r for r in grid if r["mode"] == "grid"), key=lambda r: r["perturbation_ratio"])
+    out["ladder"] = [{k: r[k] for k in ("perturbation_ratio", "coef", "trait_mean", "coherence_mean")} for r in ladder]
+    out["cliff_ratio"] = next((r["perturbation_ratio"] for r in ladder if (r["coherence_mean"] or 0) < floor), None)
+    return out
+
+
+def vector_finding(store: Store, vectors: str, method: str, layer: int | None) -> dict[str, Any]:
+    rows = [r for r in _rows(store, vectors) if r["method"] == method and r["layer"] == layer]
+    return rows[0] if rows else {}
+
+
+def projection_finding(store: Store, exp: str, variant: str, trait_set: str, vectors: str, method: str,
+                       layer: int | None) -> dict[str, Any]:
+    """Separation of positive vs negative responses by their mean response-token projection,
+    on the vectors' validation split."""
+    if vectors not in store.datasets():
+        return {}
+    val = {r["sample_id"] for r in store.read_table(store.latest(vectors), "split").to_dicts() if r["split"] == "val"}
+    per_sample: dict[str, list[float]] = {}
+    for r in _rows(store, f"projections-{exp}-{variant}-{trait_set}"):
+        if r["layer"] == layer and r["vector"].endswith(f":{method}") and r["is_response"] and r["sample"] in val:
+            per_sample.setdefault(r["sample"], []).append(r["score"])
+    pos = [_mean(v) for s, v in per_sample.items() if s.startswith("pos-")]
+    neg = [_mean(v) for s, v in per_sample.items() if s.startswith("neg-")]
+    return {"n_pos": len(pos), "n_neg": len(neg), "auroc": _auroc(pos, neg), "d": _cohens_d(pos, neg)}
+
+
+def behaviour_finding(store: Store, exp: str, a: str, b: str, prompt_set: str) -> dict[str, Any]:
+    score = {v: {r["prompt_id"]: r["trait_score"] for r in _rows(store, f"judgments-{exp}-{v}-{prompt_set}")
+                 if r["trait_score"] is not None} for v in (a, b)}
+    shared = sorted(set(score[a]) & set(score[b]))
+    mean, se, t = _paired([score[b][p] - score[a][p] for p in shared])
+    return {"n": len(shared), "a": _mean([score[a][p] for p in shared]), "b": _mean([score[b][p] for p in shared]),
+            "diff": mean, "se": se, "t": t}
+
+
+def shift_finding(store: Store, exp: str, a: str, b: str, prompt_set: str, vectors_ref_prefix: str,
+                  n_layers: int) -> dict[str, Any]:
+    rows = [r for r in _rows(store, f"compare-{exp}-{a}-{b}-{prompt_set}") if r["vectors"].startswith(vectors_ref_prefix)]
+    mid = [r for r in rows if 0.3 * n_layers <= r["layer"] <= 0.7 * n_layers]
+    return {"layers": len(rows), "mid_layers": len(mid), "mid_positive": sum(r["shift"] > 0 for r in mid),
+            "mid_shift": _mean([r["shift"] for r in mid]), "mid_d_paired": _mean([r["d_paired"] for r in mid]),
+            "mid_random_share": _mean([r.get("random_share_as_aligned") or 0.0 for r in mid])}
+
+
+def weight_finding(store: Store, exp: str, a: str, b: str) -> dict[str, Any]:
+    rows = _rows(store, f"weights-{exp}-{a}-{b}", "alignment")
+    above = [r for r in rows if abs(r["cosine"]) > r["random_abs_cos_p95"]]
+    return {"layers": len(rows), "above_p95": len(above), "mean_abs_cos": _mean([abs(r["cosine"]) for r in rows]),
+            "random_mean": _mean([r["random_abs_cos_mean"] for r in rows]),
+            "best": max(rows, key=lambda r: abs(r["cosine"]), default=None)}
+
+
+def _f(x: Any, spec: str = ".1f") -> str:
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
+
+
+def finding_report(store: Store, experiment: str = "demo", trait_set: str = "optimism_instruction",
+                   application: str = "instruct", method: str = "mean_diff", floor: float = 70.0,
+                   organism: tuple[str, str] = ("finetuned", "control"), heldout: str = "optimism_heldout",
+                   n_layers: int = 30) -> str:
+    """The finding as text, every number read from published versions."""
+    short = f"{application}-{trait_set}-response__-residual"
+    vectors = f"vectors-{experiment}-{short}"
+    s = steering_finding(store, experiment, application, short, method, floor)
+    best = s["best"]
+    layer = None if best is None else best["layer"]
+    lines = [f"# Finding: {trait_set} on {application} (trait judge and coherence judge as calibrated above)", ""]
+    if best is None:
+        lines.append(f"steering: no configuration kept coherence ≥ {floor:g}: no steering effect to report")
+    else:
+        goal = "met" if best["direction"] * best["delta"] >= 20 else "NOT met"
+        verb = "adding" if best["direction"] > 0 else "suppressing"
+        lines.append(f"steering ({verb} the trait): best layer {layer}, coefficient {best['coef']:.2f} "
+                     f"(perturbation ratio {_f(best['perturbation_ratio'], '.2f')}): trait {best['trait_mean']:.1f} vs "
+                     f"baseline {s['baseline_trait']:.1f}, delta {best['delta']:+.1f} at coherence "
+                     f"{best['coherence_mean']:.1f} ≥ {floor:g} (goal ≥ 20: {goal})")
+    ladder = ", ".join(f"{r['perturbation_ratio']:.2f}→{_f(r['trait_mean'], '.0f')}/{_f(r['coherence_mean'], '.0f')}"
+                       for r in s["ladder"])
+    cliff = s["cliff_ratio"]
+    lines.append(f"coherence cliff at layer {layer}: " + (f"first below {floor:g} at perturbation ratio {cliff:.2f}"
+                 if cliff is not None else f"none up to ratio {max(r['perturbation_ratio'] for r in s['ladder']):.2f}"
+                 if s["ladder"] else "no grid run") + (f" (ratio→trait/coherence: {ladder})" if ladder else ""))
+    v = vector_finding(store, vectors, method, layer)
+    lines.append(f"vectors at layer {layer}: validation accuracy {_f(v.get('val_accuracy'), '.2f')}, AUROC "
+                 f"{_f(v.get('val_auroc'), '.2f')} on {v.get('n_val', 'n/a')} held-out responses")
+    p = projection_finding(store, experiment, application, trait_set, vectors, method, layer)
+    if p:
+        lines.append(f"per-token projections (layer {layer}, validation split, mean over response tokens): positive vs "
+                     f"negative responses AUROC {_f(p['auroc'], '.2f')}, Cohen's d {_f(p['d'], '.2f')} "
+                     f"({p['n_pos']} vs {p['n_neg']})")
+    b, c = organism
+    lines += ["", f"# Planted organism: {b} (trained on {application}'s own cheerful answers) vs {c} (its unprompted answers)", ""]
+    for variant in (b, c):
+        beh = behaviour_finding(store, experiment, application, variant, heldout)
+        lines.append(f"(a) behaviour, {variant} vs {application} on {beh['n']} held-out questions: trait "
+                     f"{_f(beh['b'])} vs {_f(beh['a'])}, paired diff {_f(beh['diff'], '+.1f')} ± {_f(beh['se'])} "
+                     f"(t = {_f(beh['t'], '.2f')})")
+    for variant in (b, c):
+        sh = shift_finding(store, experiment, application, variant, heldout, vectors, n_layers)
+        lines.append(f"(b) projection shift {variant} − {application} along the vector: positive at {sh['mid_positive']}"
+                     f"/{sh['mid_layers']} mid layers, mean {_f(sh['mid_shift'], '+.3f')}, paired d "
+                     f"{_f(sh['mid_d_paired'], '+.2f')}; random directions as aligned: {_f(sh['mid_random_share'], '.1%')}")
+    for variant in (b, c):
+        w = weight_finding(store, experiment, application, variant)
+        verdict = "above" if w["above_p95"] > w["layers"] / 2 else "NOT above"
+        lines.append(f"(c) Δθ ({variant}) alignment with the vector: |cos| {_f(w['mean_abs_cos'], '.3f')} vs random "
+                     f"{_f(w['random_mean'], '.3f')}; above the random 95th percentile at {w['above_p95']}/{w['layers']} "
+                     f"layers ({verdict} the random baseline)")
+    t = steering_finding(store, experiment, b, short, method, floor)
+    tb = t["best"]
+    lines.append(f"(d) transfer: {application}'s vectors steering {b}: " + (
+        f"best delta {tb['delta']:+.1f} at layer {tb['layer']} (coherence {tb['coherence_mean']:.1f})" if tb
+        else f"no configuration kept coherence ≥ {floor:g}"))
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m analyses.finding", description=__doc__.split("\n")[0])
+    parser.add_argument("--store")
+    parser.add_argument("--experiment", default="demo")
+    parser.add_argument("--trait-set", default="optimism_instruction")
+    parser.add_argument("--floor", type=float, default=70.0)
+    args = parser.parse_args(argv)
+    print(finding_report(Store(args.store), args.experiment, args.trait_set, floor=args.floor))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,203 @@
+"""Coherence from a reference model: token NLL plus degeneracy signals, calibrated to 0-100.
+
+Perplexity alone fails (a token loop is very likely text), so each answer gets a small
+feature vector (:data:`FEATURES`):
+
+* ``nll`` — mean negative log-likelihood (nats/token) of the answer's tokens given the
+  question, formatted as the reference model formats prompts (chat template when it has
+  one), under the reference model (default: the application model without steering);
+* ``pmi`` — ``nll(answer alone) - nll(answer | question)``, capped at :data:`PMI_CAP`: how
+  much the question helps predict the answer. A fluent answer to a different question has a
+  low one; the cap keeps a 2-token fragment's huge mean PMI from reading as relevance;
+* ``repeat3`` — share of token 3-grams that already occurred earlier in the answer;
+* ``distinct2`` — distinct token bigrams / bigrams;
+* ``nonword`` — share of tokens with no letter or digit (whitespace and punctuation floods);
+* ``loop`` — longest stretch made of ≥ 2 copies of one token pattern of period ``p ≤ 8``
+  (``t[i] == t[i-p]`` throughout), as a share of the answer (runaway repetition);
+* ``log_len`` — ``log(1 + tokens)`` capped at :data:`LEN_CAP` (≈ 20 tokens): fragments are
+  short, while beyond a sentence length says nothing about coherence.
+
+:class:`CoherenceCalibration` maps features to 0-100: standardise, a logistic regression
+fitted on labelled fluent (1) vs degenerate (0) answers, score = 100·P(fluent). The map is
+monotone in the regression's linear score. It is fitted on the project's calibration set
+(``datasets/judge/calibration/coherence.jsonl``) by ``builders.calibration`` and stored
+with the calibration dataset; its parameters are part of the scorer's identity.
+An empty answer scores 0 (no answer is not a coherent one).
+"""
+from __future__ import annotations
+
+import logging
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from transforms.judge.base import OnResult, Score
+
+logger = logging.getLogger(__name__)
+
+FEATURES = ("nll", "pmi", "repeat3", "distinct2", "nonword", "loop", "log_len")
+FEATURE_VERSION = "2"
+PMI_CAP = 1.5  # nats/token; fluent answers sit at 0.5-1.4, answers to another question below 0.6
+LEN_CAP = 3.0  # log(1 + tokens)
+_WORDLIKE = re.compile(r"[^\W_]")
+
+
+def degeneracy_features(ids: Sequence[int], pieces: Sequence[str]) -> dict[str, float]:
+    """The token-statistics features of one answer (``ids`` and their decoded ``pieces``)."""
+    n = len(ids)
+    grams3 = [tuple(ids[i:i + 3]) for i in range(n - 2)]
+    seen: set[tuple[int, ...]] = set()
+    repeats = 0
+    for gram in grams3:
+        repeats += gram in seen
+        seen.add(gram)
+    bigrams = [tuple(ids[i:i + 2]) for i in range(n - 1)]
+    longest = 0
+    for period in range(1, 9):
+        run = 0
+        for i in range(period, n):
+            run = run + 1 if ids[i] == ids[i - period] else 0
+            if run >= period:  # at least two whole copies of the period
+                longest = max(longest, run + period)
+    return {
+        "repeat3": repeats / len(grams3) if grams3 else 0.0,
+        "distinct2": len(set(bigrams)) / len(bigrams) if bigrams else 1.0,
+        "nonword": sum(not _WORDLIKE.search(p) for p in pieces) / n if n else 1.0,
+        "loop": min(1.0, longest / n) if n else 0.0,
+        "log_len": min(LEN_CAP, math.log1p(n)),
+    }
+
+
+class PerplexityFeaturizer:
+    """Computes :data:`FEATURES` for ``(question, answer)`` pairs under a reference model.
+
+    ``loaded``: a :class:`transforms.models.LoadedModel`; ``reference``: its identity (what
+    names the model in version ids). Two forward passes per batch: answer given question,
+    and answer after only a BOS (or EOS) token, for ``pmi``.
+    """
+
+    def __init__(self, loaded: Any, reference: dict[str, Any], batch_size: int = 16) -> None:
+        self.loaded, self.reference, self.batch_size = loaded, reference, batch_size
+
+    def identity(self) -> dict[str, Any]:
+        return {"features": list(FEATURES), "feature_version": FEATURE_VERSION, "reference": self.reference}
+
+    def _encode(self, question: str, answer: str) -> tuple[list[int], list[int], list[int]]:
+        from transforms.tokenization import bos_token_id, format_prompt
+
+        tok = self.loaded.tokenizer
+        prompt = list(format_prompt(tok, question).ids)
+        answer_ids = list(tok(answer, add_special_tokens=False)["input_ids"])
+        start = bos_token_id(tok)
+        start = tok.eos_token_id if start is None else start
+        return prompt, answer_ids, [int(start)]
+
+    def _answer_nll(self, sequences: list[tuple[list[int], list[int]]]) -> list[float]:
+        """Mean NLL of each ``answer`` after its ``prefix``, batched with right padding."""
+        import torch
+
+        model = self.loaded.model
+        pad = self.loaded.tokenizer.pad_token_id or 0
+        width = max(len(p) + len(a) for p, a in sequences)
+        ids = torch.full((len(sequences), width), pad, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for row, (prefix, answer) in enumerate(sequences):
+            seq = prefix + answer
+            ids[row, :len(seq)] = torch.tensor(seq)
+            mask[row, :len(seq)] = 1
+        device = next(model.parameters()).device
+        with torch.inference_mode():
+            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
+        logprobs = torch.log_softmax(logits[:, :-1], dim=-1)
+        token_lp = logprobs.gather(-1, ids[:, 1:].to(device).unsqueeze(-1)).squeeze(-1).cpu()
+        out = []
+        for row, (prefix, answer) in enumerate(sequences):
+            lo, hi = len(prefix) - 1, len(prefix) - 1 + len(answer)  # predictions of answer tokens
+            out.append(float(-token_lp[row, lo:hi].mean()))
+        return out
+
+    def features(self, items: Sequence[tuple[str, str]]) -> list[dict[str, float] | None]:
+        """One feature dict per item; ``None`` for an empty answer."""
+        encoded = [self._encode(q, a) for q, a in items]
+        out: list[dict[str, float] | None] = [None] * len(items)
+        todo = sorted((i for i, e in enumerate(encoded) if e[1]), key=lambda i: len(encoded[i][0]) + len(encoded[i][1]))
+        tok = self.loaded.tokenizer
+        for lo in range(0, len(todo), self.batch_size):
+            chunk = todo[lo:lo + self.batch_size]
+            cond = self._answer_nll([(encoded[i][0], encoded[i][1]) for i in chunk])
+            bare = self._answer_nll([(encoded[i][2], encoded[i][1]) for i in chunk])
+            for i, nll, nll_bare in zip(chunk, cond, bare):
+                answer = encoded[i][1]
+                feats = degeneracy_features(answer, [tok.decode([t]) for t in answer])
+                out[i] = {"nll": nll, "pmi": min(PMI_CAP, nll_bare - nll), **feats}
+        return out
+
+
+@dataclass(frozen=True)
+class CoherenceCalibration:
+    """Standardise, then ``100·sigmoid(coef·z + intercept)``: fitted on labelled answers."""
+
+    features: tuple[str, ...]
+    mean: tuple[float, ...]
+    scale: tuple[float, ...]
+    coef: tuple[float, ...]
+    intercept: float
+    regularization: float
+
+    def linear(self, feats: dict[str, float]) -> float:
+        return self.intercept + sum(c * (feats[f] - m) / s for f, m, s, c in
+                                    zip(self.features, self.mean, self.scale, self.coef))
+
+    def apply(self, feats: dict[str, float] | None) -> float:
+        if feats is None:
+            return 0.0
+        z = self.linear(feats)
+        return 100.0 / (1.0 + math.exp(-z)) if z > -700 else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "CoherenceCalibration":
+        return cls(tuple(data["features"]), tuple(map(float, data["mean"])), tuple(map(float, data["scale"])),
+                   tuple(map(float, data["coef"])), float(data["intercept"]), float(data["regularization"]))
+
+    @classmethod
+    def fit(cls, feats: Sequence[dict[str, float]], fluent: Sequence[bool], regularization: float = 1.0,
+            features: Sequence[str] = FEATURES) -> "CoherenceCalibration":
+        """Logistic regression (L2, ``C = regularization``) of fluent on standardised features."""
+        import numpy as np
+        from sklearn.linear_model import LogisticRegression
+
+        labels = np.asarray(fluent, dtype=int)
+        if len(set(labels.tolist())) < 2:
+            raise ValueError("calibration needs both fluent and degenerate answers")
+        X = np.array([[f[name] for name in features] for f in feats], dtype=float)
+        mean, scale = X.mean(axis=0), X.std(axis=0)
+        scale[scale == 0] = 1.0
+        model = LogisticRegression(C=regularization, max_iter=2000).fit((X - mean) / scale, labels)
+        return cls(tuple(features), tuple(mean.tolist()), tuple(scale.tolist()), tuple(model.coef_[0].tolist()),
+                   float(model.intercept_[0]), float(regularization))
+
+
+class PerplexityScorer:
+    """Coherence 0-100 = ``calibration.apply(featurizer.features(item))``."""
+
+    name = "perplexity"
+
+    def __init__(self, featurizer: PerplexityFeaturizer, calibration: CoherenceCalibration,
+                 calibration_ref: str | None = None) -> None:
+        self.featurizer, self.calibration, self.calibration_ref = featurizer, calibration, calibration_ref
+
+    def identity(self) -> dict[str, Any]:
+        return {"name": self.name, "version": "1", **self.featurizer.identity(),
+                "calibration": self.calibration.as_dict()}
+
+    def score(self, items: Sequence[tuple[str, str]], on_result: OnResult | None = None) -> list[Score]:
+        scores = [self.calibration.apply(f) for f in self.featurizer.features(items)]
+        if on_result is not None:
+            for i, value in enumerate(scores):
+                on_result(i, value)
+        return scores
