@@ -7,7 +7,7 @@ token loops, word salad, a punctuation flood), scored five ways:
 
 - plain forward: ``model(input_ids, attention_mask)`` over chat-formatted question + answer,
   batched as PerplexityFeaturizer batches (length sorted, 16, right padded). The baseline;
-- conditional pass: ``featurizer._answer_nll`` on those sequences (pass + log-softmax + gather);
+- conditional pass: ``featurizer._answer_logprobs`` on those sequences (pass + log-softmax + gather);
 - perplexity coherence: ``PerplexityScorer.score`` end to end: conditional and answer-only
   (``pmi``) passes, token statistics, a zero-coefficient calibration;
 - sentiment / lexicon: VADER and an inline optimism lexicon on 1,000 answers (items cycled);
@@ -129,8 +129,8 @@ def main() -> None:
           f"best of {args.repeats}, {torch.get_num_threads()} threads", file=sys.stderr)
     seconds = best_of({
         "plain forward": (lambda: plain_forward(padded), lambda: plain_forward(padded[:1])),
-        "conditional pass": (lambda: [featurizer._answer_nll(b) for b in batches],
-                             lambda: featurizer._answer_nll(batches[0])),
+        "conditional pass": (lambda: [featurizer._answer_logprobs(b) for b in batches],
+                             lambda: featurizer._answer_logprobs(batches[0])),
         "perplexity coherence": (lambda: scorer.score(items), lambda: scorer.score(items[:size])),
         "sentiment (x1000)": (lambda: sentiment.score(cycled), lambda: sentiment.score(items)),
         "lexicon (x1000)": (lambda: lexicon.score(cycled), lambda: lexicon.score(items)),

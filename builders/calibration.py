@@ -39,7 +39,7 @@ from .prompts import ensure_prompt_set
 log = logging.getLogger(__name__)
 
 BUILDER = "builders.calibration"
-CODE_VERSION = "1"
+CODE_VERSION = "1"  # the featurizer has its own version (identity)
 DEFAULT_DIR = Path(__file__).resolve().parents[1] / "datasets" / "judge" / "calibration"
 DEFAULT_TRAIT_SET = "optimism_instruction"
 SETS = {"coherence": ("fluent", "degenerate"), "sentiment": ("positive", "negative", "neutral")}
@@ -241,10 +241,13 @@ def calibrate(store: Store, catalog: Catalog, judge: str, *, experiment: str | N
         scorers["coherence"], _ = coherence_scorer(store, catalog, exp.name, variant, role)
     identity: dict[str, Any] = {k: s.identity() for k, s in scorers.items()}
     if judge == "perplexity":
+        from transforms.judge.perplexity import PerplexityFeaturizer
+
         from .responses import model_identity
 
-        identity["reference"] = (choice.reference and {"model": choice.reference}) or \
-            model_identity(catalog, exp.name, variant, store)
+        reference = (choice.reference and {"model": choice.reference}) or model_identity(catalog, exp.name, variant,
+                                                                                          store)
+        identity["featurizer"] = PerplexityFeaturizer(None, reference).identity()
     params = {"judge": judge, "experiment": exp.name, "variant": variant,
               "trait_set": trait_set if judge in TRAIT_JUDGES else None,
               "calibration_files": digest, "folds": FOLDS}

@@ -76,3 +76,16 @@ def test_finetune_publishes_an_adapter_the_catalog_variant_uses(env, smollm2):
     adapted = generate_responses(store, catalog, "tuned", "syco", quiet=True).manifest
     assert adapted.identity["adapter"] and plain.identity["adapter"] is None
     assert adapted.version != plain.version
+
+
+def test_targets_end_with_eos_only_when_the_model_stopped():
+    from types import SimpleNamespace
+
+    from builders.finetune import with_eos
+
+    tok = SimpleNamespace(eos_token_id=2)
+    stopped = {"token_ids": [1, 7, 8, 9], "prompt_len": 2, "finish_reason": "eos"}
+    cut = {"token_ids": [1, 7, 8, 9], "prompt_len": 2, "finish_reason": "length"}
+    assert with_eos(tok, stopped)["token_ids"] == [1, 7, 8, 9, 2]
+    assert with_eos(tok, with_eos(tok, stopped))["token_ids"] == [1, 7, 8, 9, 2]  # never twice
+    assert with_eos(tok, cut)["token_ids"] == [1, 7, 8, 9]  # cut by the budget: it did not end there

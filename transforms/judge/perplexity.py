@@ -82,7 +82,8 @@ class PerplexityFeaturizer:
         self.loaded, self.reference, self.batch_size = loaded, reference, batch_size
 
     def identity(self) -> dict[str, Any]:
-        return {"features": list(FEATURES), "feature_version": FEATURE_VERSION, "reference": self.reference}
+        return {"features": list(FEATURES), "feature_version": FEATURE_VERSION, "pmi_cap": PMI_CAP,
+                "len_cap": LEN_CAP, "reference": self.reference}
 
     def _encode(self, question: str, answer: str) -> tuple[list[int], list[int], list[int]]:
         from transforms.tokenization import bos_token_id, format_prompt
@@ -94,28 +95,49 @@ class PerplexityFeaturizer:
         start = tok.eos_token_id if start is None else start
         return prompt, answer_ids, [int(start)]
 
-    def _answer_nll(self, sequences: list[tuple[list[int], list[int]]]) -> list[float]:
-        """Mean NLL of each ``answer`` after its ``prefix``, batched with right padding."""
+    def _answer_logprobs(self, sequences: list[tuple[list[int], list[int]]]) -> list[list[float]]:
+        """Log-probabilities of each ``answer``'s tokens after its ``prefix``.
+
+        The token prefix every row shares (a chat template's system turn and user header) is
+        run once and its KV cache repeated per row; the rest is right padded after it. Models
+        with sliding-window attention get the plain right-padded batch."""
         import torch
+        from transformers import DynamicCache
+
+        from transforms.judge.local import _common_prefix, _sliding_window
 
         model = self.loaded.model
         pad = self.loaded.tokenizer.pad_token_id or 0
-        width = max(len(p) + len(a) for p, a in sequences)
-        ids = torch.full((len(sequences), width), pad, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for row, (prefix, answer) in enumerate(sequences):
-            seq = prefix + answer
-            ids[row, :len(seq)] = torch.tensor(seq)
-            mask[row, :len(seq)] = 1
         device = next(model.parameters()).device
+        full = [p + a for p, a in sequences]
+        shared = _common_prefix([p for p, _ in sequences] * 2) if _sliding_window(model.config) is None else 0
+        width = max(map(len, full)) - shared
+        ids = torch.full((len(full), width), pad, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for row, seq in enumerate(full):
+            ids[row, :len(seq) - shared] = torch.tensor(seq[shared:])
+            mask[row, :len(seq) - shared] = 1
+        # logits only where some row predicts an answer token: the unembedding of a 49k-262k
+        # vocabulary is a large share of a small model's forward pass
+        first = min(len(p) for p, _ in sequences) - 1 - shared
+        kwargs: dict[str, Any] = {}
         with torch.inference_mode():
-            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
-        logprobs = torch.log_softmax(logits[:, :-1], dim=-1)
-        token_lp = logprobs.gather(-1, ids[:, 1:].to(device).unsqueeze(-1)).squeeze(-1).cpu()
+            if shared:
+                cache = DynamicCache()
+                model(input_ids=torch.tensor([full[0][:shared]], device=device), past_key_values=cache,
+                      use_cache=True, logits_to_keep=1)
+                cache.batch_repeat_interleave(len(full))
+                mask = torch.cat([mask.new_ones(len(full), shared), mask], dim=1)
+                kwargs = {"past_key_values": cache, "use_cache": True,
+                          "position_ids": torch.arange(shared, shared + width, device=device)[None].expand(len(full), -1)}
+            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), logits_to_keep=width - first,
+                           **kwargs).logits[:, :-1].float()
+            targets = ids[:, first + 1:].to(device).unsqueeze(-1)
+            token_lp = (logits.gather(-1, targets).squeeze(-1) - torch.logsumexp(logits, dim=-1)).cpu()
         out = []
-        for row, (prefix, answer) in enumerate(sequences):
-            lo, hi = len(prefix) - 1, len(prefix) - 1 + len(answer)  # predictions of answer tokens
-            out.append(float(-token_lp[row, lo:hi].mean()))
+        for (prefix, answer) in sequences:
+            lo = len(prefix) - 1 - shared - first  # the position predicting the first answer token
+            out.append(token_lp[len(out), lo:lo + len(answer)].tolist())
         return out
 
     def features(self, items: Sequence[tuple[str, str]]) -> list[dict[str, float] | None]:
@@ -126,12 +148,13 @@ class PerplexityFeaturizer:
         tok = self.loaded.tokenizer
         for lo in range(0, len(todo), self.batch_size):
             chunk = todo[lo:lo + self.batch_size]
-            cond = self._answer_nll([(encoded[i][0], encoded[i][1]) for i in chunk])
-            bare = self._answer_nll([(encoded[i][2], encoded[i][1]) for i in chunk])
-            for i, nll, nll_bare in zip(chunk, cond, bare):
+            cond = self._answer_logprobs([(encoded[i][0], encoded[i][1]) for i in chunk])
+            bare = self._answer_logprobs([(encoded[i][2], encoded[i][1]) for i in chunk])
+            for i, lp, lp_bare in zip(chunk, cond, bare):
                 answer = encoded[i][1]
-                feats = degeneracy_features(answer, [tok.decode([t]) for t in answer])
-                out[i] = {"nll": nll, "pmi": min(PMI_CAP, nll_bare - nll), **feats}
+                feats = degeneracy_features(answer, tok.batch_decode([[t] for t in answer]))
+                pmi = (sum(lp) - sum(lp_bare)) / len(lp)
+                out[i] = {"nll": -sum(lp) / len(lp), "pmi": min(PMI_CAP, pmi), **feats}
         return out
 
 
