@@ -70,6 +70,19 @@ def _best(rows: list[dict[str, Any]], floor: float) -> dict[str, Any] | None:
     return max(ok, key=lambda r: r["direction"] * r["delta"], default=None)
 
 
+def calibration_lines(store: Store) -> list[str]:
+    """One line per published judge calibration: the instruments' AUROCs side by side."""
+    lines = []
+    for name in store.datasets():
+        m = store.latest(name)
+        if m.kind != "judge_calibration":
+            continue
+        s = m.summary
+        lines.append(f"  {name.removeprefix('judge-calibration-'):<36} fluent vs degenerate {s['coherence_auroc']:.3f} "
+                     f"({s['estimate']}), positive vs negative {s['trait_auroc']:.3f}, {m.rows} answers")
+    return lines
+
+
 def steering_finding(store: Store, exp: str, variant: str, short: str, method: str, floor: float) -> dict[str, Any]:
     base = f"steering-{exp}-{variant}-{short}-{method}"
     search, grid = _rows(store, f"{base}-adaptive"), _rows(store, f"{base}-grid")
@@ -112,10 +125,10 @@ def behaviour_finding(store: Store, exp: str, a: str, b: str, prompt_set: str) -
 
 
 def shift_finding(store: Store, exp: str, a: str, b: str, prompt_set: str, vectors_ref_prefix: str,
-                  n_layers: int) -> dict[str, Any]:
+                  n_layers: int, plant: int = 1) -> dict[str, Any]:
     rows = [r for r in _rows(store, f"compare-{exp}-{a}-{b}-{prompt_set}") if r["vectors"].startswith(vectors_ref_prefix)]
     mid = [r for r in rows if 0.3 * n_layers <= r["layer"] <= 0.7 * n_layers]
-    return {"layers": len(rows), "mid_layers": len(mid), "mid_positive": sum(r["shift"] > 0 for r in mid),
+    return {"layers": len(rows), "mid_layers": len(mid), "mid_planted": sum(plant * r["shift"] > 0 for r in mid),
             "mid_shift": _mean([r["shift"] for r in mid]), "mid_d_paired": _mean([r["d_paired"] for r in mid]),
             "mid_random_share": _mean([r.get("random_share_as_aligned") or 0.0 for r in mid])}
 
@@ -135,14 +148,17 @@ def _f(x: Any, spec: str = ".1f") -> str:
 def finding_report(store: Store, experiment: str = "demo", trait_set: str = "optimism_instruction",
                    application: str = "instruct", method: str = "mean_diff", floor: float = 70.0,
                    organism: tuple[str, str] = ("finetuned", "control"), heldout: str = "optimism_heldout",
-                   n_layers: int = 30) -> str:
-    """The finding as text, every number read from published versions."""
+                   n_layers: int = 30, plant: int = 1) -> str:
+    """The finding as text, every number read from published versions. ``plant``: the
+    direction the organism was trained in along the trait (+1 the trait, -1 its opposite)."""
     short = f"{application}-{trait_set}-response__-residual"
     vectors = f"vectors-{experiment}-{short}"
     s = steering_finding(store, experiment, application, short, method, floor)
     best = s["best"]
     layer = None if best is None else best["layer"]
-    lines = [f"# Finding: {trait_set} on {application} (trait judge and coherence judge as calibrated above)", ""]
+    lines = ["# Instruments: judge calibration AUROCs (coherence gates steering at ≥ 0.9)", "",
+             *calibration_lines(store), "",
+             f"# Finding: {trait_set} on {application}", ""]
     if best is None:
         lines.append(f"steering: no configuration kept coherence ≥ {floor:g}: no steering effect to report")
     else:
@@ -167,16 +183,19 @@ def finding_report(store: Store, experiment: str = "demo", trait_set: str = "opt
                      f"negative responses AUROC {_f(p['auroc'], '.2f')}, Cohen's d {_f(p['d'], '.2f')} "
                      f"({p['n_pos']} vs {p['n_neg']})")
     b, c = organism
-    lines += ["", f"# Planted organism: {b} (trained on {application}'s own cheerful answers) vs {c} (its unprompted answers)", ""]
+    pole = "positive" if plant > 0 else "negative"
+    lines += ["", f"# Planted organism: {b} (trained on {application}'s own {pole}-pole answers) vs {c} (its "
+              f"unprompted answers); the plant moves the trait {'up' if plant > 0 else 'down'}", ""]
     for variant in (b, c):
         beh = behaviour_finding(store, experiment, application, variant, heldout)
+        found = "found" if plant * beh["diff"] > 0 and abs(beh["t"]) >= 2 else "NOT found"
         lines.append(f"(a) behaviour, {variant} vs {application} on {beh['n']} held-out questions: trait "
                      f"{_f(beh['b'])} vs {_f(beh['a'])}, paired diff {_f(beh['diff'], '+.1f')} ± {_f(beh['se'])} "
-                     f"(t = {_f(beh['t'], '.2f')})")
+                     f"(t = {_f(beh['t'], '.2f')}): shift in the planted direction {found}")
     for variant in (b, c):
-        sh = shift_finding(store, experiment, application, variant, heldout, vectors, n_layers)
-        lines.append(f"(b) projection shift {variant} − {application} along the vector: positive at {sh['mid_positive']}"
-                     f"/{sh['mid_layers']} mid layers, mean {_f(sh['mid_shift'], '+.3f')}, paired d "
+        sh = shift_finding(store, experiment, application, variant, heldout, vectors, n_layers, plant)
+        lines.append(f"(b) projection shift {variant} − {application} along the vector: in the planted direction at "
+                     f"{sh['mid_planted']}/{sh['mid_layers']} mid layers, mean {_f(sh['mid_shift'], '+.3f')}, paired d "
                      f"{_f(sh['mid_d_paired'], '+.2f')}; random directions as aligned: {_f(sh['mid_random_share'], '.1%')}")
     for variant in (b, c):
         w = weight_finding(store, experiment, application, variant)
@@ -198,8 +217,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--experiment", default="demo")
     parser.add_argument("--trait-set", default="optimism_instruction")
     parser.add_argument("--floor", type=float, default=70.0)
+    parser.add_argument("--plant", type=int, choices=(1, -1), default=-1,
+                        help="direction the organism was trained in (the demo plants the negative pole: -1)")
     args = parser.parse_args(argv)
-    print(finding_report(Store(args.store), args.experiment, args.trait_set, floor=args.floor))
+    print(finding_report(Store(args.store), args.experiment, args.trait_set, floor=args.floor, plant=args.plant))
     return 0
 
 

@@ -31,7 +31,7 @@ from typing import Any, Sequence
 from store import BuildResult, BuildSpec, Manifest, Store
 
 from .catalog import Catalog
-from .common import BuildError, add_experiment_arg, base_parser, open_store_and_catalog, report, run
+from .common import BuildError, add_experiment_arg, base_parser, open_store_and_catalog, read_jsonl_rows, report, run
 from .judges import (COHERENCE_JUDGES, LLM_JUDGES, TRAIT_JUDGES, JudgeChoice, coherence_scorer, prompt_meta,
                      score_items, trait_scorer)
 from .prompts import ensure_prompt_set
@@ -58,22 +58,11 @@ def load_calibration_set(folder: Path) -> dict[str, list[dict[str, Any]]]:
         path = folder / f"{name}.jsonl"
         if not path.exists():
             raise BuildError(f"calibration set: {path} is missing")
-        rows, seen = [], set()
-        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise BuildError(f"{path.name}:{n}: not JSON ({err.msg})") from None
-            for key in ("id", "question", "response", "label"):
-                if not isinstance(row.get(key), str) or not row[key].strip():
-                    raise BuildError(f"{path.name}:{n}: field {key!r} missing or empty")
+        rows = []
+        for row in read_jsonl_rows(path, ("id", "question", "response", "label")):
             if row["label"] not in labels:
-                raise BuildError(f"{path.name}:{n}: label {row['label']!r} is not one of {', '.join(labels)}")
-            if row["id"] in seen:
-                raise BuildError(f"{path.name}:{n}: duplicate id {row['id']!r}")
-            seen.add(row["id"])
+                raise BuildError(f"{path.name}: id {row['id']!r}: label {row['label']!r} is not one of "
+                                 f"{', '.join(labels)}")
             rows.append({"set": name, "id": row["id"], "question": row["question"], "response": row["response"],
                          "label": row["label"], "kind": row.get("kind") or row["label"]})
         present = {r["label"] for r in rows}
@@ -81,6 +70,18 @@ def load_calibration_set(folder: Path) -> dict[str, list[dict[str, Any]]]:
             raise BuildError(f"calibration set {path.name}: needs both {labels[0]!r} and {labels[1]!r} labels, "
                              f"found only {sorted(present) or 'no rows'}")
         out[name] = rows
+    return out
+
+
+def _first_per_label(rows: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
+    if n <= 0:
+        return rows
+    seen: dict[str, int] = {}
+    out = []
+    for row in rows:
+        seen[row["label"]] = seen.get(row["label"], 0) + 1
+        if seen[row["label"]] <= n:
+            out.append(row)
     return out
 
 
@@ -218,8 +219,11 @@ def _metrics(rows: list[dict[str, Any]], column: str, note: str) -> list[dict[st
 
 def calibrate(store: Store, catalog: Catalog, judge: str, *, experiment: str | None = None,
               variant: str | None = None, choice: JudgeChoice | None = None, trait_set: str = DEFAULT_TRAIT_SET,
-              folder: Path | None = None, force: bool = False, quiet: bool = False) -> BuildResult:
-    """Score the calibration set with ``judge`` and publish its separation (module docstring)."""
+              folder: Path | None = None, per_label: int = 0, force: bool = False,
+              quiet: bool = False) -> BuildResult:
+    """Score the calibration set with ``judge`` and publish its separation (module docstring).
+
+    ``per_label > 0``: only the first ``per_label`` answers of each label (for slow judges)."""
     if judge not in set(TRAIT_JUDGES) | set(COHERENCE_JUDGES):
         known = ", ".join(sorted(set(TRAIT_JUDGES) | set(COHERENCE_JUDGES)))
         raise BuildError(f"--judge: unknown judge {judge!r} (known: {known})")
@@ -229,7 +233,7 @@ def calibrate(store: Store, catalog: Catalog, judge: str, *, experiment: str | N
     choice = choice or JudgeChoice()
     folder = folder or DEFAULT_DIR
     sets = load_calibration_set(folder)
-    rows = sets["coherence"] + sets["sentiment"]
+    rows = [r for name in SETS for r in _first_per_label(sets[name], per_label)]
     digest = {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in sorted(folder.glob("*.jsonl"))}
     role = JudgeChoice(judge if judge in TRAIT_JUDGES else "local",
                        judge if judge in COHERENCE_JUDGES else "perplexity",
@@ -248,7 +252,11 @@ def calibrate(store: Store, catalog: Catalog, judge: str, *, experiment: str | N
         reference = (choice.reference and {"model": choice.reference}) or model_identity(catalog, exp.name, variant,
                                                                                           store)
         identity["featurizer"] = PerplexityFeaturizer(None, reference).identity()
-    params = {"judge": judge, "experiment": exp.name, "variant": variant,
+    if per_label < 0:
+        raise BuildError(f"--per-label must be >= 0, got {per_label}")
+    uses_variant = judge == "perplexity" and not choice.reference  # the reference is the variant's model
+    params = {"judge": judge, "experiment": exp.name, "variant": variant if uses_variant else None,
+              "per_label": per_label,
               "trait_set": trait_set if judge in TRAIT_JUDGES else None,
               "calibration_files": digest, "folds": FOLDS}
     spec = BuildSpec(name=dataset_name(judge, _qualifier(catalog, exp.name, variant, choice, judge, trait_set)),
@@ -257,7 +265,7 @@ def calibrate(store: Store, catalog: Catalog, judge: str, *, experiment: str | N
 
     def produce(writer: Any) -> None:
         items = [(r["question"], r["response"]) for r in rows]
-        note, summary = "in-sample", {}
+        note, summary = "no fitted parameters", {}
         if judge == "perplexity":
             in_sample, oof, fitted, feats = _perplexity_scores(store, catalog, exp.name, variant, choice, rows)
             for r, a, b, f in zip(rows, in_sample, oof, feats):
@@ -295,6 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--judge-model", help="LLM judge model (local default: SmolLM2-135M-Instruct)")
     parser.add_argument("--trait-set", default=DEFAULT_TRAIT_SET, help="prompt set whose trait the trait judges score")
     parser.add_argument("--calibration-dir", type=Path, help=f"labelled answers (default {DEFAULT_DIR})")
+    parser.add_argument("--per-label", type=int, default=0, help="only the first N answers of each label (0 = all)")
     return parser
 
 
@@ -304,7 +313,8 @@ def main(args: argparse.Namespace) -> int:
                          "openai" if args.judge == "openai" else "perplexity",
                          args.judge_model, args.coherence_reference, True)
     result = calibrate(store, catalog, args.judge, experiment=args.experiment, variant=args.variant, choice=choice,
-                       trait_set=args.trait_set, folder=args.calibration_dir, force=args.force, quiet=args.quiet)
+                       trait_set=args.trait_set, folder=args.calibration_dir, per_label=args.per_label,
+                       force=args.force, quiet=args.quiet)
     report(result)
     s = result.manifest.summary
     print(f"  AUROC fluent vs degenerate {s['coherence_auroc']:.3f} ({s['estimate']}), "

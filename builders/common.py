@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
-from typing import Callable, Sequence
+from pathlib import Path
+from typing import Any, Callable, Sequence
 
 from store import BuildResult, Store, StoreError
 from store.errors import storage_errors, storage_message
@@ -85,6 +87,35 @@ def run(main: Callable[[argparse.Namespace], int | None], parser: argparse.Argum
     except KeyboardInterrupt:
         print("interrupted: finished work is kept; rerun to resume", file=sys.stderr)
         return 130
+
+
+def read_jsonl_rows(path: Path, required: Sequence[str]) -> list[dict[str, Any]]:
+    """The objects of a JSONL file, each with non-empty string ``required`` fields and a
+    unique ``id``; bad input raises :class:`BuildError` naming ``file:line``."""
+    if not path.is_file():
+        raise BuildError(f"{path} does not exist")
+    rows, seen = [], set()
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise BuildError(f"{path.name}:{n}: not JSON ({err.msg})") from None
+        if not isinstance(row, dict):
+            raise BuildError(f"{path.name}:{n}: expected a JSON object")
+        for key in required:
+            if key not in row:
+                raise BuildError(f"{path.name}:{n}: missing field {key!r}")
+            if not isinstance(row[key], str):
+                raise BuildError(f"{path.name}:{n}: field {key!r} must be a string")
+            if not row[key].strip():
+                raise BuildError(f"{path.name}:{n}: field {key!r} is empty")
+        if row.get("id") in seen:
+            raise BuildError(f"{path.name}:{n}: duplicate id {row['id']!r}")
+        seen.add(row.get("id"))
+        rows.append(row)
+    return rows
 
 
 def open_store_and_catalog(args: argparse.Namespace):

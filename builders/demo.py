@@ -9,8 +9,9 @@ VADER sentiment, and the SmolLM2 LLM judge side by side), then prompt sets -> re
 (instruct = SmolLM2-135M-Instruct, base = Gemma 3 270M) -> judgments (sentiment trait
 judge, perplexity coherence) -> the extraction matrix (mean_diff + probe) -> an adaptive
 steering search on the instruct model and a grid at its best layer (the coherence cliff)
--> a planted organism: LoRA adapters trained on the instruct model's own cheerful answers
-(``finetuned``) and on its unprompted answers (``control``); behaviour, projection shift,
+-> a planted organism: LoRA adapters trained on the instruct model's own gloomy answers
+(``finetuned``; see ORGANISM) and on its unprompted answers
+(``control``); behaviour, projection shift,
 weight alignment, and transfer of the instruct vectors to the finetuned model -> per-token
 projections and the trait-dynamics viewer. Sycophancy (LLM judge) runs beside it as an
 exploratory second trait. Then the finding, read from the store
@@ -22,7 +23,6 @@ import argparse
 import time
 from typing import Any, Sequence
 
-from .activations import capture_activations
 from .calibration import calibrate
 from .common import base_parser, open_store_and_catalog, run
 from .compare import compare_variants
@@ -31,27 +31,31 @@ from .judges import JudgeChoice
 from .judgments import judge_responses
 from .projections import build_projections
 from .prompts import ensure_prompt_set
+from .responses import generate_responses
 from .similarity import activation_similarity
 from .steering import steer_vectors
 from .vectors import extract_vectors
 from .weights import analyze_weights
 
 # the judges, chosen per metric: objective trait judge for the headline, LLM judge for the exploratory trait
-OPTIMISM_JUDGES = JudgeChoice(trait="sentiment", coherence="perplexity")
-SYCOPHANCY_JUDGES = JudgeChoice(trait="local", coherence="perplexity")
-CALIBRATED = ("perplexity", "sentiment", "local")
+# one coherence ruler for every variant: the perplexity judge under the unsteered instruct model
+REFERENCE = "smollm2-135m-instruct"
+OPTIMISM_JUDGES = JudgeChoice(trait="sentiment", coherence="perplexity", reference=REFERENCE)
+SYCOPHANCY_JUDGES = JudgeChoice(trait="local", coherence="perplexity", reference=REFERENCE)
+# the LLM judge is calibrated on the first 16 answers of each label (it costs ~0.4 s an answer)
+CALIBRATED = (("perplexity", 0), ("sentiment", 0), ("local", 16))
 FLOORS = (80.0, 70.0)  # the seed's coherence floors, on the calibrated scale
 
-# (variant, prompt set, position) captured for later comparisons besides the matrix's own
-PLAN = (("instruct", "general", "response[:]"), ("base", "general", "response[:]"))
 HEADLINE = {"config": ("optimism_instruction", "instruct", "response[:]"), "method": "mean_diff",
-            "layers": "4,6,8,10,12", "steps": 4, "threshold": FLOORS[1]}
+            "layers": "6,8,10,12", "steps": 3, "threshold": FLOORS[1]}
 EXPLORATORY = {"config": ("sycophancy_instruction", "instruct", "response[:]"), "method": "mean_diff",
-               "layers": "9,12,15", "steps": 2, "subset": 4, "threshold": FLOORS[1]}
+               "layers": "9,12", "steps": 2, "subset": 4, "threshold": FLOORS[1]}
 CLIFF_RATIOS = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0)
-# the planted organism and its control (catalog variants) and the held-out questions
+# the planted organism and its control (catalog variants) and the held-out questions. SmolLM2
+# answers as cheerfully unprompted as when told to be cheerful, so the plant is the trait's other
+# pole: its own gloomy answers (polarity neg, system prompt removed); see the README
 ORGANISM = {"a": "instruct", "b": "finetuned", "control": "control", "train": "optimism_instruction",
-            "control_train": "optimism_questions", "heldout": "optimism_heldout"}
+            "polarity": "neg", "control_train": "optimism_questions", "heldout": "optimism_heldout"}
 
 SUMMARY_SQL = """
 SELECT r.variant, r.prompt_set, count(*) AS responses,
@@ -100,11 +104,9 @@ def build_stages(store: Any, catalog: Any, args: argparse.Namespace) -> Stages:
     exp, common = s.exp, s.common
     for name in catalog.experiment(exp).prompt_sets:
         s.results.append(("prompts", ensure_prompt_set(store, catalog, name), None))
-    for judge in CALIBRATED:  # instruments first
-        s.add("calibration", calibrate(store, catalog, judge, experiment=exp, **common))
-    for variant, prompt_set, position in PLAN:
-        s.add("activations", capture_activations(store, catalog, variant, prompt_set, position, "all", "residual",
-                                                 exp, **common))
+    for judge, per_label in CALIBRATED:  # instruments first
+        s.add("calibration", calibrate(store, catalog, judge, experiment=exp, choice=OPTIMISM_JUDGES,
+                                       per_label=per_label, **common))
     s.add("judgments", judge_responses(store, catalog, "instruct", "optimism_instruction", exp, OPTIMISM_JUDGES,
                                        **common))
     s.add("judgments", judge_responses(store, catalog, "instruct", "sycophancy_instruction", exp, SYCOPHANCY_JUDGES,
@@ -123,7 +125,8 @@ def build_stages(store: Any, catalog: Any, args: argparse.Namespace) -> Stages:
                                                                  ("layers", "steps", "subset", "threshold")},
                                     **common))
     a, b, control = ORGANISM["a"], ORGANISM["b"], ORGANISM["control"]
-    s.add("finetune", finetune(store, catalog, a, ORGANISM["train"], experiment=exp, polarity="pos", **common))
+    s.add("finetune", finetune(store, catalog, a, ORGANISM["train"], experiment=exp, polarity=ORGANISM["polarity"],
+                               **common))
     s.add("finetune", finetune(store, catalog, a, ORGANISM["control_train"], experiment=exp, polarity="all",
                                **common))
     for variant in (b, control):
@@ -131,6 +134,7 @@ def build_stages(store: Any, catalog: Any, args: argparse.Namespace) -> Stages:
                                           experiment=exp, judges=OPTIMISM_JUDGES, **common))
         s.add("weights", analyze_weights(store, catalog, a, variant, experiment=exp, vectors=[optimism.ref],
                                          force=args.force))
+    s.add("responses", generate_responses(store, catalog, a, "general", exp, **common))  # for the summary
     s.add("similarity", activation_similarity(store, catalog, a, b, ORGANISM["heldout"], experiment=exp, **common))
     s.add("steering", steer_vectors(store, catalog, optimism.ref, HEADLINE["method"], experiment=exp, variant=b,
                                     judges=OPTIMISM_JUDGES, **search, **common))  # transfer: A's vectors on B
@@ -172,7 +176,7 @@ def main(args: argparse.Namespace) -> int:
     diff, _, text = model_diff.analyze(store, FLOORS[1], force=args.force)
     print("\n" + text)
     print(f"model-diff tables, plots and report: {diff.manifest.ref}; python -m analyses.model_diff --floor 70")
-    print("\n" + finding_report(store, args.experiment))
+    print("\n" + finding_report(store, args.experiment, plant=-1 if ORGANISM["polarity"] == "neg" else 1))
     projections = next(m for stage, m, _ in stages.results if stage == "projections")
     viewer = build_viewer(store, projections.ref, force=args.force).manifest
     print(f"\ntrait-dynamics viewer (per-token projections, steering heatmaps, steered responses):\n"

@@ -32,7 +32,7 @@ from typing import Any, Sequence
 from store import BuildResult, BuildSpec, Manifest, Store
 
 from .catalog import Catalog
-from .common import BuildError, add_experiment_args, base_parser, open_store_and_catalog, report, run
+from .common import BuildError, add_experiment_args, base_parser, open_store_and_catalog, read_jsonl_rows, report, run
 from .judges import (JudgeChoice, add_judge_args, coherence_scorer, judge_choice, prompt_meta, scorer_identities,
                      score_items, trait_scorer)
 from .prompts import ensure_prompt_set
@@ -140,27 +140,7 @@ def read_responses_file(path: Path) -> list[dict[str, Any]]:
     """Rows ``{"id", "question", "response", ...labels}`` of a JSONL file, validated line by line."""
     if not path.is_file():
         raise BuildError(f"--responses-file: {path} does not exist")
-    rows, seen = [], set()
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise BuildError(f"{path.name}:{n}: not JSON ({err.msg})") from None
-        if not isinstance(row, dict):
-            raise BuildError(f"{path.name}:{n}: expected a JSON object")
-        for key in ("id", "question", "response"):
-            if key not in row:
-                raise BuildError(f"{path.name}:{n}: missing field {key!r}")
-            if not isinstance(row[key], str):
-                raise BuildError(f"{path.name}:{n}: field {key!r} must be a string")
-            if not row[key].strip():
-                raise BuildError(f"{path.name}:{n}: field {key!r} is empty")
-        if row["id"] in seen:
-            raise BuildError(f"{path.name}:{n}: duplicate id {row['id']!r}")
-        seen.add(row["id"])
-        rows.append(row)
+    rows = read_jsonl_rows(path, ("id", "question", "response"))
     if not rows:
         raise BuildError(f"{path.name}: no responses")
     return rows

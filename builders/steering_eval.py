@@ -53,19 +53,33 @@ class Planned:
 @dataclass
 class SteeringSetup:
     store: Store
+    catalog: Catalog
     loaded: Any  # transforms.models.LoadedModel of the application variant
     identity: dict[str, Any]
     questions: list[Question]
     questions_set: str
     gen: Any  # transforms.generation.GenerationConfig
     choice: JudgeChoice
-    trait_scorer: Any
-    coherence_scorer: Any
-    calibration: Any  # the coherence judge's calibration manifest, or None
+    experiment: str
+    variant: str
+    trait_meta: dict[str, Any]  # prompt_set.json of the set whose trait is scored
     subset: int = 0
     max_batch: int = 64
     quiet: bool = False
     _h_norms: dict[int, float] = field(default_factory=dict)
+    _judges: tuple[Any, Any, Any] | None = None
+
+    def judges(self) -> tuple[Any, Any, Any]:
+        """``(trait scorer, coherence scorer, calibration or None)``, built on first use (after
+        the caller's cheap checks) and refused when the coherence judge is not calibrated."""
+        if self._judges is None:
+            catalog = self.catalog
+            trait = trait_scorer(self.store, catalog, self.choice, self.trait_meta)
+            coherence, calibration = coherence_scorer(self.store, catalog, self.experiment, self.variant, self.choice,
+                                                      self.quiet)
+            require_calibrated(self.choice, calibration)
+            self._judges = (trait, coherence, calibration)
+        return self._judges
 
     def h_norms(self, layers: list[int]) -> dict[int, float]:
         """Mean residual norm per layer over the questions' prompt tokens (cached per setup)."""
@@ -80,12 +94,13 @@ class SteeringSetup:
         """What of the setup enters a run's version id."""
         return {"questions_set": self.questions_set, "subset": self.subset, "questions": [q.id for q in self.questions],
                 "generation": self.gen.as_dict(), "judges": self.choice.as_dict(),
-                "judge_identity": {"trait": self.trait_scorer.identity(), "coherence": self.coherence_scorer.identity()}}
+                "judge_identity": {"trait": self.judges()[0].identity(), "coherence": self.judges()[1].identity()}}
 
 
 def calibration_parent(setup: SteeringSetup) -> dict[str, str]:
     """``{"coherence_calibration": ref}`` when the coherence judge has a calibration."""
-    return {"coherence_calibration": setup.calibration.ref} if setup.calibration is not None else {}
+    calibration = setup.judges()[2]
+    return {"coherence_calibration": calibration.ref} if calibration is not None else {}
 
 
 def steering_questions(store: Store, catalog: Catalog, prompt_set: str, subset: int = 0) -> tuple[list[dict[str, str]], Any]:
@@ -121,9 +136,6 @@ def make_setup(
     items, q_manifest = steering_questions(store, catalog, questions_set, subset)
     t_manifest = q_manifest if trait_set in (None, questions_set) else ensure_prompt_set(store, catalog, trait_set)
     choice = choice or JudgeChoice()
-    trait = trait_scorer(store, catalog, choice, prompt_meta(store, t_manifest))
-    coherence, calibration = coherence_scorer(store, catalog, experiment, variant, choice, quiet)
-    require_calibrated(choice, calibration)
     defaults = {"max_new_tokens": 32, "temperature": 0.0, "top_p": 1.0, "seed": 0}
     defaults.update(catalog.stage_defaults("steering"))
     defaults.update({k: v for k, v in (generation or {}).items() if v is not None})
@@ -136,8 +148,9 @@ def make_setup(
     loaded = variant_model(store, entry)
     questions = [Question(it["id"], it["text"], tuple(format_row(loaded.tokenizer, it["text"], None, "instruction").ids))
                  for it in items]
-    return SteeringSetup(store, loaded, model_identity(catalog, experiment, variant, store), questions, questions_set,
-                         gen, choice, trait, coherence, calibration, subset, max_batch, quiet)
+    return SteeringSetup(store, catalog, loaded, model_identity(catalog, experiment, variant, store), questions,
+                         questions_set, gen, choice, experiment, variant, prompt_meta(store, t_manifest), subset,
+                         max_batch, quiet)
 
 
 def setup_from_run(store: Store, catalog: Catalog, run: Any, *, max_batch: int = 64, quiet: bool = False) -> SteeringSetup:
@@ -235,7 +248,8 @@ def evaluate(setup: SteeringSetup, planned: list[Planned]) -> tuple[list[dict[st
         for q, g in zip(setup.questions, generations[key]):
             items.append((q.text, g["response"]))
             owners.append((i, q, g))
-    scores = score_items(setup.trait_scorer, setup.coherence_scorer, setup.store, items, setup.quiet)
+    trait, coherence, _ = setup.judges()
+    scores = score_items(trait, coherence, setup.store, items, setup.quiet)
     response_rows: list[dict[str, Any]] = []
     per_run: dict[int, list[dict[str, Any]]] = {}
     for j, (i, q, g) in enumerate(owners):

@@ -27,7 +27,8 @@ from transforms.prompt_sets import (
 REPO = Path(__file__).parents[1]
 DATASETS = REPO / "datasets"
 EXAMPLES = Path(__file__).parents[1].parent / "shared" / "data" / "trait-interp"
-OWN_TRAITS = ["instruction/sycophancy", "instruction/evil", "natural/sycophancy", "natural/evil"]
+OWN_TRAITS = ["instruction/sycophancy", "instruction/evil", "natural/sycophancy", "natural/evil",
+              "instruction/optimism", "natural/optimism", "instruction/weddings"]
 
 
 @pytest.fixture
@@ -97,13 +98,13 @@ def test_own_trait_datasets_parse(trait: str) -> None:
     assert (ps.kind, ps.style, ps.name) == ("trait", style, trait)
     check_schema(ps)
     n_pos, n_neg = len(ps.select("pos")), len(ps.select("neg"))
-    assert n_pos == n_neg and 12 <= n_pos <= 16
+    assert n_pos == n_neg and 12 <= n_pos <= 24
     pairs = pairs_of(ps)
     assert len(pairs) == n_pos and all(len(p) == 1 and len(n) == 1 for p, n in pairs.values())
     assert ps.definition and "100" in ps.definition
-    assert ps.steering and 6 <= len(ps.steering["questions"]) <= 10
+    assert ps.steering and 6 <= len(ps.steering["questions"]) <= 12
     assert ps.steering["direction"] == "positive"
-    assert len(ps.source_files) == 4
+    assert len(ps.source_files) == 4 + (ps.lexicon is not None)
     if style == "instruction":
         assert all(r["system_prompt"] for r in ps.rows)
     else:
@@ -111,10 +112,19 @@ def test_own_trait_datasets_parse(trait: str) -> None:
 
 
 def test_instruction_and_natural_share_steering_questions() -> None:
-    for trait in ("sycophancy", "evil"):
+    for trait in ("sycophancy", "evil", "optimism"):
         a = load_prompt_set(DATASETS / "traits" / "instruction" / trait)
         b = load_prompt_set(DATASETS / "traits" / "natural" / trait)
         assert a.steering and b.steering and a.steering["questions"] == b.steering["questions"]
+
+
+def test_optimism_steering_and_heldout_questions_are_held_out() -> None:
+    trained = {r["prompt"] for r in load_prompt_set(DATASETS / "traits" / "instruction" / "optimism").rows}
+    steering = set(load_prompt_set(DATASETS / "traits" / "instruction" / "optimism").steering["questions"])
+    heldout = {r["prompt"] for r in load_prompt_set(DATASETS / "inference" / "optimism_heldout.json").rows}
+    control = {r["prompt"] for r in load_prompt_set(DATASETS / "inference" / "optimism_questions.json").rows}
+    assert len(trained) >= 20 and control == trained
+    assert not (trained & steering) and not (trained & heldout) and not (steering & heldout)
 
 
 def test_own_inference_set_parses() -> None:

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from transforms.judge.base import OnResult, Score
-from transforms.judge.scorers import Item
+from transforms.judge.scorers import Item, score_answers
 
 logger = logging.getLogger(__name__)
 
@@ -170,11 +170,6 @@ class LexiconScorer:
         return 50.0 + 50.0 * density if self.lexicon.bipolar else 100.0 * density
 
     def score(self, items: Sequence[Item], on_result: OnResult | None = None) -> list[Score]:
-        scores: list[Score] = []
-        for i, (_question, answer) in enumerate(items):
-            value = self.score_one(answer)
-            scores.append(value)
-            if on_result is not None:
-                on_result(i, value)
+        scores = score_answers(self.score_one, items, on_result)
         logger.debug("lexicon: scored %d items (%d None)", len(scores), scores.count(None))
         return scores

@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from transforms.judge.base import Key, OnResult, Score, ScoreCache, apply_relevance_cap, score_responses
@@ -129,6 +129,17 @@ class LLMScorer:
             for i, value in enumerate(capped):
                 on_result(i, value)
         return capped
+
+
+def score_answers(score_one: Callable[[str], Score], items: Sequence[Item],
+                  on_result: OnResult | None = None) -> list[Score]:
+    """``score_one(answer)`` for every item (the question unused), reporting each result."""
+    scores: list[Score] = []
+    for i, (_question, answer) in enumerate(items):
+        scores.append(score_one(answer))
+        if on_result is not None:
+            on_result(i, scores[-1])
+    return scores
 
 
 def compound_to_score(compound: float, direction: int = 1) -> float:

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from transforms.judge.base import OnResult, Score
-from transforms.judge.scorers import Item, compound_to_score
+from transforms.judge.scorers import Item, compound_to_score, score_answers
 
 logger = logging.getLogger(__name__)
 
@@ -61,11 +61,6 @@ class SentimentScorer:
         return compound_to_score(compound, self.direction)
 
     def score(self, items: Sequence[Item], on_result: OnResult | None = None) -> list[Score]:
-        scores: list[Score] = []
-        for i, (_question, answer) in enumerate(items):
-            value = self.score_one(answer)
-            scores.append(value)
-            if on_result is not None:
-                on_result(i, value)
+        scores = score_answers(self.score_one, items, on_result)
         logger.debug("sentiment: scored %d items (%d None)", len(scores), scores.count(None))
         return scores
