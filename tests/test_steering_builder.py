@@ -216,3 +216,18 @@ def test_combinations_and_analyses(mini, adaptive):
     pngs = [p for p in result.manifest.files if p.startswith("heatmaps/")]
     assert pngs and store.read_bytes(result.manifest, pngs[0])[:8] == b"\x89PNG\r\n\x1a\n"
     assert "methods" in result.manifest.tables and "phase2" in result.manifest.tables
+
+
+def test_uncalibrated_coherence_judge_is_refused_before_any_generation(mini, monkeypatch):
+    from builders.common import BuildError
+    from builders.judges import JudgeChoice
+
+    store, catalog, _, vectors = mini
+    before = {m.ref for m in store.all_manifests()}
+    import transforms.steering as steering_mod
+
+    monkeypatch.setattr(steering_mod, "generate_steered", lambda *a, **k: pytest.fail("generated"))
+    with pytest.raises(BuildError, match="coherence judge 'local' has no published calibration"):
+        steer_vectors(store, catalog, vectors["response[:]"].ref, "mean_diff", layers="10", steps=1,
+                      judges=JudgeChoice(coherence="local"), generation=SMALL, quiet=True)
+    assert {m.ref for m in store.all_manifests()} == before
