@@ -87,7 +87,7 @@ def steering_finding(store: Store, exp: str, variant: str, short: str, method: s
     base = f"steering-{exp}-{variant}-{short}-{method}"
     search, grid = _rows(store, f"{base}-adaptive"), _rows(store, f"{base}-grid")
     best = _best(search + [r for r in grid if r["mode"] != "baseline"], floor)
-    out: dict[str, Any] = {"baseline_trait": search[0]["trait_mean"] if search else None, "best": best}
+    out: dict[str, Any] = {"baseline_trait": None if best is None else best["baseline_trait"], "best": best}
     ladder = sorted((r for r in grid if r["mode"] == "grid"), key=lambda r: r["perturbation_ratio"])
     out["ladder"] = [{k: r[k] for k in ("perturbation_ratio", "coef", "trait_mean", "coherence_mean")} for r in ladder]
     out["cliff_ratio"] = next((r["perturbation_ratio"] for r in ladder if (r["coherence_mean"] or 0) < floor), None)
@@ -115,9 +115,22 @@ def projection_finding(store: Store, exp: str, variant: str, trait_set: str, vec
     return {"n_pos": len(pos), "n_neg": len(neg), "auroc": _auroc(pos, neg), "d": _cohens_d(pos, neg)}
 
 
+def _judged(store: Store, ref: str | None) -> dict[str, float]:
+    """Mean trait score per prompt (over rollouts) of exactly the judgments version ``ref``."""
+    per: dict[str, list[float]] = {}
+    if ref is not None:
+        for r in store.read_table(store.resolve(ref)).to_dicts():
+            if r["trait_score"] is not None:
+                per.setdefault(r["prompt_id"], []).append(r["trait_score"])
+    return {p: _mean(v) for p, v in per.items()}
+
+
 def behaviour_finding(store: Store, exp: str, a: str, b: str, prompt_set: str) -> dict[str, Any]:
-    score = {v: {r["prompt_id"]: r["trait_score"] for r in _rows(store, f"judgments-{exp}-{v}-{prompt_set}")
-                 if r["trait_score"] is not None} for v in (a, b)}
+    """Paired per question, on the judgments the comparison of ``a`` and ``b`` recorded as parents
+    (so both sides were scored by the same judges)."""
+    name = f"compare-{exp}-{a}-{b}-{prompt_set}"
+    parents = store.latest(name).parents if name in store.datasets() else {}
+    score = {v: _judged(store, parents.get(f"judgments_{v}")) for v in (a, b)}
     shared = sorted(set(score[a]) & set(score[b]))
     mean, se, t = _paired([score[b][p] - score[a][p] for p in shared])
     return {"n": len(shared), "a": _mean([score[a][p] for p in shared]), "b": _mean([score[b][p] for p in shared]),

@@ -103,25 +103,34 @@ def _qualifier(catalog: Catalog, experiment: str, variant: str, choice: JudgeCho
     return None
 
 
+def reference_identity(store: Store, catalog: Catalog, experiment: str, variant: str,
+                       choice: JudgeChoice) -> dict[str, Any]:
+    """Identity of the perplexity judge's reference model, without loading it."""
+    from transforms.models import ModelRef, model_fingerprint
+
+    from .responses import model_identity
+
+    if not choice.reference:
+        return model_identity(catalog, experiment, variant, store)
+    entry = catalog.models.get(choice.reference)
+    if entry is None:
+        raise BuildError(f"--coherence-reference: unknown catalog model {choice.reference!r} "
+                         f"(known: {', '.join(catalog.models)})")
+    return {"model_id": entry.id, "model_revision": model_fingerprint(ModelRef(entry.id, entry.revision)),
+            "adapter": None}
+
+
 def perplexity_reference(store: Store, catalog: Catalog, experiment: str, variant: str,
                          choice: JudgeChoice) -> tuple[Any, dict[str, Any]]:
     """``(loaded model, identity)`` of the perplexity judge's reference model."""
-    from transforms.models import ModelRef, model_fingerprint
-
     from .common import cached_model
-    from .responses import model_identity
     from .variants import variant_model
 
+    ident = reference_identity(store, catalog, experiment, variant, choice)
     if choice.reference:
-        entry = catalog.models.get(choice.reference)
-        if entry is None:
-            raise BuildError(f"--coherence-reference: unknown catalog model {choice.reference!r} "
-                             f"(known: {', '.join(catalog.models)})")
-        ident = {"model_id": entry.id, "model_revision": model_fingerprint(ModelRef(entry.id, entry.revision)),
-                 "adapter": None}
+        entry = catalog.models[choice.reference]
         return cached_model(entry.id, entry.revision), ident
-    return (variant_model(store, catalog.variant(experiment, variant)),
-            model_identity(catalog, experiment, variant, store))
+    return variant_model(store, catalog.variant(experiment, variant)), ident
 
 
 def perplexity_scorer(store: Store, catalog: Catalog, experiment: str, variant: str, choice: JudgeChoice,
@@ -247,11 +256,12 @@ def calibrate(store: Store, catalog: Catalog, judge: str, *, experiment: str | N
     if judge == "perplexity":
         from transforms.judge.perplexity import PerplexityFeaturizer
 
-        from .responses import model_identity
-
-        reference = (choice.reference and {"model": choice.reference}) or model_identity(catalog, exp.name, variant,
-                                                                                          store)
+        reference = reference_identity(store, catalog, exp.name, variant, choice)
         identity["featurizer"] = PerplexityFeaturizer(None, reference).identity()
+        counts = [sum(r["set"] == "coherence" and r["label"] == lab for r in rows) for lab in SETS["coherence"]]
+        if min(counts) < FOLDS:
+            raise BuildError(f"the perplexity judge's map is fitted with {FOLDS}-fold cross-validation: it needs at "
+                             f"least {FOLDS} fluent and {FOLDS} degenerate answers, got {counts[0]} and {counts[1]}")
     if per_label < 0:
         raise BuildError(f"--per-label must be >= 0, got {per_label}")
     uses_variant = judge == "perplexity" and not choice.reference  # the reference is the variant's model

@@ -103,6 +103,9 @@ def combine_runs(
     for run_ in (a_run, b_run):
         if run_.kind != "steering":
             raise BuildError(f"{run_.ref} is a {run_.kind} dataset, not a steering run")
+    for run_ in (a_run, b_run):
+        if "judges" not in run_.params:
+            raise BuildError(f"{run_.ref} predates judges chosen per metric: rebuild it with python -m builders.steering")
     keys = ("experiment", "application", "questions", "generation", "judges", "judge_identity", "positions")
     differ = [k for k in keys if a_run.params.get(k) != b_run.params.get(k)]
     if differ:
@@ -121,6 +124,9 @@ def combine_runs(
 
     def produce(writer: Any) -> None:
         setup = setup_from_run(store, catalog, a_run, max_batch=max_batch, quiet=quiet)
+        if setup.params()["judge_identity"] != a_run.params["judge_identity"]:
+            raise BuildError(f"the judges of {a_run.ref} changed since it was scored (calibration, trait definition "
+                             f"or judge version): rebuild the steering runs, then combine them")
         d, n = setup.loaded.d_model, setup.loaded.n_layers
         vec_a = layer_vectors(store, store.resolve(a_run.params["vectors"]), a_run.params["method"], d, n, application)
         vec_b = layer_vectors(store, store.resolve(b_run.params["vectors"]), b_run.params["method"], d, n, application)

@@ -94,8 +94,12 @@ def read_jsonl_rows(path: Path, required: Sequence[str]) -> list[dict[str, Any]]
     unique ``id``; bad input raises :class:`BuildError` naming ``file:line``."""
     if not path.is_file():
         raise BuildError(f"{path} does not exist")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise BuildError(f"{path.name}: not UTF-8 (byte {err.start})") from None
     rows, seen = [], set()
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:

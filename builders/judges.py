@@ -53,7 +53,11 @@ class JudgeChoice:
             raise BuildError("the openai judge needs --judge-model (e.g. gpt-4.1-mini)")
 
     def as_dict(self) -> dict[str, Any]:
-        return {"trait": self.trait, "coherence": self.coherence, "model": self.model, "reference": self.reference}
+        """What enters version ids: the model only when an LLM judge uses it, the reference
+        only for the perplexity judge."""
+        uses_llm = self.trait in LLM_JUDGES or self.coherence in LLM_JUDGES
+        return {"trait": self.trait, "coherence": self.coherence, "model": self.model if uses_llm else None,
+                "reference": self.reference if self.coherence == "perplexity" else None}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], allow_uncalibrated: bool = False) -> "JudgeChoice":
@@ -161,7 +165,7 @@ def coherence_scorer(store: Store, catalog: Catalog, experiment: str, variant: s
     calibration (built here when missing); LLM judges' calibration is looked up only."""
     from .calibration import calibration_for
 
-    if choice.coherence in LLM_JUDGES:
+    if choice.coherence in LLM_JUDGES:  # its calibration gates steering but is no input of its scores
         scorer = _llm_scorer(store, choice.coherence, choice.model, "coherence", None)
         return scorer, calibration_for(store, catalog, experiment, variant, choice, build=False, quiet=quiet)
     manifest = calibration_for(store, catalog, experiment, variant, choice, build=True, quiet=quiet)

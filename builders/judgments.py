@@ -94,7 +94,7 @@ def judge_responses(
     responses = store.resolve(responses_name(exp.name, variant, prompt_set))
     params = {"experiment": exp.name, "variant": variant, "prompt_set": prompt_set, "judges": choice.as_dict(),
               "pos_threshold": pos_threshold, "neg_threshold": neg_threshold, "paired": paired, "min_pass": min_pass}
-    parents = {"responses": responses.ref, **({"coherence_calibration": calibration.ref} if calibration else {})}
+    parents = {"responses": responses.ref, **calibration_parents(choice, calibration)}
     spec = BuildSpec(name=dataset_name(exp.name, variant, prompt_set), kind="judgments", builder=BUILDER,
                      code_version=CODE_VERSION, params=params, parents=parents,
                      identity={"judges": scorer_identities(trait_judge, coherence_judge)})
@@ -129,6 +129,12 @@ def _scorers(store: Store, catalog: Catalog, experiment: str, variant: str, trai
     trait = trait_scorer(store, catalog, choice, meta)
     coherence, calibration = coherence_scorer(store, catalog, experiment, variant, choice, quiet)
     return trait, coherence, calibration
+
+
+def calibration_parents(choice: JudgeChoice, calibration: Manifest | None) -> dict[str, str]:
+    """The perplexity judge's calibration is an input of its scores (its fitted map)."""
+    return {"coherence_calibration": calibration.ref} if calibration is not None and choice.coherence == "perplexity" \
+        else {}
 
 
 def external_name(name: str) -> str:
@@ -172,7 +178,7 @@ def judge_file(store: Store, catalog: Catalog, path: Path, name: str, experiment
     trait_judge, coherence_judge, calibration = _scorers(store, catalog, exp.name, variant, trait_set, choice, quiet)
     imported = import_responses(store, path, name, force=force).manifest
     params = {"experiment": exp.name, "variant": variant, "trait_set": trait_set, "judges": choice.as_dict()}
-    parents = {"responses": imported.ref, **({"coherence_calibration": calibration.ref} if calibration else {})}
+    parents = {"responses": imported.ref, **calibration_parents(choice, calibration)}
     spec = BuildSpec(name=f"judgments-external-{name}", kind="judgments", builder=BUILDER, code_version=CODE_VERSION,
                      params=params, parents=parents, identity={"judges": scorer_identities(trait_judge, coherence_judge)})
 

@@ -207,8 +207,7 @@ def steer_vectors(
             "positions": positions, "steps": steps if mode == "adaptive" else None, "threshold": threshold,
             "start_scale": start_scale, "momentum": momentum, "direction": direction}
     params = {"experiment": exp.name, "application": application, "vectors": vectors.ref, "method": method,
-              "trait_set": vectors.params["prompt_set"], **opts, **setup.params(),
-              "allow_uncalibrated": setup.choice.allow_uncalibrated}
+              "trait_set": vectors.params["prompt_set"], **opts, **setup.params()}
     base = {**base, "application": application, "direction": direction}
     spec = BuildSpec(name=dataset_name(exp.name, application, vectors.name, method, mode), kind="steering",
                      builder=BUILDER, code_version=CODE_VERSION, params=params,
@@ -223,6 +222,7 @@ def steer_vectors(
               and (r["coherence_mean"] or 0) >= threshold]
         best = max(ok, key=lambda r: direction * r["delta"], default=None)
         writer.summary.update({"configs": len(runs), "responses": len(responses),
+                               "allow_uncalibrated": setup.choice.allow_uncalibrated,
                                "baseline_trait": runs[0]["trait_mean"],
                                "best": None if best is None else {k: best[k] for k in ("layer", "coef", "delta", "coherence_mean")}})
 

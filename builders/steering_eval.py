@@ -100,7 +100,8 @@ class SteeringSetup:
 def calibration_parent(setup: SteeringSetup) -> dict[str, str]:
     """``{"coherence_calibration": ref}`` when the coherence judge has a calibration."""
     calibration = setup.judges()[2]
-    return {"coherence_calibration": calibration.ref} if calibration is not None else {}
+    feeds_scores = setup.choice.coherence == "perplexity"  # its fitted map is an input; an LLM judge's is not
+    return {"coherence_calibration": calibration.ref} if calibration is not None and feeds_scores else {}
 
 
 def steering_questions(store: Store, catalog: Catalog, prompt_set: str, subset: int = 0) -> tuple[list[dict[str, str]], Any]:
@@ -156,7 +157,7 @@ def make_setup(
 def setup_from_run(store: Store, catalog: Catalog, run: Any, *, max_batch: int = 64, quiet: bool = False) -> SteeringSetup:
     """The setup a published steering run used (same model, questions, generation, judge)."""
     p = run.params
-    choice = JudgeChoice.from_dict(p["judges"], allow_uncalibrated=p.get("allow_uncalibrated", False))
+    choice = JudgeChoice.from_dict(p["judges"], allow_uncalibrated=bool(run.summary.get("allow_uncalibrated")))
     return make_setup(store, catalog, p["experiment"], p["application"], p["questions_set"], subset=p["subset"],
                       generation=p["generation"], choice=choice, trait_set=p.get("trait_set"), max_batch=max_batch,
                       quiet=quiet)
