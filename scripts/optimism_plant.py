@@ -7,7 +7,7 @@ keeps those the sentiment judge scores ≥ ``--vet``, trains the demo's ``finetu
 them (system prompt removed), and compares held-out cheerfulness with the instruct model,
 paired per question. It publishes new versions of ``finetune-demo-instruct-optimism_instruction-pos``
 and responses (the catalog's ``finetuned`` variant is pointed at it for this run only); the
-demo's own organism (the gloomy pole) is unaffected. Measured: +1.2 ± 5.2 (t = 0.23).
+demo's own organism (the gloomy pole) is unaffected. Measured: +1.2 ± 5.4 (t = 0.23), 28 answers kept.
 """
 from __future__ import annotations
 
