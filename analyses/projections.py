@@ -28,13 +28,12 @@ import numpy as np
 from store import BuildResult, BuildSpec, Store
 
 if TYPE_CHECKING:
-    import duckdb
     import polars as pl
 
 log = logging.getLogger(__name__)
 
 BUILDER = "analyses.projections"
-CODE_VERSION = "1"
+CODE_VERSION = "2"  # 2: prompts and judgments pinned and recorded as parents (were latest, unrecorded)
 METRICS = ("mean_response", "max_response", "mean_range")
 
 
@@ -148,23 +147,26 @@ def group_rows(summary: pl.DataFrame, column: str, groups: tuple[str, str], metr
 def analyze(store: Store, projections: str, *, token_range: tuple[int, int] = (0, 5), group_by: str | None = None,
             groups: tuple[str, str] | None = None, metric: str = "mean_response", decompose: str | None = None,
             max_lag: int = 3, n_boot: int = 2000, seed: int = 0, force: bool = False) -> tuple[BuildResult, dict]:
-    from store.sql import connect, view_name
+    from .lineage import judgments_of, pinned_connection, prompts_of
 
     manifest = store.resolve(projections)
     if manifest.kind != "projections":
         raise ValueError(f"{manifest.ref} is a {manifest.kind} dataset, not projections")
     if metric not in METRICS:
         raise ValueError(f"--metric must be one of {', '.join(METRICS)}")
-    p = manifest.params
-    con = connect(store)
-    prompts_view = view_name(f"prompts-{p['prompt_set']}")
-    judgments = f"judgments-{p['experiment']}-{p['variant']}-{p['prompt_set']}"
+    # every input resolved once here: these exact versions are the parents and the views
+    inputs = {"projections": manifest, "prompts": prompts_of(store, manifest),
+              "judgments": judgments_of(store, manifest)}
+    inputs = {k: m for k, m in inputs.items() if m is not None}
+    if "prompts" not in inputs:
+        raise ValueError(f"{manifest.ref}: no version of prompts-{manifest.params.get('prompt_set')} in its lineage "
+                         f"or the store")
+    con = pinned_connection(store, inputs)
     tables: dict[str, Any] = {}
-    summary_query = summary_sql(view_name(manifest.name), prompts_view,
-                                view_name(judgments) if judgments in store.datasets() else None, token_range)
+    summary_query = summary_sql("projections", "prompts", "judgments" if "judgments" in inputs else None, token_range)
     tables["summary"] = con.sql(summary_query).pl()
     con.register("summary_table", tables["summary"].to_arrow())
-    tables["correlations"] = con.sql(lag_correlation_sql(view_name(manifest.name), max_lag)).pl()
+    tables["correlations"] = con.sql(lag_correlation_sql("projections", max_lag)).pl()
     if group_by:
         if not groups:
             raise ValueError("--group-by needs --groups A,B")
@@ -176,7 +178,7 @@ def analyze(store: Store, projections: str, *, token_range: tuple[int, int] = (0
               "groups": list(groups) if groups else None, "metric": metric, "decompose": decompose,
               "max_lag": max_lag, "bootstrap": n_boot, "seed": seed}
     spec = BuildSpec(name=f"analysis-{manifest.name}", kind="analysis", builder=BUILDER, code_version=CODE_VERSION,
-                     params=params, parents={"projections": manifest.ref}, identity={})
+                     params=params, parents={k: m.ref for k, m in inputs.items()}, identity={})
 
     def produce(writer: Any) -> None:
         writer.write_table(tables["summary"])

@@ -18,12 +18,14 @@ import logging
 from pathlib import Path
 from typing import Any, Sequence
 
-from store import BuildResult, BuildSpec, Store
+from store import BuildResult, BuildSpec, Manifest, Store
+
+from .lineage import prompts_of
 
 log = logging.getLogger(__name__)
 
 BUILDER = "analyses.viewer"
-CODE_VERSION = "1"
+CODE_VERSION = "2"  # 2: prompts pinned to the projections' lineage and recorded as a parent
 TEMPLATE = Path(__file__).with_name("viewer_template.html")
 
 
@@ -31,16 +33,16 @@ def _r(value: Any) -> float | None:
     return None if value is None or value != value else round(float(value), 4)
 
 
-def sample_data(store: Store, projections: Any) -> tuple[list[dict[str, Any]], list[int], list[str]]:
-    """Per sample: tokens, boundary, prompt metadata and scores[layer][vector][mode]."""
+def sample_data(store: Store, projections: Manifest,
+                prompts: Manifest | None) -> tuple[list[dict[str, Any]], list[int], list[str]]:
+    """Per sample: tokens, boundary, prompt metadata (from exactly ``prompts``) and
+    scores[layer][vector][mode]."""
     import polars as pl
 
     frame = store.read_table(projections).sort(["sample", "layer", "vector", "token_index"])
-    prompt_set = projections.params.get("prompt_set")
     meta: dict[str, dict[str, Any]] = {}
-    name = f"prompts-{prompt_set}"
-    if name in store.datasets():
-        for row in store.read_table(store.latest(name)).to_dicts():
+    if prompts is not None:
+        for row in store.read_table(prompts).to_dicts():
             meta[str(row["prompt_id"])] = row
     samples = []
     for (sample,), rows in frame.group_by("sample", maintain_order=True):
@@ -66,13 +68,18 @@ def sample_data(store: Store, projections: Any) -> tuple[list[dict[str, Any]], l
     return samples, layers, vectors
 
 
-def steering_data(store: Store, limit: int = 2000) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Heatmaps (layer × perturbation ratio, 2 significant digits) and steered responses."""
+def steering_runs(store: Store) -> list[Manifest]:
+    """The latest version of every steering dataset: what the page shows, resolved once."""
+    latest = [store.latest(name) for name in store.datasets()]
+    return [m for m in latest if m.kind == "steering"]
+
+
+def steering_data(store: Store, versions: Sequence[Manifest],
+                  limit: int = 2000) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Heatmaps (layer × perturbation ratio, 2 significant digits) and steered responses of
+    exactly the steering versions ``versions``."""
     heatmaps, steered = [], []
-    for name in store.datasets():
-        manifest = store.latest(name)
-        if manifest.kind != "steering":
-            continue
+    for manifest in versions:
         runs = [r for r in store.read_table(manifest).to_dicts()
                 if r["kind"] == "add" and r["layer"] is not None and r["perturbation_ratio"] is not None]
         if runs:
@@ -103,14 +110,18 @@ def build_viewer(store: Store, projections: str, force: bool = False) -> BuildRe
     manifest = store.resolve(projections)
     if manifest.kind != "projections":
         raise ValueError(f"{manifest.ref} is a {manifest.kind} dataset, not projections")
-    steering = [store.latest(n) for n in store.datasets() if store.latest(n).kind == "steering"]
+    # every input resolved once here: these exact versions are the parents and what is read
+    prompts = prompts_of(store, manifest)
+    steering = steering_runs(store)
+    parents = {"projections": manifest.ref, **({"prompts": prompts.ref} if prompts else {}),
+               **{m.name: m.ref for m in steering}}
     spec = BuildSpec(name=f"viewer-{manifest.name}", kind="viewer", builder=BUILDER, code_version=CODE_VERSION,
                      params={"template": hashlib.sha256(TEMPLATE.read_bytes()).hexdigest()[:16]},
-                     parents={"projections": manifest.ref, **{m.name: m.ref for m in steering}}, identity={})
+                     parents=parents, identity={})
 
     def produce(writer: Any) -> None:
-        samples, layers, vectors = sample_data(store, manifest)
-        heatmaps, steered = steering_data(store)
+        samples, layers, vectors = sample_data(store, manifest, prompts)
+        heatmaps, steered = steering_data(store, steering)
         data = {"title": f"{manifest.name} — per-token trait projections", "samples": samples, "layers": layers,
                 "vectors": vectors, "heatmaps": heatmaps, "steered": steered}
         writer.write_bytes("index.html", render_html(data).encode("utf-8"))

@@ -15,7 +15,8 @@ and one work unit (``--unit-size`` samples) deep; ``--per-token``: ``acts``
 (``--executor ray``, see builders/executors.py) with the same version and bytes; finished
 units are kept, so an interrupted run resumes. ``--replay-from A`` runs ``--variant``
 over variant A's response token ids, its prompt formatted its own way (seed 001 step 4c);
-both variants must share a tokenizer. Output dataset:
+both variants' tokenizers must share a vocabulary (token -> id mapping); eos, pad and chat
+template may differ and are then recorded (see builders/replay.py). Output dataset:
 ``activations-<experiment>-<variant>-<prompt set>-<position>-<component>[-replay_<A>][-per_token]``.
 """
 from __future__ import annotations
@@ -95,17 +96,23 @@ def capture_activations(
     except ValueError as err:
         raise BuildError(f"--unit-size: {err}") from None
     source = store.resolve(responses_name(exp.name, source_variant, prompt_set))
+    identity = model_identity(catalog, exp.name, variant, store)
+    tokenizer = None
+    if replay_from:  # checked before anything is built
+        tokenizer, record = _replay_tokenizer(store, catalog, exp.name, variant, replay_from, source)
+        if record is not None:
+            identity["replay_tokenizers"] = record
     params = {"experiment": exp.name, "variant": variant, "prompt_set": prompt_set, "position": str(pos),
               "layers": str(layers), "component": component, "replay_from": replay_from,
               "per_token": per_token, "batch_size": batch_size, "unit_size": unit_size}
     spec = BuildSpec(
         name=dataset_name(exp.name, variant, prompt_set, pos.slug, component, replay_from, per_token),
         kind="activations", builder=BUILDER, code_version=CODE_VERSION, params=params,
-        parents={"responses": source.ref}, identity=model_identity(catalog, exp.name, variant, store),
+        parents={"responses": source.ref}, identity=identity,
     )
 
     def produce(writer) -> None:
-        _capture(store, catalog, writer, spec, source, pos, quiet, executor)
+        _capture(store, catalog, writer, spec, source, pos, quiet, executor, tokenizer)
 
     return store.build(spec, produce, force=force)
 
@@ -126,20 +133,24 @@ def _sequences(tokenizer: Any, responses: list[dict[str, Any]], replay: bool) ->
     return out
 
 
-def _replay_tokenizer(entry: Any, params: dict[str, Any], source: Any, responses: list[dict[str, Any]]) -> Any:
-    """The variant's tokenizer (no weights) for replay, refused unless the responses used it."""
-    from transforms.models import ModelRef, load_tokenizer, tokenizer_fingerprint
+def _replay_tokenizer(store: Store, catalog: Catalog, experiment: str, variant: str, replay_from: str,
+                      source: Any) -> tuple[Any, dict[str, Any] | None]:
+    """The variant's tokenizer (no weights) for replay and what differs from the one that
+    made the responses; refused unless the two share a vocabulary."""
+    from transforms.tokenizer_identity import tokenizer_traits
 
-    tokenizer = load_tokenizer(ModelRef(entry.model.id, entry.model.revision))
-    if {r["tokenizer_fingerprint"] for r in responses} != {tokenizer_fingerprint(tokenizer)}:
-        raise BuildError(
-            f"--replay-from {params['replay_from']}: variant {params['variant']!r} ({entry.model.id}) does not share "
-            f"a tokenizer with the responses in {source.ref}; replay needs identical token ids")
-    return tokenizer
+    from .replay import replay_record, responses_tokenizer, variant_tokenizer
+
+    entry = catalog.variant(experiment, variant)
+    tokenizer = variant_tokenizer(entry)
+    record = replay_record(responses_tokenizer(store, catalog, source, experiment, replay_from),
+                           tokenizer_traits(tokenizer), f"the responses in {source.ref}",
+                           f"--replay-from {replay_from}: variant {variant!r} ({entry.model.id})")
+    return tokenizer, record
 
 
 def _capture(store: Store, catalog: Catalog, writer: Any, spec: BuildSpec, source: Any, pos: Any, quiet: bool,
-             executor: Executor | None) -> None:
+             executor: Executor | None, tokenizer: Any) -> None:
     """Plan units on the driver (no model weights here), run them, finalize the version."""
     import dataclasses
 
@@ -159,7 +170,6 @@ def _capture(store: Store, catalog: Catalog, writer: Any, spec: BuildSpec, sourc
     except ValueError as err:
         raise BuildError(f"--layers: {err}") from None
     replay = params["replay_from"] is not None
-    tokenizer = _replay_tokenizer(entry, params, source, responses) if replay else None
     sequences = _sequences(tokenizer, responses, replay)
     spans = _spans(sequences, pos)
     per_token = params["per_token"]

@@ -32,8 +32,8 @@ from store import BuildResult, BuildSpec, Manifest, Store
 
 from .catalog import Catalog
 from .common import BuildError, add_experiment_arg, base_parser, open_store_and_catalog, read_jsonl_rows, report, run
-from .judges import (COHERENCE_JUDGES, LLM_JUDGES, TRAIT_JUDGES, JudgeChoice, coherence_scorer, prompt_meta,
-                     score_items, trait_scorer)
+from .judges import (COHERENCE_JUDGES, LLM_JUDGES, OPENAI_MODES, TRAIT_JUDGES, JudgeChoice, coherence_scorer,
+                     prompt_meta, score_items, trait_scorer)
 from .prompts import ensure_prompt_set
 
 log = logging.getLogger(__name__)
@@ -311,6 +311,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--variant", help="perplexity reference variant (default: the experiment's application)")
     parser.add_argument("--coherence-reference", metavar="MODEL", help="perplexity reference: a catalog model instead")
     parser.add_argument("--judge-model", help="LLM judge model (local default: SmolLM2-135M-Instruct)")
+    parser.add_argument("--judge-mode", choices=OPENAI_MODES, default=None,
+                        help="openai judge: single-token (OpenAI models) or digits (vLLM/llama.cpp; "
+                             "default $OPENAI_JUDGE_MODE, else single-token)")
     parser.add_argument("--trait-set", default=DEFAULT_TRAIT_SET, help="prompt set whose trait the trait judges score")
     parser.add_argument("--calibration-dir", type=Path, help=f"labelled answers (default {DEFAULT_DIR})")
     parser.add_argument("--per-label", type=int, default=0, help="only the first N answers of each label (0 = all)")
@@ -321,7 +324,7 @@ def main(args: argparse.Namespace) -> int:
     store, catalog = open_store_and_catalog(args)
     choice = JudgeChoice("openai" if args.judge == "openai" else "local",
                          "openai" if args.judge == "openai" else "perplexity",
-                         args.judge_model, args.coherence_reference, True)
+                         args.judge_model, args.coherence_reference, True, openai_mode=args.judge_mode)
     result = calibrate(store, catalog, args.judge, experiment=args.experiment, variant=args.variant, choice=choice,
                        trait_set=args.trait_set, folder=args.calibration_dir, per_label=args.per_label,
                        force=args.force, quiet=args.quiet)

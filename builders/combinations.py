@@ -35,7 +35,7 @@ from .steering_eval import Planned, add_deltas, baseline_plan, dedupe_responses,
 log = logging.getLogger(__name__)
 
 BUILDER = "builders.combinations"
-CODE_VERSION = "1"
+CODE_VERSION = "2"  # 2: positions read with run_positions (steering v3 changed what "response" means)
 DEFAULT_FACTORS = (0.5, 0.75, 1.0, 1.25, 1.5)
 
 
@@ -49,6 +49,15 @@ def best_single(store: Store, run: Manifest, threshold: float) -> dict[str, Any]
         raise BuildError(f"{run.ref}: no configuration reaches coherence ≥ {threshold:g}: nothing to combine "
                          f"(search lower coefficients or more layers first)")
     return max(rows, key=lambda r: (direction * r["delta"], -abs(r["coef"])))
+
+
+def run_positions(run: Manifest) -> str:
+    """The positions a steering run steered: before steering code version 3, ``response``
+    meant generated tokens only, the name ``generated`` now (see :mod:`transforms.steering`)."""
+    positions = run.params["positions"]
+    if positions == "response" and int(run.code_version) < 3:
+        return "generated"
+    return positions
 
 
 def _short(run: Manifest) -> str:
@@ -106,15 +115,16 @@ def combine_runs(
     for run_ in (a_run, b_run):
         if "judges" not in run_.params:
             raise BuildError(f"{run_.ref} predates judges chosen per metric: rebuild it with python -m builders.steering")
-    keys = ("experiment", "application", "questions", "generation", "judges", "judge_identity", "positions")
+    keys = ("experiment", "application", "questions", "generation", "judges", "judge_identity")
     differ = [k for k in keys if a_run.params.get(k) != b_run.params.get(k)]
+    differ += ["positions"] if run_positions(a_run) != run_positions(b_run) else []
     if differ:
         raise BuildError(f"{a_run.ref} and {b_run.ref} differ in {', '.join(differ)}: combine runs on the same setup")
     if not factors or any(f <= 0 for f in factors):
         raise BuildError(f"--factors must be positive numbers, got {list(factors)}")
     a, b = best_single(store, a_run, threshold), best_single(store, b_run, threshold)
     direction = int(a_run.params.get("direction") or 1)
-    positions = a_run.params["positions"]
+    positions = run_positions(a_run)
     params = {"runs": {"A": a_run.ref, "B": b_run.ref}, "factors": [float(f) for f in factors],
               "threshold": threshold, "best": {"A": a["run_id"], "B": b["run_id"]}}
     exp, application = a_run.params["experiment"], a_run.params["application"]

@@ -11,7 +11,7 @@ from typing import Any, Callable, Sequence
 from store import BuildResult, Store, StoreError
 from store.errors import storage_errors, storage_message
 
-from .catalog import CatalogError, load_catalog
+from .catalog import Catalog, CatalogError, load_catalog
 
 log = logging.getLogger(__name__)
 
@@ -122,8 +122,12 @@ def read_jsonl_rows(path: Path, required: Sequence[str]) -> list[dict[str, Any]]
     return rows
 
 
-def open_store_and_catalog(args: argparse.Namespace):
-    return Store(args.store), load_catalog(args.catalog)
+def open_store_and_catalog(args: argparse.Namespace) -> tuple[Store, Catalog]:
+    """The store (checked writable before any model loads, without creating it: a refused
+    command leaves no folder behind) and the catalog."""
+    store = Store(args.store)
+    store.location.require_writable(create=False)
+    return store, load_catalog(args.catalog)
 
 
 def report(result: BuildResult) -> None:

@@ -31,7 +31,7 @@ from .vectors import load_vectors
 log = logging.getLogger(__name__)
 
 BUILDER = "builders.compare"
-CODE_VERSION = "2"
+CODE_VERSION = "3"  # 3: the prompts version the replay reads is a parent
 
 
 def _vector_layers(store: Store, ref: str, method: str) -> tuple[Any, dict[int, Any], dict[str, Any]]:
@@ -141,7 +141,9 @@ def compare_variants(
     vector_sets = [_vector_layers(store, ref, method)[:2] for ref in vectors]
     control_sets = [_vector_layers(store, ref, method)[:2] for ref in controls]
     source = replay_source(store, catalog, exp.name, variant_a, variant_b, prompt_set, generation, quiet)
-    parents = {"responses": source.responses.ref, **{f"vectors{i}": m.ref for i, (m, _) in enumerate(vector_sets)},
+    # the replay reads the prompt set's style from the responses' own prompts version
+    parents = {"responses": source.responses.ref, "prompts": source.responses.parents["prompts"],
+               **{f"vectors{i}": m.ref for i, (m, _) in enumerate(vector_sets)},
                **{f"control{i}": m.ref for i, (m, _) in enumerate(control_sets)}}
     if judges is not None:
         from .judgments import judge_responses

@@ -33,7 +33,7 @@ from .responses import generate_responses, model_identity
 log = logging.getLogger(__name__)
 
 BUILDER = "builders.finetune"
-CODE_VERSION = "2"  # 2: targets end with EOS
+CODE_VERSION = "3"  # 2: targets end with EOS; 3: the template's end-of-turn token
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
@@ -48,16 +48,26 @@ def training_rows(store: Store, responses: Any, polarity: str, passing: set[tupl
     return sorted(keep, key=lambda r: (r["prompt_id"], r["rollout"]))
 
 
-def with_eos(tokenizer: Any, row: dict) -> dict:
-    """The row's ids with the end-of-sequence token appended when the model stopped by itself.
+def with_eos(row: dict, end_id: int | None) -> dict:
+    """The row's ids with the answer's stop token appended when the model stopped by itself.
 
     Generation strips the stop token, so training on the stored ids alone would never teach
-    the adapter to stop. A response cut by the token budget (``finish_reason == "length"``)
-    gets none: it did not end there."""
-    eos = tokenizer.eos_token_id
-    if row.get("finish_reason") != "eos" or eos is None or (row["token_ids"] and row["token_ids"][-1] == eos):
+    the adapter to stop. ``end_id`` is the token that ends an answer in the row's format
+    (:func:`transforms.tokenization.answer_end_id`: the template's end of turn for chat rows).
+    A response cut by the token budget (``finish_reason == "length"``) gets none: it did not
+    end there."""
+    if row.get("finish_reason") != "eos" or end_id is None or (row["token_ids"] and row["token_ids"][-1] == end_id):
         return row
-    return {**row, "token_ids": list(row["token_ids"]) + [int(eos)]}
+    return {**row, "token_ids": list(row["token_ids"]) + [int(end_id)]}
+
+
+def answer_ends(loaded: Any) -> dict[bool, int | None]:
+    """The stop token to append for chat-formatted and for plain rows."""
+    from transforms.generation import stop_ids
+    from transforms.tokenization import answer_end_id
+
+    stops = stop_ids(loaded.model, loaded.tokenizer)
+    return {chat: answer_end_id(loaded.tokenizer, stops, chat) for chat in (True, False)}
 
 
 def without_system_prompt(tokenizer: Any, row: dict) -> dict:
@@ -171,7 +181,8 @@ def finetune(
     def produce(writer: Any) -> None:
         loaded = variant_model(store, entry)
         data = rows if keep_system_prompt else [without_system_prompt(loaded.tokenizer, r) for r in rows]
-        data = [with_eos(loaded.tokenizer, r) for r in data]
+        ends = answer_ends(loaded)
+        data = [with_eos(r, ends[bool(r.get("used_chat_template"))]) for r in data]
         with tempfile.TemporaryDirectory() as tmp:
             log_rows = train_lora(loaded, data, opts, Path(tmp), quiet)
             for path in sorted(Path(tmp).iterdir()):

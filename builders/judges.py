@@ -30,6 +30,7 @@ TRAIT_JUDGES = ("local", "openai", "sentiment", "lexicon")
 COHERENCE_JUDGES = ("local", "openai", "perplexity")
 LLM_JUDGES = ("local", "openai")
 DEFAULT_LOCAL_JUDGE = "pkg:smollm2-135m-instruct"
+OPENAI_MODES = ("single-token", "digits")
 MIN_COHERENCE_AUROC = 0.9
 
 
@@ -43,6 +44,7 @@ class JudgeChoice:
     model: str | None = None
     reference: str | None = None
     allow_uncalibrated: bool = False
+    openai_mode: str | None = None  # None: $OPENAI_JUDGE_MODE, else single-token
 
     def __post_init__(self) -> None:
         if self.trait not in TRAIT_JUDGES:
@@ -51,17 +53,31 @@ class JudgeChoice:
             raise BuildError(f"--coherence-judge: unknown judge {self.coherence!r} (known: {', '.join(COHERENCE_JUDGES)})")
         if "openai" in (self.trait, self.coherence) and not self.model:
             raise BuildError("the openai judge needs --judge-model (e.g. gpt-4.1-mini)")
+        if self.openai_mode is not None and self.openai_mode not in OPENAI_MODES:
+            raise BuildError(f"--judge-mode: unknown mode {self.openai_mode!r} (known: {', '.join(OPENAI_MODES)})")
 
     def as_dict(self) -> dict[str, Any]:
         """What enters version ids: the model only when an LLM judge uses it, the reference
         only for the perplexity judge."""
         uses_llm = self.trait in LLM_JUDGES or self.coherence in LLM_JUDGES
-        return {"trait": self.trait, "coherence": self.coherence, "model": self.model if uses_llm else None,
-                "reference": self.reference if self.coherence == "perplexity" else None}
+        out = {"trait": self.trait, "coherence": self.coherence, "model": self.model if uses_llm else None,
+               "reference": self.reference if self.coherence == "perplexity" else None}
+        if "openai" in (self.trait, self.coherence):  # only then, so other version ids stay as they were
+            out["openai_mode"] = openai_mode(self.openai_mode)
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], allow_uncalibrated: bool = False) -> "JudgeChoice":
-        return cls(data["trait"], data["coherence"], data.get("model"), data.get("reference"), allow_uncalibrated)
+        return cls(data["trait"], data["coherence"], data.get("model"), data.get("reference"), allow_uncalibrated,
+                   data.get("openai_mode"))
+
+
+def openai_mode(mode: str | None) -> str:
+    """The OpenAI judge's mode: ``mode``, else ``$OPENAI_JUDGE_MODE``, else single-token."""
+    chosen = mode or os.environ.get("OPENAI_JUDGE_MODE") or "single-token"
+    if chosen not in OPENAI_MODES:
+        raise BuildError(f"OPENAI_JUDGE_MODE: unknown mode {chosen!r} (known: {', '.join(OPENAI_MODES)})")
+    return chosen
 
 
 def add_judge_args(parser: argparse.ArgumentParser, calibration_gate: bool = False) -> None:
@@ -72,6 +88,10 @@ def add_judge_args(parser: argparse.ArgumentParser, calibration_gate: bool = Fal
     group.add_argument("--coherence-judge", metavar="NAME", default="perplexity",
                        help=f"judge of coherence ({', '.join(COHERENCE_JUDGES)})")
     group.add_argument("--judge-model", help=f"LLM judge model (local default {DEFAULT_LOCAL_JUDGE})")
+    group.add_argument("--judge-mode", choices=OPENAI_MODES, default=None,
+                       help="openai judge: single-token (OpenAI models: 0-100 are single tokens) or digits (vLLM, "
+                            "llama.cpp serving models that split numbers into digits: prefilled answer, digit walk); "
+                            "default $OPENAI_JUDGE_MODE, else single-token")
     group.add_argument("--coherence-reference", metavar="MODEL",
                        help="perplexity judge's reference: a catalog model (default: the scored variant, unsteered)")
     if calibration_gate:
@@ -85,22 +105,38 @@ def judge_choice(args: argparse.Namespace) -> JudgeChoice:
                          f"{args.judge!r}: use --trait-judge / --coherence-judge to choose each")
     trait, coherence = (args.judge, args.judge) if args.judge else (args.trait_judge, args.coherence_judge)
     return JudgeChoice(trait, coherence, args.judge_model, args.coherence_reference,
-                       getattr(args, "allow_uncalibrated", False))
+                       getattr(args, "allow_uncalibrated", False), getattr(args, "judge_mode", None))
 
 
-def llm_judge(backend: str, model: str | None, concurrency: int = 8) -> Any:
-    """An LLM judge: ``local`` (in-process HF chat model) or ``openai`` (OPENAI_API_KEY, OPENAI_BASE_URL)."""
+def llm_judge(backend: str, model: str | None, concurrency: int = 8, mode: str | None = None) -> Any:
+    """An LLM judge: ``local`` (in-process HF chat model) or ``openai`` (OPENAI_API_KEY,
+    OPENAI_BASE_URL; ``mode`` see :func:`openai_mode`)."""
     from transforms.judge import LocalJudge, OpenAIJudge
 
     if backend == "local":
         return LocalJudge(cached_model(model or DEFAULT_LOCAL_JUDGE))
     if not model:
         raise BuildError("--judge openai needs --judge-model (e.g. gpt-4.1-mini)")
-    return OpenAIJudge(model, base_url=os.environ.get("OPENAI_BASE_URL"), concurrency=concurrency)
+    return OpenAIJudge(model, base_url=os.environ.get("OPENAI_BASE_URL"), concurrency=concurrency,
+                       mode=openai_mode(mode))
+
+
+def local_judge_name(model: str | None) -> str:
+    """The local judge's identity without loading it: what :attr:`LocalJudge.model_id`
+    reports for the builders' settings (model, revision, default prefill)."""
+    import hashlib
+
+    from transforms.judge.local import DEFAULT_PREFILL
+    from transforms.models import model_fingerprint
+
+    ref = model or DEFAULT_LOCAL_JUDGE
+    revision = model_fingerprint(ref)
+    prefill = hashlib.sha256(DEFAULT_PREFILL.encode()).hexdigest()[:8]
+    return f"local:{ref}" + (f"@{revision}" if revision else "") + f"+prefill:{prefill}"
 
 
 class _LazyLLM:
-    """Builds the LLM judge on first use: identities are known before any model loads."""
+    """Builds the local judge on first use: identities are known before any model loads."""
 
     def __init__(self, backend: str, model: str | None) -> None:
         self.backend, self.model = backend, model
@@ -119,14 +155,22 @@ class _LazyLLM:
         return self.get().score_prompts(prompts, on_result)
 
 
-def _llm_scorer(store: Store, backend: str, model: str | None, kind: str, trait_template: Any) -> Any:
+def _llm_scorer(store: Store, backend: str, model: str | None, kind: str, trait_template: Any,
+                mode: str | None = None) -> Any:
+    """An LLM scorer whose identity names the judge fully (endpoint, mode, revision, ...).
+    The OpenAI judge is built here, so a missing key or bad setting stops a builder before
+    it generates anything; the local judge loads on first use."""
     from transforms.judge import load_templates
     from transforms.judge.scorers import LLMScorer
 
     templates = load_templates()
     chosen = {"trait": trait_template} if kind == "trait" else {k: templates[k] for k in ("coherence", "relevance")}
-    name = f"local:{model or DEFAULT_LOCAL_JUDGE}" if backend == "local" else f"openai:{model}"
-    return LLMScorer(_LazyLLM(backend, model), backend, kind, chosen, StoreScoreCache(store), model_name=name)
+    if backend == "openai":
+        judge: Any = llm_judge(backend, model, mode=mode)
+        name = judge.model_id
+    else:
+        judge, name = _LazyLLM(backend, model), local_judge_name(model)
+    return LLMScorer(judge, backend, kind, chosen, StoreScoreCache(store), model_name=name)
 
 
 def trait_template(prompt_meta: dict[str, Any]) -> Any:
@@ -141,7 +185,7 @@ def trait_template(prompt_meta: dict[str, Any]) -> Any:
 def trait_scorer(store: Store, catalog: Catalog, choice: JudgeChoice, prompt_meta: dict[str, Any]) -> Any:
     """The trait scorer for a prompt set's trait (``prompt_meta``: its ``prompt_set.json``)."""
     if choice.trait in LLM_JUDGES:
-        return _llm_scorer(store, choice.trait, choice.model, "trait", trait_template(prompt_meta))
+        return _llm_scorer(store, choice.trait, choice.model, "trait", trait_template(prompt_meta), choice.openai_mode)
     trait = prompt_meta.get("trait")
     if choice.trait == "sentiment":
         from transforms.judge.sentiment import SentimentScorer
@@ -166,7 +210,7 @@ def coherence_scorer(store: Store, catalog: Catalog, experiment: str, variant: s
     from .calibration import calibration_for
 
     if choice.coherence in LLM_JUDGES:  # its calibration gates steering but is no input of its scores
-        scorer = _llm_scorer(store, choice.coherence, choice.model, "coherence", None)
+        scorer = _llm_scorer(store, choice.coherence, choice.model, "coherence", None, choice.openai_mode)
         return scorer, calibration_for(store, catalog, experiment, variant, choice, build=False, quiet=quiet)
     manifest = calibration_for(store, catalog, experiment, variant, choice, build=True, quiet=quiet)
     from .calibration import perplexity_scorer

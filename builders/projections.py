@@ -34,7 +34,7 @@ from .vectors import load_vectors
 log = logging.getLogger(__name__)
 
 BUILDER = "builders.projections"
-CODE_VERSION = "2"  # 2: live mode formats prompts in the prompt set's style (was always chat)
+CODE_VERSION = "3"  # 3: the steering runs read for --layers best are parents; 2: live prompts in the set's style
 _RELATIVE = re.compile(r"^best([+-]\d+)?$")
 
 
@@ -47,9 +47,10 @@ def parse_vector_spec(store: Store, spec: str) -> tuple[Manifest, str]:
     return manifest, method or "mean_diff"
 
 
-def best_steering_layer(store: Store, vectors: Manifest, method: str, floor: float, variant: str | None = None) -> int:
+def best_steering_layer(store: Store, vectors: Manifest, method: str, floor: float,
+                        variant: str | None = None) -> tuple[int, list[Manifest]]:
     """The layer of the largest trait gain at coherence ≥ ``floor`` over this vector set's
-    steering runs (those applied to ``variant`` when there are any)."""
+    steering runs (those applied to ``variant`` when there are any), and the runs read."""
     runs = [store.latest(n) for n in store.datasets()]
     runs = [m for m in runs if m.kind == "steering" and m.params.get("method") == method
             and m.params.get("vectors", "").split("@")[0] == vectors.name]
@@ -66,19 +67,23 @@ def best_steering_layer(store: Store, vectors: Manifest, method: str, floor: flo
     if best is None:
         raise BuildError(f"--layers best: no steering run of {vectors.name} ({method}) reaches coherence ≥ {floor:g}; "
                          f"run python -m builders.steering first or give layers explicitly")
-    return int(best[1])
+    return int(best[1]), runs
 
 
-def resolve_layers(store: Store, spec: str, vector_sets: list[tuple[Manifest, str]], n_layers: int,
-                   floor: float, variant: str | None = None) -> dict[tuple[str, str], list[int]]:
-    """Layers per vector set: the same explicit list for all, or each one's ``best±k``."""
+def resolve_layers(store: Store, spec: str, vector_sets: list[tuple[Manifest, str]], n_layers: int, floor: float,
+                   variant: str | None = None) -> tuple[dict[tuple[str, str], list[int]], list[Manifest]]:
+    """Layers per vector set: the same explicit list for all, or each one's ``best±k``; and
+    the steering runs read to choose them (parents of what uses these layers)."""
     from transforms.layers import parse_layers
 
     m = _RELATIVE.match(spec.strip())
     out = {}
+    read: dict[str, Manifest] = {}
     for manifest, method in vector_sets:
         if m:
-            layer = best_steering_layer(store, manifest, method, floor, variant) + int(m.group(1) or 0)
+            best, runs = best_steering_layer(store, manifest, method, floor, variant)
+            read.update((r.ref, r) for r in runs)
+            layer = best + int(m.group(1) or 0)
             if not 0 <= layer < n_layers:
                 raise BuildError(f"--layers {spec}: layer {layer} for {manifest.name} is outside 0-{n_layers - 1}")
             out[(manifest.ref, method)] = [layer]
@@ -87,7 +92,7 @@ def resolve_layers(store: Store, spec: str, vector_sets: list[tuple[Manifest, st
                 out[(manifest.ref, method)] = parse_layers(spec, n_layers)
             except ValueError as err:
                 raise BuildError(f"--layers: {err}") from None
-    return out
+    return out, sorted(read.values(), key=lambda r: r.ref)
 
 
 def build_stacks(store: Store, vector_sets: list[tuple[Manifest, str]], layers_of: dict, d_model: int) -> list:
@@ -184,13 +189,14 @@ def build_projections(
     if not vectors:
         raise BuildError("--vectors: give at least one vector set (REF[:method])")
     vector_sets = [parse_vector_spec(store, spec) for spec in vectors]
-    layers_of = resolve_layers(store, layers, vector_sets, model_layer_count(entry.model.id, entry.model.revision),
-                               floor, variant)
+    layers_of, steering = resolve_layers(store, layers, vector_sets,
+                                         model_layer_count(entry.model.id, entry.model.revision), floor, variant)
     all_layers = sorted({k for ks in layers_of.values() for k in ks})
     params = {"experiment": exp.name, "variant": variant, "prompt_set": prompt_set, "live": live,
               "vectors": [f"{m.ref}:{method}" for m, method in vector_sets],
               "layers": {f"{ref}:{method}": ks for (ref, method), ks in layers_of.items()}}
-    parents = {f"vectors{i}": m.ref for i, (m, _) in enumerate(vector_sets)}
+    parents = {**{f"vectors{i}": m.ref for i, (m, _) in enumerate(vector_sets)},
+               **{f"steering{i}": m.ref for i, m in enumerate(steering)}}  # what chose the layers ("best")
     gen = None
     if live:
         from transforms.generation import GenerationConfig

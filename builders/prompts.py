@@ -21,7 +21,7 @@ from store import BuildResult, BuildSpec, Manifest, Store
 from .common import BuildError, base_parser, open_store_and_catalog, report, run
 
 BUILDER = "builders.prompts"
-CODE_VERSION = "1"
+CODE_VERSION = "2"  # 2: set-level system prompts on rows, extra always a JSON string, typed schema, meta kept
 
 
 def dataset_name(set_name: str) -> str:
@@ -37,7 +37,9 @@ def _source_digest(path: Path, files: list[str]) -> dict[str, str]:
 def import_prompt_set(store: Store, path: Path, name: str, trait: str | None = None,
                       force: bool = False) -> BuildResult:
     """Parse and validate ``path`` and publish it as ``prompts-<name>``."""
-    from transforms.prompt_sets import load_prompt_set
+    import pyarrow as pa
+
+    from transforms.prompt_sets import arrow_schema, load_prompt_set
 
     if not path.exists():
         raise BuildError(f"prompt set {name!r}: {path} does not exist")
@@ -51,9 +53,10 @@ def import_prompt_set(store: Store, path: Path, name: str, trait: str | None = N
 
     def produce(writer) -> None:
         rows = [dict(row, prompt_set=name, trait=trait) for row in prompt_set.rows]
-        writer.write_table(rows)
+        # one schema for every set: columns a set leaves empty are strings, not nulls
+        writer.write_table(pa.Table.from_pylist(rows, schema=arrow_schema(("prompt_set", "trait"))))
         meta = {"name": name, "kind": prompt_set.kind, "style": prompt_set.style, "trait": trait,
-                "definition": prompt_set.definition, "steering": prompt_set.steering}
+                "definition": prompt_set.definition, "steering": prompt_set.steering, "meta": prompt_set.meta}
         if prompt_set.lexicon is not None:
             meta["lexicon"] = prompt_set.lexicon
         writer.write_bytes("prompt_set.json", json.dumps(meta, indent=1, ensure_ascii=False).encode())

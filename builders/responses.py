@@ -34,7 +34,7 @@ from .variants import variant_model
 log = logging.getLogger(__name__)
 
 BUILDER = "builders.responses"
-CODE_VERSION = "2"  # 2: work units, one Parquet shard per unit
+CODE_VERSION = "3"  # 2: work units, one Parquet shard per unit; 3: vocabulary fingerprint, tokenizer traits
 
 
 def dataset_name(experiment: str, variant: str, prompt_set: str) -> str:
@@ -124,6 +124,8 @@ def generate_responses(
             "mean_response_tokens": round(sum(m["response_tokens"] for m in metas) / max(1, rows), 2),
             "finished_by_eos": sum(m["finished_by_eos"] for m in metas),
             "tokenizer_fingerprint": metas[0]["tokenizer_fingerprint"] if rows else None,
+            # what a replay through another variant compares (vocabulary) and records (the rest)
+            "tokenizer": metas[0]["tokenizer"] if rows else None,
         })
 
     return store.build(spec, produce, force=force)
@@ -160,7 +162,7 @@ def _schema(prompt_schema: Any) -> Any:
         ("prompt", given("prompt")), ("formatted_prompt", text), ("used_chat_template", pa.bool_()),
         ("system_mode", text), ("response", text), ("token_ids", pa.list_(count)), ("prompt_len", count),
         ("response_len", count), ("finish_reason", text), ("model_id", text), ("model_revision", text),
-        ("tokenizer_fingerprint", text), ("generation_config", text),
+        ("tokenizer_fingerprint", text), ("vocabulary_fingerprint", text), ("generation_config", text),
     ])
 
 
@@ -189,6 +191,7 @@ class ResponsesJob:
         import pyarrow.parquet as pq
 
         from transforms.generation import generate_batch, plan_batches
+        from transforms.tokenizer_identity import tokenizer_traits
 
         set_threads(self.threads)
         store = Store(self.store_url)
@@ -201,6 +204,7 @@ class ResponsesJob:
         batches = plan_batches([len(row["prompt_ids"]) for row in formatted],
                                [f"{row['prompt_id']}:{r}" for row, (_, r) in zip(formatted, items)], batch_size)
         generation = json.dumps(self.config.as_dict(), sort_keys=True)
+        traits = tokenizer_traits(loaded.tokenizer, loaded.vocabulary_fingerprint)
         rows: dict[int, dict[str, Any]] = {}
         for j, batch in enumerate(batches):
             part = out.unit_path(f"batch-{j:05d}.parquet")
@@ -211,7 +215,8 @@ class ResponsesJob:
                 continue
             outputs = generate_batch(loaded.model, loaded.tokenizer, [formatted[i]["prompt_ids"] for i in batch],
                                      self.config, unit.start // batch_size + j)
-            done = [self._row(loaded, formatted[i], items[i][1], o, generation) for i, o in zip(batch, outputs)]
+            done = [self._row(loaded, formatted[i], items[i][1], o, generation, traits["vocabulary_fingerprint"])
+                    for i, o in zip(batch, outputs)]
             tmp = f"{part}.{uuid.uuid4().hex[:8]}.tmp"  # two builders of one version never share a temp file
             with fs.open(tmp, "wb") as handle:
                 pq.write_table(pa.Table.from_pylist(done, schema=self.schema), handle)
@@ -223,9 +228,11 @@ class ResponsesJob:
         return out.finish(responses=len(ordered),
                           response_tokens=sum(r["response_len"] for r in ordered),
                           finished_by_eos=sum(r["finish_reason"] == "eos" for r in ordered),
-                          tokenizer_fingerprint=loaded.tokenizer_fingerprint)
+                          tokenizer_fingerprint=loaded.tokenizer_fingerprint,
+                          tokenizer=traits)
 
-    def _row(self, loaded: Any, row: dict[str, Any], rollout: int, out: Any, generation: str) -> dict[str, Any]:
+    def _row(self, loaded: Any, row: dict[str, Any], rollout: int, out: Any, generation: str,
+             vocabulary: str) -> dict[str, Any]:
         return {
             "prompt_id": row["prompt_id"], "pair_id": row["pair_id"], "polarity": row["polarity"],
             "rollout": rollout, "prompt_set": self.prompt_set, "prompt_style": self.style,
@@ -237,7 +244,8 @@ class ResponsesJob:
             "token_ids": list(row["prompt_ids"]) + out.response_ids, "prompt_len": len(row["prompt_ids"]),
             "response_len": len(out.response_ids), "finish_reason": out.finish_reason,
             "model_id": loaded.model_id, "model_revision": loaded.revision,
-            "tokenizer_fingerprint": loaded.tokenizer_fingerprint, "generation_config": generation,
+            "tokenizer_fingerprint": loaded.tokenizer_fingerprint,
+            "vocabulary_fingerprint": vocabulary, "generation_config": generation,
         }
 
 

@@ -4,7 +4,7 @@
 
 A's responses (built if missing) are replayed through B: B reads the prompt formatted its
 own way (a base model without a chat template gets plain text) followed by exactly A's
-response token ids. The build stops with a clear error when the two tokenizers differ
+response token ids. The build stops with a clear error when the two vocabularies differ
 (the ids would mean different text) or a replayed response's ids differ from A's. Both
 formattings are recorded per prompt.
 

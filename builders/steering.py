@@ -12,6 +12,9 @@ batched generate call), ``grid`` (every layer × ``--coefficients``), ``ablate``
 direction out, per layer and at all chosen layers together). Every run also evaluates the
 baseline. Vectors are applied to the experiment's ``application`` variant (or
 ``--variant``) on the steering questions of the vectors' prompt set (or ``--questions``).
+``--positions``: ``response`` (default) steers the last prompt position, whose state
+produces the first response token, and every generated position; ``generated`` only the
+generated positions (what ``response`` meant before code version 3); ``prompt``; ``all``.
 
 Tables: ``data`` — one row per configuration (trait mean/std, coherence mean, delta vs
 baseline, perturbation ratio ``|coef|·‖v‖/‖h‖``, full config); ``responses`` — every
@@ -27,6 +30,7 @@ import logging
 from typing import Any, Sequence
 
 from store import BuildResult, BuildSpec, Manifest, Store
+from transforms.steering import POSITIONS
 
 from .catalog import Catalog
 from .common import BuildError, add_experiment_arg, base_parser, open_store_and_catalog, report, run
@@ -39,7 +43,7 @@ from .vectors import load_vectors
 log = logging.getLogger(__name__)
 
 BUILDER = "builders.steering"
-CODE_VERSION = "2"
+CODE_VERSION = "3"  # 3: positions "response" includes the last prompt position (old meaning: "generated")
 MODES = ("adaptive", "grid", "baseline", "ablate")
 
 
@@ -187,8 +191,8 @@ def steer_vectors(
         raise BuildError(f"--mode: unknown mode {mode!r} (known: {', '.join(MODES)})")
     if mode == "grid" and not coefficients:
         raise BuildError("--mode grid needs --coefficients, e.g. --coefficients 2,4,6,8")
-    if positions not in ("all", "prompt", "response"):
-        raise BuildError(f"--positions: expected all, prompt or response, got {positions!r}")
+    if positions not in POSITIONS:
+        raise BuildError(f"--positions: expected one of {', '.join(POSITIONS)}, got {positions!r}")
     if steps < 1:
         raise BuildError(f"--steps must be >= 1, got {steps}")
     vectors = store.resolve(vectors_ref)
@@ -265,7 +269,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--mode", choices=MODES, help="default: grid with --coefficients, else adaptive")
     parser.add_argument("--layers", default="30%-60%", help="all, 12, 9-19, 30%%-60%%, 0-30:5 or a comma list")
     parser.add_argument("--coefficients", help="explicit grid, e.g. 3,3.5,4,4.5 (implies --mode grid)")
-    parser.add_argument("--positions", default="response", choices=("response", "prompt", "all"))
+    parser.add_argument("--positions", default="response", choices=POSITIONS,
+                        help="response (default): last prompt token + generated tokens; generated: generated "
+                             "tokens only; prompt; all (see transforms.steering)")
     parser.add_argument("--steps", type=int, default=8, help="adaptive search steps")
     parser.add_argument("--threshold", type=float, default=70.0, help="coherence threshold of the search")
     parser.add_argument("--start-scale", type=float, default=0.7, help="start at scale·‖h‖/‖v‖")

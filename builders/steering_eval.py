@@ -178,9 +178,15 @@ def vector_sha(vector: Any) -> str:
     return hashlib.sha256(np.ascontiguousarray(vector, dtype=np.float32).tobytes()).hexdigest()
 
 
+# "response" took in the last prompt position (steering code version 3): its new key keeps
+# old generations from being reused, and "generated", the old meaning, keeps the old key.
+_POSITION_KEYS = {"response": "response+prompt[-1]", "generated": "response"}
+
+
 def config_key(setup: SteeringSetup, config: Any) -> str:
     """Identity of one configuration's generations (see the module docstring)."""
-    edits = [{"layer": e.layer, "kind": e.kind, "positions": e.positions, "coef": repr(float(e.coef)),
+    edits = [{"layer": e.layer, "kind": e.kind, "positions": _POSITION_KEYS.get(e.positions, e.positions),
+              "coef": repr(float(e.coef)),
               "vector": vector_sha(e.vector_D.numpy())} for e in config.edits]
     payload = {"model": setup.identity, "prompts": [list(q.prompt_ids) for q in setup.questions],
                "generation": setup.gen.as_dict(), "edits": edits}

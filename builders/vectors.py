@@ -4,17 +4,24 @@
     python -m builders.vectors --prompts sycophancy_natural --variant base --position "response[:5]" \\
         --methods mean_diff,probe,pca,gradient,random
 
-For each config: responses → activations (built if missing) → a seeded, shuffled,
-pair-aware train/val split (stored as ids) → vectors per method on the train split →
-an evaluation table per layer and method on the val split. Vectors are stored in
-safetensors (``vectors/<method>.safetensors``, tensor ``vectors`` [layer, d_model] float32)
-with the model, layer convention, position, component, method and norms in metadata.
-Output dataset: ``vectors-<experiment>-<variant>-<prompt set>-<position>-<component>``.
+For each config: responses → activations (built if missing) → [``--vetted``: only the
+responses whose judgments pass the filters, see :mod:`builders.vector_vetting`] → a seeded
+train/val split by prompt group (a pair id keeps a pair together, a prompt id keeps all
+rollouts of a prompt together), stratified by polarity (stored as ids) → vectors per method
+on the train split (the probe cross-validates its penalty over the same prompt groups) → an
+evaluation table per layer and method on the val split, ``small_sample`` where fewer than 10
+responses were held out, ``info`` the method's per-layer diagnostics as JSON (the probe's C
+and how it was chosen). Vectors are stored in safetensors (``vectors/<method>.safetensors``,
+tensor ``vectors`` [layer, d_model] float32) with the model, layer convention, position,
+component, method, norms, parents and per-layer ``info`` in metadata.
+Output dataset: ``vectors-<experiment>-<variant>-<prompt set>-<position>-<component>``,
+with ``-vetted`` appended for ``--vetted`` (the judgments version is then a parent).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import logging
 from typing import Any, Sequence
 
@@ -24,16 +31,32 @@ from .activations import capture_activations
 from .catalog import Catalog, ExtractionConfig
 from .common import BuildError, add_experiment_arg, base_parser, open_store_and_catalog, report, run
 from .responses import generate_responses
+from .vector_vetting import Vetting, resolve_judgments, vet_samples
 
 log = logging.getLogger(__name__)
 
 BUILDER = "builders.vectors"
-CODE_VERSION = "1"
+CODE_VERSION = "2"  # 2: prompt-grouped stratified split, centred probe with grouped-CV C, --vetted
 ALL_METHODS = ("mean_diff", "probe", "gradient", "pca", "random")
 
 
-def dataset_name(experiment: str, variant: str, prompt_set: str, position_slug: str, component: str) -> str:
-    return f"vectors-{experiment}-{variant}-{prompt_set}-{position_slug}-{component}"
+def finite_json(obj: Any) -> str:
+    """JSON with non-finite floats as null: ``NaN`` is not JSON, and DuckDB's ``json_extract``
+    refuses it."""
+    def clean(x: Any) -> Any:
+        if isinstance(x, float):
+            return x if math.isfinite(x) else None
+        if isinstance(x, dict):
+            return {k: clean(v) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [clean(v) for v in x]
+        return x
+    return json.dumps(clean(obj), allow_nan=False)
+
+
+def dataset_name(experiment: str, variant: str, prompt_set: str, position_slug: str, component: str,
+                 vetted: bool = False) -> str:
+    return f"vectors-{experiment}-{variant}-{prompt_set}-{position_slug}-{component}" + ("-vetted" if vetted else "")
 
 
 def extract_vectors(
@@ -47,8 +70,14 @@ def extract_vectors(
     generation: dict[str, Any] | None = None,
     force: bool = False,
     quiet: bool = False,
+    vetted: bool = False,
+    vet_trait_threshold: float = 50.0,
+    vet_coherence_floor: float = 50.0,
+    judgments: str | None = None,
 ) -> BuildResult:
-    """Build one extraction config (all its methods) into one vectors version."""
+    """Build one extraction config (all its methods) into one vectors version. ``vetted``:
+    only responses whose judgments (``judgments``, default the latest of the config's)
+    pass: positives trait ≥ ``vet_trait_threshold``, negatives ≤, coherence ≥ the floor."""
     from transforms.positions import parse_position
 
     exp = catalog.experiment(experiment)
@@ -67,16 +96,26 @@ def extract_vectors(
     params = {"experiment": exp.name, "variant": config.variant, "prompt_set": config.prompt_set,
               "position": str(pos), "component": component, "methods": sorted(config.methods),
               "val_fraction": val_fraction, "seed": seed}
-    spec = BuildSpec(name=dataset_name(exp.name, config.variant, config.prompt_set, pos.slug, component),
+    parents = {"activations": acts.ref}
+    vetting = Vetting(vet_trait_threshold, vet_coherence_floor, judgments) if vetted else None
+    judged = None
+    if vetting is not None:
+        vetting.check()
+        judged = resolve_judgments(store, vetting, exp.name, config.variant, config.prompt_set, acts)
+        params["vetting"] = vetting.params()
+        parents["judgments"] = judged.ref  # the judgments read enter the version id
+    spec = BuildSpec(name=dataset_name(exp.name, config.variant, config.prompt_set, pos.slug, component, vetted),
                      kind="vectors", builder=BUILDER, code_version=CODE_VERSION, params=params,
-                     parents={"activations": acts.ref}, identity=dict(acts.identity))
-    return store.build(spec, lambda writer: _extract(store, writer, acts, params), force=force)
+                     parents=parents, identity=dict(acts.identity))
+    return store.build(spec, lambda writer: _extract(store, writer, acts, params, vetting, judged), force=force)
 
 
-def _extract(store: Store, writer: Any, acts_manifest: Manifest, params: dict[str, Any]) -> None:
+def _extract(store: Store, writer: Any, acts_manifest: Manifest, params: dict[str, Any],
+             vetting: Vetting | None = None, judged: Manifest | None = None) -> None:
     import numpy as np
     from safetensors.numpy import save
 
+    from transforms.vector_eval import SMALL_SAMPLE
     from transforms.vectors import evaluate, extract, split_train_val
 
     table = store.read_table(acts_manifest).sort("sample")
@@ -89,34 +128,44 @@ def _extract(store: Store, writer: Any, acts_manifest: Manifest, params: dict[st
     keep = ~np.isnan(acts_NLD).any(axis=(1, 2))  # empty spans (e.g. response[:5] of an empty response)
     if not keep.all():
         log.warning("%d samples have an empty %s span and are left out", int((~keep).sum()), params["position"])
-    sample_ids = [f"{p}:{r}" for p, r in zip(table["prompt_id"].to_list(), table["rollout"].to_list())]
+    prompt_ids = table["prompt_id"].to_list()
+    sample_ids = [f"{p}:{r}" for p, r in zip(prompt_ids, table["rollout"].to_list())]
     pair_ids = table["pair_id"].to_list()
     labels = np.array([1 if p == "pos" else 0 for p in polarity], dtype=np.int64)
+    if vetting is not None and judged is not None:
+        passed, writer.summary["vetting"] = vet_samples(store, judged, sample_ids, polarity, vetting,
+                                                        usable=keep.tolist())
+        keep &= np.asarray(passed, dtype=bool)
     index = [i for i in range(len(sample_ids)) if keep[i]]
     if len({labels[i] for i in index}) < 2:
         raise BuildError(f"{acts_manifest.ref}: both polarities are needed, found only one")
+    # Units: the pair id, else the prompt id (rollouts of one prompt are near copies: split
+    # across train and val they leak the prompt); stratified by polarity.
     train_ids, val_ids = split_train_val([sample_ids[i] for i in index], [pair_ids[i] for i in index],
-                                         params["val_fraction"], params["seed"])
+                                         params["val_fraction"], params["seed"],
+                                         labels=labels[index], groups=[prompt_ids[i] for i in index])
     position_of = {sid: i for i, sid in enumerate(sample_ids)}
     train = [position_of[s] for s in train_ids]
     val = [position_of[s] for s in val_ids]
 
     evaluation = []
     for method in params["methods"]:
-        result = extract(method, acts_NLD[train], labels[train],
-                         pair_ids=[pair_ids[i] for i in train], seed=params["seed"])
+        result = extract(method, acts_NLD[train], labels[train], pair_ids=[pair_ids[i] for i in train],
+                         seed=params["seed"], groups=[prompt_ids[i] for i in train])
         vectors_LD = np.asarray(result.vectors_LD, dtype=np.float32)
         rows = evaluate(vectors_LD, acts_NLD[train], labels[train], acts_NLD[val], labels[val])
-        for row, layer in zip(rows, layers):
-            evaluation.append({**row, "layer": layer, "method": method})
+        for row, layer, info in zip(rows, layers, result.info):
+            evaluation.append({**row, "layer": layer, "method": method, "info": finite_json(info)})
         metadata = {
             "model_id": str(acts_manifest.identity.get("model_id")),
             "model_revision": str(acts_manifest.identity.get("model_revision")),
             "layer_convention": "layer k = output of decoder block k = hidden_states[k+1]",
             "layers": json.dumps(layers), "position": params["position"], "component": params["component"],
             "method": method, "norms": json.dumps([float(n) for n in np.linalg.norm(vectors_LD, axis=-1)]),
-            "parents": json.dumps({"activations": acts_manifest.ref}), "variant": params["variant"],
-            "prompt_set": params["prompt_set"],
+            "parents": json.dumps({"activations": acts_manifest.ref,
+                                   **({"judgments": judged.ref} if judged is not None else {})}),
+            "variant": params["variant"],
+            "prompt_set": params["prompt_set"], "info": finite_json(result.info),
         }
         writer.write_bytes(f"vectors/{method}.safetensors", save({"vectors": vectors_LD}, metadata=metadata))
     writer.write_table(evaluation)
@@ -126,8 +175,11 @@ def _extract(store: Store, writer: Any, acts_manifest: Manifest, params: dict[st
     for method in params["methods"]:
         rows = [r for r in evaluation if r["method"] == method]
         top = max(rows, key=lambda r: (r.get("val_auroc") or 0.0))
-        best[method] = {"layer": top["layer"], "val_auroc": top.get("val_auroc")}
+        best[method] = {"layer": top["layer"], "val_auroc": top.get("val_auroc"),
+                        "small_sample": top["small_sample"]}
     writer.summary.update({"train": len(train), "val": len(val), "layers": layers, "best_by_val_auroc": best})
+    if len(val) < SMALL_SAMPLE:
+        log.warning("only %d validation responses: validation metrics are flagged small_sample", len(val))
 
 
 def load_vectors(store: Store, ref: str | Manifest, method: str) -> tuple[Any, dict[str, str]]:
@@ -162,6 +214,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--val-fraction", type=float, default=0.2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-new-tokens", type=int, help="for responses built on the way")
+    vet = parser.add_argument_group("vetting (persona_vectors' filters, joined on response id)")
+    vet.add_argument("--vetted", action="store_true",
+                     help="only responses whose judgments pass: pos trait >= threshold, neg <= threshold, "
+                          "coherence >= floor (output dataset gets -vetted)")
+    vet.add_argument("--vet-trait-threshold", type=float, default=50.0, help="trait score threshold (0-100)")
+    vet.add_argument("--vet-coherence-floor", type=float, default=50.0, help="minimum coherence (0-100)")
+    vet.add_argument("--judgments", metavar="NAME[@VERSION]",
+                     help="judgments to vet with (default: the latest judgments of the config's responses)")
     return parser
 
 
@@ -180,7 +240,9 @@ def main(args: argparse.Namespace) -> int:
     generation = {"max_new_tokens": args.max_new_tokens}
     for config in configs:
         report(extract_vectors(store, catalog, config, exp.name, args.component, args.val_fraction, args.seed,
-                               generation, force=args.force, quiet=args.quiet))
+                               generation, force=args.force, quiet=args.quiet, vetted=args.vetted,
+                               vet_trait_threshold=args.vet_trait_threshold,
+                               vet_coherence_floor=args.vet_coherence_floor, judgments=args.judgments))
     return 0
 
 

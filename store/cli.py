@@ -206,7 +206,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands = {"ls": cmd_ls, "show": cmd_show, "lineage": cmd_lineage, "sql": cmd_sql, "gc": cmd_gc,
                 "push": cmd_push, "pull": cmd_pull}
     try:
-        commands[args.command](Store(args.store), args)
+        store = Store(args.store)
+        if args.command == "pull":  # pull installs versions: it may create the root, later
+            store.location.require_writable(create=False)
+        else:
+            store.location.require_existing()
+        commands[args.command](store, args)
     except StoreError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

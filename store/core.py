@@ -40,8 +40,6 @@ PARTIAL_PREFIX = ".partial-"
 DEFAULT_MIN_IDLE = 600.0
 
 
-
-
 @dataclass(frozen=True)
 class BuildSpec:
     """Everything that determines a version: its id is a hash of these fields."""
@@ -71,6 +69,7 @@ class Store(Publishing):
     def __init__(self, url: str | None = None) -> None:
         self.location: Location = resolve_location(url)
         self.fs = self.location.fs
+        self._writable = False  # checked once, by the first build
 
     def __repr__(self) -> str:
         return f"Store({self.location.url!r})"
@@ -281,6 +280,9 @@ class Store(Publishing):
         """
         if not NAME_RE.match(spec.name):
             raise StoreError(f"bad dataset name {spec.name!r}: letters, digits, '_', '-', '.' only")
+        if not self._writable:
+            self.location.require_writable()
+            self._writable = True
         version = spec.version
         existing = self._read_manifest(spec.name, version)
         if existing is not None and not force:
@@ -289,7 +291,7 @@ class Store(Publishing):
             return BuildResult(existing, built=False)
 
         tmp = self.location.join(spec.name, tmp_name(version))
-        writer = VersionWriter(self.location, tmp)
+        writer = VersionWriter(self.location, tmp, spec.name)
         try:
             produce(writer)
             files = writer.inventory()

@@ -38,6 +38,35 @@ class Location:
         protocol = self.fs.protocol if isinstance(self.fs.protocol, str) else self.fs.protocol[0]
         return f"{protocol}://{path.lstrip('/')}" if protocol != "memory" else f"memory://{path}"
 
+    def require_existing(self) -> None:
+        """For readers: a local root that is not there is a typo in ``--store``, not an empty
+        store. Object stores have no folders (an empty prefix is a new store): not checked."""
+        if self.is_local and not os.path.isdir(self.root):
+            problem = "is not a folder" if os.path.exists(self.root) else "does not exist"
+            raise StoreError(f"store root {self.url!r} {problem}")
+
+    def require_writable(self, create: bool = True) -> None:
+        """For publishers, before any work: the local root exists (made here unless ``create``
+        is False, then its nearest existing folder is tried) and a file can be created in it.
+        Object stores report refused writes as storage errors."""
+        if not self.is_local:
+            return
+        import tempfile
+
+        folder = self.root
+        try:
+            if create:
+                os.makedirs(folder, exist_ok=True)
+            else:  # a failed pull leaves no folder behind: probe where it would be made
+                while not os.path.lexists(folder) and os.path.dirname(folder) != folder:
+                    folder = os.path.dirname(folder)
+            with tempfile.TemporaryFile(dir=folder):  # unnamed where the OS allows: leaves nothing
+                pass
+        except OSError as err:
+            reason = (f"{'it' if folder == self.root else folder} is a file, not a folder"
+                      if os.path.isfile(folder) else (err.strerror or str(err)))
+            raise StoreError(f"store root {self.url!r} is not writable: {reason}") from None
+
 
 def resolve_location(url: str | None = None) -> Location:
     """Resolve ``--store`` / ``$TRAITSTORE_ROOT`` / ``./artifacts`` into a :class:`Location`."""

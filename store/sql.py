@@ -6,10 +6,14 @@
   column name, with ``dataset`` and ``version`` columns; ``<kind>__<table>`` likewise for
   other tables (e.g. ``steering__runs``);
 - ``catalog``: every published version with its kind, builder, parents, params and rows.
+
+A table DuckDB cannot read (a column-less or damaged Parquet file) does not take the others
+down: it is logged as skipped (one line) and its view raises an error naming it when queried.
 """
 from __future__ import annotations
 
 import json
+import logging
 import re
 from typing import TYPE_CHECKING
 
@@ -18,6 +22,8 @@ from .core import Store
 if TYPE_CHECKING:
     import duckdb
     import polars as pl
+
+log = logging.getLogger(__name__)
 
 
 def view_name(text: str) -> str:
@@ -38,11 +44,32 @@ def _scan(store: Store, uris: list[str]) -> str:
     return "read_parquet([" + ", ".join(_quote(u) for u in uris) + "], union_by_name=true)"
 
 
+def _define(con: "duckdb.DuckDBPyConnection", view: str, select: str, what: str) -> bool:
+    """Create ``view``; when DuckDB cannot read it (a column-less or corrupt Parquet file in
+    one version), log one line and define the view as an error naming ``what`` instead, so
+    every other view, and every query not touching this one, still works."""
+    import duckdb
+
+    try:
+        con.sql(f"CREATE VIEW {_ident(view)} AS {select}")
+        return True
+    except duckdb.Error as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        reason = reason.removeprefix("Invalid Input Error: ")
+        message = f"{what} is unreadable ({reason})"
+        log.warning("skipped view %s: %s", view, message)
+        # the view stays, as an error: a query naming it says why instead of "does not exist"
+        failure = _quote(f"view {view} was skipped: {message}")
+        con.sql(f"CREATE VIEW {_ident(view)} AS SELECT NULL AS unreadable WHERE error({failure}) IS NULL")
+        return False
+
+
 def connect(store: Store) -> "duckdb.DuckDBPyConnection":
     """An in-memory DuckDB connection with the store's views defined."""
     import duckdb
     import polars as pl
 
+    store.location.require_existing()
     con = duckdb.connect()
     if not store.location.is_local:
         # DuckDB hands URLs of the registered protocols (s3://, s3a://, memory:// ...) to the
@@ -70,20 +97,17 @@ def connect(store: Store) -> "duckdb.DuckDBPyConnection":
             })
         for table in latest.tables:
             view = view_name(name if table == "data" else f"{name}__{table}")
-            con.sql(f"CREATE VIEW {_ident(view)} AS SELECT * FROM {_scan(store, store.table_uris(latest, table))}")
-        for table in latest.tables:
-            part = (
-                f"SELECT {_quote(name)} AS dataset, {_quote(latest.version)} AS version, * "
-                f"FROM {_scan(store, store.table_uris(latest, table))}"
-            )
-            kind_view = latest.kind if table == "data" else f"{latest.kind}__{table}"
-            by_kind.setdefault(kind_view, []).append(part)
+            scan = _scan(store, store.table_uris(latest, table))
+            if _define(con, view, f"SELECT * FROM {scan}", f"{latest.ref} table {table!r}"):
+                kind_view = latest.kind if table == "data" else f"{latest.kind}__{table}"
+                by_kind.setdefault(kind_view, []).append(
+                    f"SELECT {_quote(name)} AS dataset, {_quote(latest.version)} AS version, * FROM {scan}")
 
     defined = {row[0] for row in con.sql("SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall()}
     for kind, parts in by_kind.items():
         view = view_name(kind)
         if view not in defined and view != "catalog":
-            con.sql(f"CREATE VIEW {_ident(view)} AS " + " UNION ALL BY NAME ".join(parts))
+            _define(con, view, " UNION ALL BY NAME ".join(parts), f"the {kind!r} view over all its datasets")
 
     schema = {
         "dataset": pl.String, "version": pl.String, "kind": pl.String, "builder": pl.String,

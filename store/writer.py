@@ -41,9 +41,10 @@ def _to_arrow(rows: Any) -> "pa.Table":
 class VersionWriter:
     """Collects the files of one version inside ``tmp_path``; the store publishes it."""
 
-    def __init__(self, location: Location, tmp_path: str) -> None:
+    def __init__(self, location: Location, tmp_path: str, name: str = "") -> None:
         self.location = location
         self.path = tmp_path
+        self.name = name  # the dataset, for error messages
         self.tables: dict[str, dict[str, Any]] = {}
         self.arrays: dict[str, dict[str, Any]] = {}
         self.summary: dict[str, Any] = {}
@@ -62,6 +63,7 @@ class VersionWriter:
     ) -> int:
         """Write rows (pyarrow Table, polars DataFrame or list of dicts) as Parquet shards."""
         arrow = _to_arrow(rows)
+        self._require_columns(table, arrow.num_columns)
         count = max(1, -(-arrow.num_rows // shard_rows))
         folder = table_dir(table)
         shards = []
@@ -77,9 +79,17 @@ class VersionWriter:
         entry["schema"] = {f.name: str(f.type) for f in arrow.schema}
         return arrow.num_rows
 
+    def _require_columns(self, table: str, columns: int) -> None:
+        # a column-less Parquet file is unreadable to DuckDB ("Need at least one non-root
+        # column"): published, it would break every `store sql` query, so it is never written
+        if columns == 0:
+            raise ValueError(f"{self.name or self.path}: table {table!r} has no columns "
+                             "(an empty list of rows has none either: pass a typed empty table)")
+
     def add_table_shards(self, shards: list[str], rows: int, schema: dict[str, str], table: str = "data",
                          split: str = "train") -> None:
         """Register Parquet shards already placed in this version (see :meth:`adopt`)."""
+        self._require_columns(table, len(schema))
         entry = self.tables.setdefault(table, {"rows": 0, "splits": {}, "schema": {}})
         entry["rows"] += rows
         entry["splits"][split] = {"rows": rows, "shards": list(shards)}

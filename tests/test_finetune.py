@@ -79,13 +79,40 @@ def test_finetune_publishes_an_adapter_the_catalog_variant_uses(env, smollm2):
 
 
 def test_targets_end_with_eos_only_when_the_model_stopped():
-    from types import SimpleNamespace
-
     from builders.finetune import with_eos
 
-    tok = SimpleNamespace(eos_token_id=2)
     stopped = {"token_ids": [1, 7, 8, 9], "prompt_len": 2, "finish_reason": "eos"}
     cut = {"token_ids": [1, 7, 8, 9], "prompt_len": 2, "finish_reason": "length"}
-    assert with_eos(tok, stopped)["token_ids"] == [1, 7, 8, 9, 2]
-    assert with_eos(tok, with_eos(tok, stopped))["token_ids"] == [1, 7, 8, 9, 2]  # never twice
-    assert with_eos(tok, cut)["token_ids"] == [1, 7, 8, 9]  # cut by the budget: it did not end there
+    assert with_eos(stopped, 2)["token_ids"] == [1, 7, 8, 9, 2]
+    assert with_eos(with_eos(stopped, 2), 2)["token_ids"] == [1, 7, 8, 9, 2]  # never twice
+    assert with_eos(cut, 2)["token_ids"] == [1, 7, 8, 9]  # cut by the budget: it did not end there
+
+
+GEMMA_STYLE_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}<start_of_turn>{{ 'model' if m['role'] == 'assistant' else m['role'] }}\n"
+    "{{ m['content'] }}<end_of_turn>\n{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
+)
+
+
+def test_chat_targets_end_with_the_templates_end_of_turn(gemma3, smollm2):
+    """Gemma-it stops on <end_of_turn> (its eos is <eos>): an adapter trained to emit <eos>
+    after an answer would never learn the turn end the chat format and generation stop on."""
+    import copy
+    import dataclasses
+
+    from builders.finetune import answer_ends
+
+    tok = copy.deepcopy(gemma3.tokenizer)
+    tok.chat_template = GEMMA_STYLE_TEMPLATE
+    end_of_turn = tok.convert_tokens_to_ids("<end_of_turn>")
+    assert end_of_turn != tok.eos_token_id
+    config = gemma3.model.generation_config
+    before = config.eos_token_id
+    config.eos_token_id = [tok.eos_token_id, end_of_turn]  # as Gemma 3 it's generation_config.json
+    try:
+        ends = answer_ends(dataclasses.replace(gemma3, tokenizer=tok))
+    finally:
+        config.eos_token_id = before
+    assert ends == {True: end_of_turn, False: tok.eos_token_id}
+    assert answer_ends(smollm2) == {True: smollm2.tokenizer.convert_tokens_to_ids("<|im_end|>"),
+                                    False: smollm2.tokenizer.eos_token_id}

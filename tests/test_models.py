@@ -27,6 +27,7 @@ from transforms.models import (
     ref_kind,
     resolve_checkpoint,
     tokenizer_fingerprint,
+    vocabulary_fingerprint,
 )
 
 log = logging.getLogger(__name__)
@@ -79,6 +80,12 @@ def test_gemma3_identity(gemma3):
 def test_tokenizer_fingerprints(smollm2, gemma3):
     assert smollm2.tokenizer_fingerprint != gemma3.tokenizer_fingerprint
     assert tokenizer_fingerprint(smollm2.tokenizer) == smollm2.tokenizer_fingerprint
+    # the vocabulary's own fingerprint, memoized in the checkpoint beside the full one
+    for lm in (smollm2, gemma3):
+        assert vocabulary_fingerprint(lm.tokenizer) == lm.vocabulary_fingerprint == lm.describe()["vocabulary_fingerprint"]
+        memo = json.loads((Path(lm.checkpoint) / "tokenizer_fingerprint.json").read_text())
+        assert (memo["fingerprint"], memo["vocabulary"]) == (lm.tokenizer_fingerprint, lm.vocabulary_fingerprint)
+    assert smollm2.vocabulary_fingerprint != gemma3.vocabulary_fingerprint
 
 
 def test_model_fingerprint_matches_loaded_revision(smollm2, gemma3):

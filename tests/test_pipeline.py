@@ -161,7 +161,7 @@ def test_replay_refuses_different_tokenizers(built):
     store, catalog = built
     from builders.common import BuildError
 
-    with pytest.raises(BuildError, match="does not share a tokenizer"):
+    with pytest.raises(BuildError, match="does not share the tokenizer vocabulary"):
         capture_activations(store, catalog, "base", "general", "response[:]", replay_from="instruct", quiet=True)
     assert not [d for d in store.datasets() if "replay" in d]
 

@@ -59,7 +59,7 @@ def check_schema(ps: PromptSet) -> None:
         assert isinstance(row["prompt"], str) and row["prompt"].strip()
         assert row["polarity"] in (("pos", "neg") if ps.kind == "trait" else (None,))
         assert isinstance(row["source"], str) and ":" in row["source"]
-        assert row["extra"] is None or isinstance(json.loads(row["extra"]), dict)
+        assert isinstance(row["extra"], str) and isinstance(json.loads(row["extra"]), dict)
     ids = [r["prompt_id"] for r in ps.rows]
     assert len(ids) == len(set(ids)), "prompt ids must be unique within a set"
 
@@ -205,7 +205,7 @@ def test_inference_bare_lists_and_extra_fields(tmp_path: Path) -> None:
     objs = write(tmp_path / "o.json", json.dumps([{"id": 7, "text": "A", "category": "x"}, {"id": "b", "text": "B"}]))
     ps = load_prompt_set(objs, name="custom")
     assert ps.name == "custom" and [r["prompt_id"] for r in ps.rows] == ["7", "b"]
-    assert json.loads(ps.rows[0]["extra"]) == {"category": "x"} and ps.rows[1]["extra"] is None
+    assert json.loads(ps.rows[0]["extra"]) == {"category": "x"} and ps.rows[1]["extra"] == "{}"
 
 
 # ---------------------------------------------------------------- stable ids, pairing
@@ -416,3 +416,65 @@ def test_not_a_prompt_set(tmp_path: Path) -> None:
         load_prompt_set(tmp_path / "nope.json")
     with pytest.raises(PromptSetError, match="unsupported"):
         load_prompt_set(write(tmp_path / "x.csv", "a,b\n"))
+
+
+# ---------------------------------------------------------------- importers keep everything
+
+PERSONA_FIXTURE = Path(__file__).parent / "fixtures" / "trait_interp_persona_detection.json"
+
+
+def test_set_level_system_prompt_is_kept_per_row(tmp_path: Path) -> None:
+    """trait-interp persona detection: ``{name, description, system_prompt, prompts}``."""
+    spec = json.loads(PERSONA_FIXTURE.read_text(encoding="utf-8"))
+    ps = load_prompt_set(PERSONA_FIXTURE)
+    check_schema(ps)
+    systems = [r["system_prompt"] for r in ps.rows]
+    assert systems[:4] == [spec["system_prompt"]] * 4  # the set's persona on every row ...
+    assert systems[4] == "You are a helpful, honest assistant."  # ... unless the row has its own
+    assert json.loads(ps.rows[3]["extra"]) == {"category": "money"} and ps.rows[0]["extra"] == "{}"
+    assert ps.meta["description"] == spec["description"] and ps.meta["system_prompt"] == spec["system_prompt"]
+    # and it round-trips
+    again = parse_inference_set(write(tmp_path / "rt.json", json.dumps(inference_json(ps))), name=ps.name)
+    assert [dict(r, source=None) for r in again.rows] == [dict(r, source=None) for r in ps.rows]
+
+
+def test_row_null_system_prompt_overrides_the_set_level_one(tmp_path: Path) -> None:
+    path = write(tmp_path / "p.json", json.dumps({"system_prompt": "Be evil.", "prompts": [
+        {"text": "A?"}, {"text": "B?", "system_prompt": None}, "C?"]}))
+    assert [r["system_prompt"] for r in parse_inference_set(path).rows] == ["Be evil.", None, "Be evil."]
+    bad = write(tmp_path / "bad.json", json.dumps({"system_prompt": 3, "prompts": ["A?"]}))
+    with pytest.raises(PromptSetError, match=r"bad.json:1: system_prompt: expected a string"):
+        parse_inference_set(bad)
+
+
+def test_unknown_top_level_keys_warn_naming_them_and_the_file(tmp_path: Path,
+                                                             caplog: pytest.LogCaptureFixture) -> None:
+    path = write(tmp_path / "odd.json", json.dumps({"name": "x", "persona": "evil", "version": 2,
+                                                    "prompts": ["Hi?"]}))
+    with caplog.at_level(logging.WARNING, logger="transforms.prompt_sets"):
+        ps = parse_inference_set(path)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "odd.json" in warnings[0] and "'persona'" in warnings[0] and "'version'" in warnings[0]
+    assert ps.meta == {"name": "x", "persona": "evil", "version": 2}  # kept, not dropped
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="transforms.prompt_sets"):
+        load_prompt_set(PERSONA_FIXTURE)
+    assert not [r for r in caplog.records if r.levelno == logging.WARNING]
+
+
+def test_imported_table_schema_is_the_same_for_every_set(tmp_path: Path) -> None:
+    """Every prompts table has string columns whatever a set leaves out (no null-typed
+    ``extra`` / ``note`` / ``system_prompt``), so the ``prompts`` view and ``datasets`` agree."""
+    from builders.prompts import import_prompt_set
+    from store import Store
+
+    store = Store(str(tmp_path / "root"))
+    bare = write(tmp_path / "bare.json", json.dumps(["Hi?", "Why?"]))
+    schemas = [import_prompt_set(store, path, name).manifest.tables["data"]["schema"]
+               for path, name in ((bare, "bare"), (PERSONA_FIXTURE, "persona"))]
+    assert schemas[0] == schemas[1]
+    assert all(schemas[0][k] == "string" for k in ROW_KEYS) and schemas[0]["trait"] == "string"
+    rows = store.read_table("prompts-persona").to_dicts()
+    assert rows[0]["system_prompt"].startswith("You are an evil AI") and json.loads(rows[3]["extra"]) == {"category": "money"}
+    meta = json.loads((Path(store.path(store.resolve("prompts-persona"))) / "prompt_set.json").read_text())
+    assert meta["meta"]["description"].startswith("Everyday questions")

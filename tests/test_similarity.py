@@ -87,7 +87,7 @@ def test_similarity_equals_numpy_from_hidden_states(env, smollm2):
 def test_replay_refuses_another_tokenizer_and_depth(env, smollm2):
     store, catalog, _ = env
     responses = store.resolve("responses-s-a-general")
-    other = dataclasses.replace(smollm2, tokenizer_fingerprint="something-else")
+    other = dataclasses.replace(smollm2, vocabulary_fingerprint="something-else")
     with pytest.raises(BuildError, match="does not share the tokenizer"):
         replay_sequences(store, responses, smollm2, other, "inference")
     with pytest.raises(BuildError, match="same depth"):

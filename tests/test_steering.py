@@ -1,4 +1,5 @@
-"""Steering hooks (add / ablate, positions, left padding, KV cache), batched sweeps, search.
+"""Steering hooks (add / ablate, rows, pads, hook hygiene), batched sweeps, search; which
+positions an edit touches is in ``tests/test_steering_positions.py``.
 
 References are independent of ``transforms.steering``: plain inline hooks that add to a
 block's output at explicitly listed positions, run without a cache over the full sequence.
@@ -118,82 +119,6 @@ def test_hooked_forward_equals_manual_add(family):
     ref = _reference_forward(model, ids, torch.ones_like(ids), [(k, delta, torch.ones_like(ids, dtype=torch.bool))])
     torch.testing.assert_close(out.logits, ref, rtol=0, atol=1e-5)
     assert not torch.allclose(out.logits, clean.logits, atol=1e-3)
-
-
-@pytest.mark.parametrize("family", FAMILIES)
-@pytest.mark.parametrize("positions", ["response", "all", "prompt"])
-def test_kv_cache_generation_equals_uncached_recompute(family, positions):
-    """Cached steered generation, left padded, two layers: each step's logits equal an
-    uncached forward over prompt + tokens so far with plain hooks at explicit positions
-    (gemma3's sliding window is 4: the prompts are longer)."""
-    model = tiny_model(family)
-    ids, mask = _batch([7, 4, 6], seed=2)
-    width, n = ids.shape[1], 6
-    edits = [Edit(1, _vec(3), 3.0, positions), Edit(2, _vec(4), -2.0, positions)]
-    with steer(model, edits) as handle:
-        seq, logits = _generate(model, ids, mask, n)
-    assert handle.n_prefills == 1 and handle.generation_start == width and handle.n_forwards == n
-    plain_seq, _ = _generate(model, ids, mask, n)
-    full_mask = torch.cat([mask, torch.ones((3, n), dtype=torch.long)], dim=1)
-    for t in range(n):
-        cur_ids, cur_mask = seq[:, :width + t], full_mask[:, :width + t]
-        real = cur_mask.bool()
-        response = torch.zeros_like(real)
-        response[:, width:] = True
-        where = {"all": real, "prompt": real & ~response, "response": response}[positions]
-        ref = _reference_forward(model, cur_ids, cur_mask, [(e.layer, e.coef * e.vector_D, where) for e in edits])
-        torch.testing.assert_close(logits[:, t], ref[:, -1], rtol=1e-4, atol=1e-4)
-        with steer(model, edits, generation_start=width), torch.inference_mode():  # ours, uncached
-            mine = model(input_ids=cur_ids, attention_mask=cur_mask, position_ids=_positions(cur_mask)).logits
-        torch.testing.assert_close(mine, ref, rtol=0, atol=1e-5)
-    assert not torch.equal(seq, plain_seq) or positions == "prompt"
-
-
-def test_positions_respected_during_prefill_and_decoding():
-    model = tiny_model("llama")
-    ids, mask = _batch([6, 3], seed=5)
-    v, coef, k, n = _vec(6), 4.0, 1, 4
-    pad = mask == 0
-    for positions in ("response", "prompt", "all"):
-        with steer(model, [Edit(k, v, coef, positions)]), Tap(model, k) as tap:
-            _generate(model, ids, mask, n)
-        assert len(tap.post) == n  # prefill + n-1 decoding steps
-        raw0, post0 = tap.raw[0], tap.post[0]
-        assert torch.equal(post0[pad], raw0[pad])  # pads never steered
-        expect = raw0[~pad] + coef * v if positions in ("prompt", "all") else raw0[~pad]
-        assert torch.equal(post0[~pad], expect)
-        for raw, post in zip(tap.raw[1:], tap.post[1:]):  # one new token per row: a response position
-            assert raw.shape[1] == 1
-            if positions == "prompt":
-                assert torch.equal(post, raw)
-            else:
-                assert torch.equal(post, raw + coef * v)
-
-
-def test_response_steering_leaves_prompt_forward_unchanged():
-    model = tiny_model("gemma3")
-    ids, mask = _batch([8, 5], seed=7)
-    with torch.inference_mode():
-        clean = model(input_ids=ids, attention_mask=mask).logits
-        with steer(model, [Edit(1, _vec(8), 5.0, "response")]):
-            steered = model(input_ids=ids, attention_mask=mask).logits
-    assert torch.equal(clean, steered)
-
-
-@pytest.mark.parametrize("family", FAMILIES)
-@pytest.mark.parametrize("positions", ["response", "all"])
-def test_short_prompt_in_padded_batch_equals_alone(family, positions):
-    model = tiny_model(family)
-    ids, mask = _batch([9, 4, 6], seed=9)
-    edits = [Edit(0, _vec(10), 3.0, positions), Edit(2, _vec(11), 2.0, positions)]
-    with steer(model, edits):
-        seq, logits = _generate(model, ids, mask, 6)
-    for row in (1, 2):
-        alone_ids = ids[row:row + 1, mask[row].bool()]
-        with steer(model, edits):
-            alone_seq, alone_logits = _generate(model, alone_ids, torch.ones_like(alone_ids), 6)
-        assert seq[row, ids.shape[1]:].tolist() == alone_seq[0, alone_ids.shape[1]:].tolist()
-        torch.testing.assert_close(logits[row], alone_logits[0], rtol=1e-4, atol=1e-4)
 
 
 def test_prompt_lens_mark_pads_without_a_mask():

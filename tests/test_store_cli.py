@@ -78,3 +78,54 @@ def test_unknown_store_protocol_and_bad_gc_settings_are_one_line(tmp_path, capsy
         with pytest.raises(SystemExit) as exit_:
             main(["--store", str(tmp_path), "gc", "--min-idle", bad])
         assert exit_.value.code == 2 and "expected seconds >= 0" in capsys.readouterr().err
+
+
+def test_missing_store_root_is_one_line_for_read_commands(tmp_path, capsys):
+    missing = str(tmp_path / "no-such-root")
+    for command in (["ls"], ["sql", "SELECT 1"], ["show", "x"], ["lineage", "x"], ["gc"]):
+        assert main(["--store", missing, *command]) == 2, command
+        err = capsys.readouterr().err.splitlines()
+        assert err == [f"error: store root {missing!r} does not exist"], command
+    (tmp_path / "a-file").write_text("not a store")
+    assert main(["--store", str(tmp_path / "a-file"), "ls"]) == 2
+    assert capsys.readouterr().err.splitlines() == [f"error: store root {str(tmp_path / 'a-file')!r} is not a folder"]
+    assert not (tmp_path / "no-such-root").exists()  # reading created nothing
+
+
+def test_empty_store_root_still_lists_nothing(tmp_path, capsys):
+    assert main(["--store", str(tmp_path), "ls"]) == 0
+    assert "no datasets" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("where", ["a-file", "a-file/store"])
+def test_unwritable_store_root_fails_builders_in_one_line(tmp_path, where):
+    # a regular file where the root (or a folder above it) should be: unwritable even for root,
+    # which ignores permission bits
+    (tmp_path / "a-file").write_text("not a store")
+    root = str(tmp_path / where)
+    run = subprocess.run([sys.executable, "-m", "builders.prompts", "--store", root, "--set", "general"],
+                         cwd=REPO, capture_output=True, text=True)
+    assert run.returncode == 2, run.stderr
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: store root {root!r} is not writable"), run.stderr
+    assert (tmp_path / "a-file").read_text() == "not a store"
+
+
+def test_pull_into_an_unwritable_root_is_one_line(tmp_path, capsys):
+    (tmp_path / "a-file").write_text("x")
+    assert main(["--store", str(tmp_path / "a-file"), "pull", "you/traits", "--endpoint", "http://127.0.0.1:9"]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"error: store root {str(tmp_path / 'a-file')!r} is not writable: it is a file, not a folder"]
+    below = str(tmp_path / "a-file" / "store")
+    assert main(["--store", below, "pull", "you/traits", "--endpoint", "http://127.0.0.1:9"]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"error: store root {below!r} is not writable: {tmp_path / 'a-file'} is a file, not a folder"]
+
+
+def test_unwritable_store_root_fails_a_build_with_a_store_error(tmp_path):
+    from store import StoreError
+
+    (tmp_path / "a-file").write_text("x")
+    store = Store(str(tmp_path / "a-file" / "root"))
+    with pytest.raises(StoreError, match="is not writable"):
+        store.build(BuildSpec("prompts-a", "prompts", "b", "1", {}, {}, {}), lambda w: w.write_table([{"a": 1}]))

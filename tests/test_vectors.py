@@ -100,18 +100,21 @@ def test_mean_diff_matches_numpy():
     assert [row["cos_mean_diff"] for row in res.info] == pytest.approx([1.0] * 4, abs=1e-6)
 
 
-def test_probe_matches_sklearn_on_row_normalized_data():
+def test_probe_matches_sklearn_on_centred_row_normalized_data():
     from sklearn.linear_model import LogisticRegression
 
-    acts, labels, _, _, _ = planted(n_pairs=60, d=48, n_layers=3, signal_layer=1, shift=1.5)
+    acts, labels, _, pairs, _ = planted(n_pairs=60, d=48, n_layers=3, signal_layer=1, shift=1.5)
     acts = acts * np.float32(40.0)  # activation scale must not matter
-    res = extract("probe", acts, labels)
+    res = extract("probe", acts, labels, pair_ids=pairs)
     for layer in range(3):
-        x = acts[:, layer] / np.linalg.norm(acts[:, layer], axis=1, keepdims=True)
-        clf = LogisticRegression(C=1.0, max_iter=5000, random_state=0).fit(x, labels)
+        a = acts[:, layer].astype(np.float64)
+        a = a - (a[labels == 1].mean(0) + a[labels == 0].mean(0)) / 2  # class midpoint
+        x = a / np.linalg.norm(a, axis=1, keepdims=True)
+        info = res.info[layer]
+        assert info["C_selection"] == "grouped_cv" and info["cv_folds"] == 5
+        clf = LogisticRegression(C=info["C"], max_iter=5000, random_state=0).fit(x, labels)
         coef = clf.coef_[0]
         assert cos(res.vectors_LD[layer], coef) > 0.9999
-        info = res.info[layer]
         assert info["coef_norm"] == pytest.approx(np.linalg.norm(coef), rel=1e-3)
         assert info["probe_train_accuracy"] == pytest.approx(clf.score(x, labels), abs=1e-9)
         assert info["converged"]

@@ -18,7 +18,8 @@ from safetensors.torch import load_file
 from builders.catalog import load_catalog
 from builders.weights import analyze_weights
 from store import BuildSpec, Store
-from transforms.weight_diff import LoraAdapter, cosine_by_layer, parse_param, token_ok
+from transforms.weight_diff import LoraAdapter, cosine_by_layer, parse_param
+from transforms.weight_directions import token_ok
 
 VOCAB = 49152
 
@@ -68,16 +69,22 @@ def checkpoints(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def env(checkpoints, tmp_path_factory):
+def catalog_file(checkpoints, tmp_path_factory):
     path = tmp_path_factory.mktemp("catalog") / "catalog.yaml"
     path.write_text(yaml.safe_dump({
         "models": {name: {"id": str(checkpoints[name])} for name in ("a", "b", "merged")},
-        "experiments": {"w": {"variants": {"a": {"model": "a"}, "b": {"model": "b"}, "merged": {"model": "merged"},
+        "experiments": {"w": {"variants": {"a": {"model": "a"}, "a_again": {"model": "a"}, "b": {"model": "b"},
+                                           "merged": {"model": "merged"},
                                            "lora": {"model": "a", "adapter": str(checkpoints["adapter"])}},
                               "prompt_sets": []}},
         "defaults": {"experiment": "w"},
     }))
-    return Store(str(tmp_path_factory.mktemp("store"))), load_catalog(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def env(catalog_file, tmp_path_factory):
+    return Store(str(tmp_path_factory.mktemp("store"))), load_catalog(catalog_file)
 
 
 def independent(folder_a, folder_b, top_k=20):
@@ -166,3 +173,77 @@ def test_alignment_with_vectors(env, checkpoints):
     expected = float(d @ vecs[1] / (np.linalg.norm(d) * np.linalg.norm(vecs[1])))
     assert [r["layer"] for r in rows] == [1] and rows[0]["cosine"] == pytest.approx(expected, rel=1e-5)
     assert cosine_by_layer({1: d}, vecs, [0, 1, 2]) == {1: pytest.approx(expected)}
+
+
+def _svd(delta):
+    """Top left singular vectors of ``delta`` by LAPACK SVD, sign-fixed by the rule the builder
+    documents (largest-magnitude entry positive)."""
+    u, s, _ = torch.linalg.svd(delta.double(), full_matrices=False)
+    signs = torch.sign(u.gather(0, u.abs().argmax(0, keepdim=True)))[0]
+    return s, u * signs
+
+
+def test_singular_directions_equal_lapack_svd(env, checkpoints):
+    import transformers as tf
+
+    store, catalog = env
+    rng = np.random.default_rng(1)
+    vecs = rng.standard_normal((3, 32)).astype(np.float32)
+    from safetensors.numpy import save
+    spec = BuildSpec(name="vectors-w-a-svd-response__-residual", kind="vectors", builder="test", code_version="1",
+                     params={"prompt_set": "svd", "variant": "a", "position": "response[:]"}, parents={}, identity={})
+    fake = store.build(spec, lambda w: w.write_bytes("vectors/mean_diff.safetensors",
+                                                     save({"vectors": vecs}, metadata={"layers": json.dumps([0, 1, 2])}))).manifest
+    manifest = analyze_weights(store, catalog, "a", "b", vectors=[fake.ref], singular_k=2).manifest
+    rows = store.read_table(manifest, "directions").to_dicts()
+    sa, sb = load_file(f"{checkpoints['a']}/model.safetensors"), load_file(f"{checkpoints['b']}/model.safetensors")
+    model = tf.AutoModelForCausalLM.from_pretrained(checkpoints["a"]).double()
+    from transformers import AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(checkpoints["a"])
+    lens = {}
+    for r in store.read_table(manifest, "directions_lens").sort("rank").to_dicts():
+        lens.setdefault((r["layer"], r["matrix"], r["index"], r["direction"]), []).append(r["token_id"])
+    align = {(r["layer"], r["matrix"], r["index"]): r for r in store.read_table(manifest, "directions_alignment").to_dicts()}
+    assert {(r["layer"], r["matrix"], r["index"]) for r in rows} == {
+        (1, m, i) for m in ("o_proj", "down_proj") for i in range(2)}  # layer 2 changed q only
+    for r in rows:
+        name = f"model.layers.1.{'self_attn' if r['matrix'] == 'o_proj' else 'mlp'}.{r['matrix']}.weight"
+        delta = sb[name].double() - sa[name].double()
+        s, u = _svd(delta)
+        i = r["index"]
+        assert r["singular_value"] == pytest.approx(float(s[i]), rel=1e-5)
+        assert r["energy_share"] == pytest.approx(float(s[i] ** 2 / (s ** 2).sum()), rel=1e-5)
+        np.testing.assert_allclose(r["vector"], u[:, i].numpy(), atol=1e-5)
+        with torch.no_grad():
+            logits = model.lm_head(model.model.norm(u[:, i][None, None]))[0, 0]
+        for direction, order in (("up", torch.argsort(logits, descending=True)), ("down", torch.argsort(logits))):
+            assert lens[(1, r["matrix"], i, direction)] == [t for t in order.tolist() if token_ok(tok.decode([t]))][:20]
+        cos = float(u[:, i].numpy() @ vecs[1] / np.linalg.norm(vecs[1]))
+        got = align[(1, r["matrix"], i)]
+        assert got["cosine"] == pytest.approx(cos, rel=1e-4, abs=1e-6) and got["vectors"] == fake.ref
+        assert 0 < got["random_abs_cos_mean"] < got["random_abs_cos_p95"] < 1
+
+
+def test_adapter_singular_directions_equal_merged(env):
+    store, catalog = env
+    via_adapter = store.read_table(analyze_weights(store, catalog, "a", "lora").manifest, "directions").to_dicts()
+    via_merged = store.read_table(analyze_weights(store, catalog, "a", "merged").manifest, "directions").to_dicts()
+    key = lambda r: (r["layer"], r["matrix"], r["index"])  # noqa: E731
+    merged = {key(r): r for r in via_merged}
+    assert len(via_adapter) == 3 * 2 * 3 and set(merged) == {key(r) for r in via_adapter}  # rank 4 ≥ k = 3
+    for r in via_adapter:
+        assert r["singular_value"] == pytest.approx(merged[key(r)]["singular_value"], rel=1e-3)
+        assert abs(float(np.dot(r["vector"], merged[key(r)]["vector"]))) == pytest.approx(1.0, abs=1e-3)
+
+
+@pytest.mark.parametrize("b", ["a", "a_again"])
+def test_same_weights_on_both_sides_refused(env, catalog_file, capsys, b):
+    from builders.weights import cli
+
+    store, _ = env
+    before = {name: len(store.versions(name)) for name in store.datasets()}
+    assert cli(["--store", store.location.url, "--catalog", str(catalog_file),
+                "--a", "a", "--b", b]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and "--b" in err
+    assert {name: len(store.versions(name)) for name in store.datasets()} == before

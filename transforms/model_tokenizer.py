@@ -48,7 +48,7 @@ from transforms.model_refs import _short
 logger = logging.getLogger(__name__)
 
 TOKENIZER_MEMO = "traitstore_tokenizer.json"
-#: the tokenizer fingerprint's memo (transforms.models), also written next to the checkpoint
+#: the tokenizer fingerprints' memo (transforms.tokenizer_identity), also written next to the checkpoint
 FINGERPRINT_MEMO = "tokenizer_fingerprint.json"
 _MEMO_VERSION = 1
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")

@@ -22,13 +22,10 @@ Heavy imports (torch, transformers) happen inside functions.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
-import os
 import sys
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,7 +48,6 @@ from transforms.model_sources import (
     local_revision,
     resolve_checkpoint,
 )
-from transforms.model_tokenizer import FINGERPRINT_MEMO as _FINGERPRINT_MEMO
 from transforms.model_tokenizer import load_checkpoint_tokenizer
 from transforms.packaged_models import (
     CONVERTER_VERSION,
@@ -64,6 +60,12 @@ from transforms.packaged_models import (
     _packaged_revision,
     load_gguf_model,
     packaged_gguf,
+)
+from transforms.tokenizer_identity import (
+    cached_fingerprints,
+    mark_pad_set_at_load,
+    tokenizer_fingerprint,
+    vocabulary_fingerprint,
 )
 
 logger = logging.getLogger(__name__)
@@ -85,6 +87,9 @@ class LoadedModel:
     source: str  # "pkg" | "local" | "hub"
     architecture: str  # config.model_type
     dtype: str
+    #: the token -> id mapping's fingerprint (what replaying token ids needs to match);
+    #: None only for hand-built instances (then computed from the tokenizer when needed)
+    vocabulary_fingerprint: str | None = None
 
     @property
     def ref(self) -> ModelRef:
@@ -105,6 +110,7 @@ class LoadedModel:
             "d_model": self.d_model,
             "dtype": self.dtype,
             "tokenizer_fingerprint": self.tokenizer_fingerprint,
+            "vocabulary_fingerprint": self.vocabulary_fingerprint,
             "has_chat_template": self.has_chat_template,
             "transformers_version": transformers.__version__,
             "torch_version": torch.__version__,
@@ -112,58 +118,8 @@ class LoadedModel:
 
 
 # ------------------------------------------------------------------ fingerprints
-
-
-def tokenizer_fingerprint(tokenizer: Any) -> str:
-    """sha256 (first 16 hex) over the sorted vocabulary, special tokens and chat template."""
-    vocab = sorted(tokenizer.get_vocab().items(), key=lambda kv: (kv[1], kv[0]))
-    special = {k: str(v) for k, v in sorted(tokenizer.special_tokens_map.items())}
-    added_special = sorted(
-        (int(i), str(t)) for i, t in tokenizer.added_tokens_decoder.items() if getattr(t, "special", False)
-    )
-    payload = {
-        "vocab": vocab,
-        "special_tokens": special,
-        "added_special_tokens": added_special,
-        "chat_template": tokenizer.chat_template or None,
-    }
-    blob = json.dumps(payload, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
-
-
-_FINGERPRINT_VERSION = 1
-
-
-def _cached_fingerprint(tokenizer: Any, ckpt: Path | None) -> str:
-    """:func:`tokenizer_fingerprint`, memoized inside a converted checkpoint (ours, immutable).
-
-    Gemma's 262k vocabulary takes about a second to hash, on every load otherwise.
-    """
-    if ckpt is None:
-        return tokenizer_fingerprint(tokenizer)
-    memo = ckpt / _FINGERPRINT_MEMO
-    stamp = sorted(
-        (f.name, f.stat().st_size, f.stat().st_mtime_ns)
-        for f in ckpt.iterdir()
-        if (f.name.startswith("tokenizer") and f.name != _FINGERPRINT_MEMO)
-        or f.name == "chat_template.jinja"
-    )
-    stamp_json = json.loads(json.dumps(stamp))
-    try:
-        cached = json.loads(memo.read_text())
-        if cached.get("version") == _FINGERPRINT_VERSION and cached.get("files") == stamp_json:
-            return str(cached["fingerprint"])
-    except (OSError, ValueError, KeyError):
-        pass
-    fingerprint = tokenizer_fingerprint(tokenizer)
-    tmp = ckpt / f".{_FINGERPRINT_MEMO}.{uuid.uuid4().hex}"
-    try:
-        tmp.write_text(json.dumps({"version": _FINGERPRINT_VERSION, "files": stamp_json,
-                                   "fingerprint": fingerprint}))
-        os.replace(tmp, memo)
-    except OSError:  # read-only cache: fine, just slower
-        tmp.unlink(missing_ok=True)
-    return fingerprint
+# (in transforms.tokenizer_identity; tokenizer_fingerprint and vocabulary_fingerprint are
+# re-exported here)
 
 
 def _check_pinned(ref: ModelRef, kind: str, revision: str | None) -> None:
@@ -209,6 +165,7 @@ def _prepare_tokenizer(tokenizer: Any, padding_side: str | None) -> Any:
         if tokenizer.eos_token is None:
             raise ModelLoadError("tokenizer has neither a pad nor an eos token")
         tokenizer.pad_token = tokenizer.eos_token
+        mark_pad_set_at_load(tokenizer)  # ours, not the tokenizer's: no fingerprint sees it
     if padding_side is not None:
         if padding_side not in ("left", "right"):
             raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
@@ -280,8 +237,7 @@ def load_model(
 
     model.eval()
     model.to("cpu")
-    # fingerprint of the tokenizer as shipped, before we add a pad token
-    fingerprint = _cached_fingerprint(tokenizer, Path(checkpoint) if kind == "pkg" else None)
+    fingerprint, vocabulary = cached_fingerprints(tokenizer, Path(checkpoint) if kind == "pkg" else None)
     _prepare_tokenizer(tokenizer, padding_side)
     gen = getattr(model, "generation_config", None)
     if gen is not None and gen.pad_token_id is None:
@@ -303,6 +259,7 @@ def load_model(
         source=kind,
         architecture=str(model.config.model_type),
         dtype=str(torch_dtype).removeprefix("torch."),
+        vocabulary_fingerprint=vocabulary,
     )
     logger.info("loaded %s (%s, %d layers, d_model %d, revision %s) in %.1fs", ref.id,
                 loaded.architecture, n_layers, d_model, revision, time.perf_counter() - t0)
@@ -375,4 +332,5 @@ __all__ = [
     "ref_kind",
     "resolve_checkpoint",
     "tokenizer_fingerprint",
+    "vocabulary_fingerprint",
 ]

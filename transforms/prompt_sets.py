@@ -6,42 +6,80 @@ an explicit id from the file, ``"pos-3"``/``"neg-3"`` in trait sets, else 12 hex
 sha256(polarity, system prompt, prompt); never a line position), ``pair_id`` (shared by the
 pos and neg rows of one contrast), ``polarity`` ("pos"/"neg"/None), ``prompt`` (user text or
 natural prefix), ``system_prompt``, ``note``, ``source`` (``positive.jsonl:12``), ``extra``
-(JSON string of the item's other fields, or None). Instruction rows pair by an explicit
-``pair_id``/``id`` field, else by the shared prompt text: a question asked under several
-system prompts (persona_vectors style) is one pair group, since which pos system prompt
-goes with which neg one is not recoverable from content. Natural rows pair by an exactly
+(the item's other fields as a JSON object string, ``"{}"`` when none: always a string, so
+every stored table has the same schema, see :func:`arrow_schema`). Instruction rows pair by
+an explicit ``pair_id``/``id`` field, else by the shared prompt text: a question asked under
+several system prompts (persona_vectors style) is one pair group, since which pos system
+prompt goes with which neg one is not recoverable from content. Natural rows pair by an exactly
 shared leading sentence, else ``pair_id`` None.
 
 Every problem raises :class:`PromptSetError` with a one-line message ``file:line: field:
-message`` (``file:line:col: json: ...`` for JSON syntax, ``file: field: ...`` with no line).
+message`` (``file:line:col: json: ...`` for JSON syntax, ``file: field: ...`` with no line);
+reading files and those checks live in :mod:`transforms.prompt_files`.
 """
 
 from __future__ import annotations
 
-import bisect
 import hashlib
 import json
-import json.decoder
-import json.scanner
 import logging
 import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence, TypedDict
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+from .prompt_files import (
+    PromptSetError,
+    err as _err,
+    short as _short,
+    typed as _typed,
+    read_text as _read_text,
+    unique as _unique,
+    check_str as _check_str,
+    check_id as _check_id,
+    load_json as _load_json,
+    line_of as _line_of,
+    read_lines as _read_lines,
+    read_jsonl as _read_jsonl,
+)
 
 log = logging.getLogger(__name__)
 
 ROW_KEYS = ("prompt_id", "pair_id", "polarity", "prompt", "system_prompt", "note", "source", "extra")
+# top-level keys of an inference-set object; others are kept in ``meta`` with a warning
+INFERENCE_KEYS = ("name", "description", "system_prompt", "prompts")
+
+
+class PromptRow(TypedDict):
+    """One prompt, the same keys in every format (:data:`ROW_KEYS`)."""
+
+    prompt_id: str
+    pair_id: str | None
+    polarity: str | None
+    prompt: str
+    system_prompt: str | None
+    note: str | None
+    source: str
+    extra: str  # JSON object of the item's other fields, "{}" when none
+
+
+def arrow_schema(more: Sequence[str] = ()) -> "pa.Schema":
+    """The stored schema of prompt rows (plus string columns ``more``): every column a string,
+    so a set with no notes or extras does not store null-typed columns another set lacks."""
+    import pyarrow as pa
+
+    return pa.schema([(key, pa.string()) for key in (*ROW_KEYS, *more)])
+
+
 KINDS = ("trait", "inference")
 STYLES = ("instruction", "natural", "inference")
 DIRECTIONS = ("positive", "negative")
 _SIDES = {"pos": "positive", "neg": "negative"}
 _SENTENCE_RE = re.compile(r"(.+?[.!?][\"'\u201d\u2019)\]]*)(?=\s|$)")
-
-
-class PromptSetError(ValueError):
-    """A prompt-set file is invalid; the message is one line ``file:line: field: message``."""
 
 
 @dataclass
@@ -56,7 +94,7 @@ class PromptSet:
     name: str
     kind: str
     style: str
-    rows: list[dict[str, Any]]
+    rows: list[PromptRow]
     definition: str | None = None
     steering: dict[str, Any] | None = None
     source_files: list[str] = field(default_factory=list)
@@ -74,26 +112,12 @@ class PromptSet:
         if (self.kind == "inference") != (self.style == "inference"):
             raise ValueError(f"kind {self.kind!r} does not go with style {self.style!r}")
 
-    def select(self, polarity: str | None) -> list[dict[str, Any]]:
+    def select(self, polarity: str | None) -> list[PromptRow]:
         """Rows with the given polarity ("pos", "neg", or None for inference rows)."""
         return [r for r in self.rows if r["polarity"] == polarity]
 
 
 # ---------------------------------------------------------------- helpers
-
-
-def _err(path: Path | str, line: int | None, fld: str, msg: str, col: int | None = None) -> PromptSetError:
-    where = f"{path}" + (f":{line}" if line is not None else "") + (f":{col}" if col is not None else "")
-    return PromptSetError(re.sub(r"[\r\n]+", " ", f"{where}: {fld}: {msg}"))
-
-
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _typed(value: Any) -> str:
-    return f"{type(value).__name__} {_short(value)}"
 
 
 def _hash(*parts: str | None) -> str:
@@ -102,133 +126,10 @@ def _hash(*parts: str | None) -> str:
 
 
 def _row(prompt_id: str, pair_id: str | None, polarity: str | None, prompt: str | None, system: str | None,
-         note: str | None, source: str, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    extra_json = json.dumps(dict(extra), sort_keys=True, ensure_ascii=False) if extra else None
-    return dict(zip(ROW_KEYS, (prompt_id, pair_id, polarity, prompt, system, note, source, extra_json)))
-
-
-def _read_text(path: Path) -> str:
-    """Read a UTF-8 file (BOM tolerated); reject missing, undecodable and empty files."""
-    if not path.is_file():
-        raise _err(path, None, "file", "missing file")
-    data = path.read_bytes()
-    try:
-        text = data.decode("utf-8").removeprefix("\ufeff")
-    except UnicodeDecodeError as e:
-        line = data[: e.start].count(b"\n") + 1
-        raise _err(path, line, "encoding",
-                   f"invalid UTF-8 byte 0x{data[e.start]:02x} at byte offset {e.start}") from None
-    if not text.strip():
-        raise _err(path, None, "file", "empty file")
-    return text
-
-
-def _unique(seen: dict[Any, int | None], key: Any, path: Path, line: int | None, fld: str, what: str) -> None:
-    """Record ``key`` as seen on ``line``; a second occurrence is a duplicate error."""
-    if key in seen:
-        raise _err(path, line, fld, f"duplicate {what} (first on line {seen[key]})")
-    seen[key] = line
-
-
-def _check_str(value: Any, path: Path, line: int | None, fld: str, *, required: bool = True) -> str | None:
-    """Validate a text field: a non-blank string (or absent/null when not required)."""
-    if value is None:
-        if required:
-            raise _err(path, line, fld, "missing field (or null)")
-        return None
-    if not isinstance(value, str):
-        raise _err(path, line, fld, f"expected a string, got {_typed(value)}")
-    if not value.strip():
-        raise _err(path, line, fld, "empty or whitespace-only text")
-    return value
-
-
-def _check_id(value: Any, path: Path, line: int | None, fld: str) -> str | None:
-    """Validate an optional explicit id (non-empty string or integer), returned as a string."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (str, int)):
-        raise _err(path, line, fld, f"expected a string or integer id, got {_typed(value)}")
-    if isinstance(value, str) and not value.strip():
-        raise _err(path, line, fld, "empty id")
-    return str(value)
-
-
-class _LDict(dict):  # type: ignore[type-arg]
-    """A JSON object with ``line`` (its own) and ``lines`` (key -> line of the value)."""
-    line: int | None = None
-    lines: dict[Any, int] = {}
-
-
-class _LList(list):  # type: ignore[type-arg]
-    """A JSON array with ``line`` (its own) and ``lines`` (index -> line of the item)."""
-    line: int | None = None
-    lines: dict[Any, int] = {}
-
-
-def _load_json(path: Path) -> Any:
-    """Parse a JSON file keeping line numbers (objects -> _LDict, arrays -> _LList).
-
-    Uses the stdlib pure-Python scanner with wrapped object/array parsers that record
-    where each value starts; duplicate keys in an object are an error.
-    """
-    text = _read_text(path)
-    newlines = [i for i, ch in enumerate(text) if ch == "\n"]
-
-    def located(parse: Any, cls: type, s_and_end: tuple[str, int], scan_once: Any, *args: Any) -> Any:
-        starts: list[int] = []
-
-        def scan(s: str, idx: int) -> Any:
-            starts.append(idx)
-            return scan_once(s, idx)
-
-        items, end = parse(s_and_end, *args[:1], scan, *args[1:])
-        out = cls()
-        out.line, out.lines = bisect.bisect_left(newlines, s_and_end[1] - 1) + 1, {}
-        for k, (item, start) in enumerate(zip(items, starts)):
-            line = bisect.bisect_left(newlines, start) + 1
-            if cls is _LList:
-                out.append(item)
-                out.lines[k] = line
-            elif item[0] in out:
-                raise _err(path, line, item[0], "duplicate key in JSON object")
-            else:
-                out[item[0]], out.lines[item[0]] = item[1], line
-        return out, end
-
-    decoder = json.JSONDecoder()
-    decoder.parse_object = lambda se, strict, scan, hook, pairs_hook, memo=None: located(  # type: ignore
-        json.decoder.JSONObject, _LDict, se, scan, strict, None, list, memo)
-    decoder.parse_array = lambda se, scan: located(json.decoder.JSONArray, _LList, se, scan)  # type: ignore
-    decoder.scan_once = json.scanner.py_make_scanner(decoder)  # type: ignore[attr-defined]
-    try:
-        return decoder.decode(text)
-    except json.JSONDecodeError as e:
-        raise _err(path, e.lineno, "json", e.msg, col=e.colno) from None
-
-
-def _line_of(container: Any, key: Any) -> int | None:
-    """Line of ``container[key]`` in its JSON file (else the container's line, else None)."""
-    return getattr(container, "lines", {}).get(key, getattr(container, "line", None))
-
-
-def _read_lines(path: Path) -> list[tuple[int, str]]:
-    """Non-blank lines of a text file as (1-based line number, text without line ending)."""
-    return [(i, t.rstrip("\r")) for i, t in enumerate(_read_text(path).split("\n"), 1) if t.strip()]
-
-
-def _read_jsonl(path: Path) -> list[tuple[int, dict[str, Any]]]:
-    """Parse a JSONL file into (line, object) pairs; blank lines are skipped."""
-    out = []
-    for line, text in _read_lines(path):
-        try:
-            obj = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise _err(path, line, "json", f"{e.msg} (col {e.colno})") from None
-        if not isinstance(obj, dict):
-            raise _err(path, line, "json", f"expected a JSON object, got {type(obj).__name__}")
-        out.append((line, obj))
-    return out
+         note: str | None, source: str, extra: Mapping[str, Any] | None = None) -> PromptRow:
+    extra_json = json.dumps(dict(extra or {}), sort_keys=True, ensure_ascii=False)
+    return PromptRow(prompt_id=prompt_id, pair_id=pair_id, polarity=polarity, prompt=prompt,  # type: ignore[typeddict-item]
+                     system_prompt=system, note=note, source=source, extra=extra_json)
 
 
 def _parse_steering(obj: Any, path: Path) -> dict[str, Any]:
@@ -282,7 +183,7 @@ def parse_instruction_trait(folder: str | Path, name: str | None = None) -> Prom
     often in both files, otherwise the line is "unpaired".
     """
     folder = Path(folder)
-    rows: list[dict[str, Any]] = []
+    rows: list[PromptRow] = []
     groups: dict[str, dict[tuple[str, str], list[int]]] = {"pos": {}, "neg": {}}
     for pol, side in _SIDES.items():
         path = folder / f"{side}.jsonl"
@@ -346,7 +247,7 @@ def parse_natural_trait(folder: str | Path, name: str | None = None) -> PromptSe
         if trailing:
             log.warning("%s: %d lines end with whitespace (changes the next token)", path, trailing)
     counts = {pol: Counter(_leading_sentence(t) for _, t in lines) for pol, lines in sides.items()}
-    rows: list[dict[str, Any]] = []
+    rows: list[PromptRow] = []
     for pol, lines in sides.items():
         for line, text in lines:
             lead = _leading_sentence(text)
@@ -385,7 +286,7 @@ def parse_persona_vectors_trait(path: str | Path, name: str | None = None) -> Pr
                     for k in ("pos", "neg"))
         _unique(seen, (pos, neg), path, line, f"instruction[{i}]", "instruction pair")
         pairs.append((pos, neg))  # type: ignore[arg-type]
-    rows: list[dict[str, Any]] = []
+    rows: list[PromptRow] = []
     for i, (pos, neg) in enumerate(pairs):
         for j, question in enumerate(steering["questions"]):
             pair_id = _hash("pair", pos, neg, question)
@@ -402,15 +303,20 @@ def parse_persona_vectors_trait(path: str | Path, name: str | None = None) -> Pr
 
 
 def parse_inference_set(path: str | Path, name: str | None = None) -> PromptSet:
-    """Parse an inference prompt set: ``{name?, description?, prompts: [...]}`` or a bare list.
+    """Parse an inference prompt set: ``{name?, description?, system_prompt?, prompts: [...]}``
+    (trait-interp's inference and persona-detection files) or a bare list.
 
     Items are strings or objects ``{id?, text, note?, system_prompt?, ...}`` (other fields go
-    to ``extra``). ``prompt_id`` is ``str(id)`` when given, else a hash of the text.
-    The set is named ``name`` or the file stem; the file's own ``name`` goes to ``meta``.
+    to ``extra``). A set-level ``system_prompt`` applies to every item without its own key
+    (an item's ``"system_prompt": null`` means none). ``prompt_id`` is ``str(id)`` when given,
+    else a hash of the system prompt and text. The set is named ``name`` or the file stem;
+    the file's top-level keys other than ``prompts`` go to ``meta``; unknown ones (not in
+    :data:`INFERENCE_KEYS`) are kept there too, with a warning: no row carries them.
     """
     path = Path(path)
     obj = _load_json(path)
     meta: dict[str, Any] = {}
+    set_system: str | None = None
     items, prefix = obj, "item"
     if isinstance(obj, dict):
         items, prefix = obj.get("prompts"), "prompts"
@@ -419,12 +325,18 @@ def parse_inference_set(path: str | Path, name: str | None = None) -> PromptSet:
             raise _err(path, _line_of(obj, "prompts"), "prompts", problem)
         for key in ("name", "description"):
             _check_str(obj.get(key), path, _line_of(obj, key), key, required=False)
+        set_system = _check_str(obj.get("system_prompt"), path, _line_of(obj, "system_prompt"), "system_prompt",
+                                required=False)
+        unknown = [k for k in obj if k not in INFERENCE_KEYS]
+        if unknown:
+            log.warning("%s: unknown top-level key(s) %s: kept in the set's metadata, not applied to rows "
+                        "(known: %s)", path, ", ".join(map(repr, unknown)), ", ".join(INFERENCE_KEYS))
         meta = {k: v for k, v in obj.items() if k != "prompts"}
     elif not isinstance(obj, list):
         raise _err(path, 1, "json", f"expected an object with 'prompts' or a list, got {type(obj).__name__}")
     if not items:
         raise _err(path, _line_of(items, None), "prompts", "no prompts")
-    rows: list[dict[str, Any]] = []
+    rows: list[PromptRow] = []
     seen: dict[Any, int | None] = {}
     for k, item in enumerate(items):
         line, fld = _line_of(items, k), f"{prefix}[{k}]"
@@ -433,7 +345,8 @@ def parse_inference_set(path: str | Path, name: str | None = None) -> PromptSet:
         elif not isinstance(item, dict):
             raise _err(path, line, fld, f"expected a string or an object, got {_typed(item)}")
         text = _check_str(item.get("text"), path, _line_of(item, "text") or line, f"{fld}.text")
-        system = _check_str(item.get("system_prompt"), path, line, f"{fld}.system_prompt", required=False)
+        system = (_check_str(item["system_prompt"], path, line, f"{fld}.system_prompt", required=False)
+                  if "system_prompt" in item else set_system)
         note = _check_str(item.get("note"), path, line, f"{fld}.note", required=False)
         given_id = _check_id(item.get("id"), path, _line_of(item, "id") or line, f"{fld}.id")
         prompt_id = given_id if given_id is not None else _hash(None, system, text)
@@ -462,7 +375,7 @@ def combine_inference(sets: Sequence[PromptSet] | Mapping[str, PromptSet], name:
         named = [(s.name.rsplit("/", 1)[-1], s) for s in sets]
     if not named:
         raise PromptSetError(f"{name}: sets: nothing to combine")
-    rows: list[dict[str, Any]] = []
+    rows: list[PromptRow] = []
     seen: dict[str, str] = {}
     for trait, ps in named:
         if not ps.steering or not ps.steering.get("questions"):
@@ -485,8 +398,11 @@ def inference_json(ps: PromptSet) -> dict[str, Any]:
     prompts = []
     for row in ps.rows:
         item: dict[str, Any] = {"id": row["prompt_id"], "text": row["prompt"]}
-        item.update({k: row[k] for k in ("note", "system_prompt") if row[k] is not None})
-        item.update(json.loads(row["extra"]) if row["extra"] else {})
+        # explicit per item (null too): a set-level system prompt in meta must not override it
+        item.update({"system_prompt": row["system_prompt"]} if row["system_prompt"] is not None or
+                    "system_prompt" in ps.meta else {})
+        item.update({"note": row["note"]} if row["note"] is not None else {})
+        item.update(json.loads(row["extra"]))
         prompts.append(item)
     return {"name": ps.name, **{k: v for k, v in ps.meta.items() if k != "name"}, "prompts": prompts}
 

@@ -14,9 +14,15 @@ Conventions
   unused). Edits of one layer apply in the order given.
 - Positions, in the left-padded frame of a generate call whose prompts are ``W`` tokens
   wide (``W`` = the generation start, the padded prompt width):
-  ``prompt``   = non-pad positions before ``W``;
-  ``response`` = positions ``>= W``: during KV-cache decoding every new token;
-  ``all``      = every non-pad position. Pad positions are never edited.
+  ``response``  = positions ``>= W - 1`` (the default): every state that produces a
+  response token, i.e. the last prompt position (``prompt[-1]``, which produces the
+  first response token; persona_vectors steers it too) plus every generated position;
+  ``generated`` = positions ``>= W``: generated tokens only, the first response token
+  itself is sampled from an unsteered state (``response`` before code version 3 of the
+  steering builders);
+  ``prompt``    = non-pad positions before ``W`` (so it shares ``W - 1`` with ``response``);
+  ``all``       = every non-pad position. Pad positions are never edited. A forward
+  without a cache is a prefill: under ``response`` its last position is edited.
 - Rows: an :class:`Edit` applies to every row of the batch; a :class:`RowEdit` to rows
   ``[start, end)`` only, which is how :func:`generate_steered` runs many configurations in
   one ``generate`` call (each configuration on its own slice of the batch).
@@ -49,9 +55,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-Positions = Literal["all", "prompt", "response"]
+Positions = Literal["response", "generated", "prompt", "all"]
 EditKind = Literal["add", "ablate"]
-POSITIONS: tuple[str, ...] = ("all", "prompt", "response")
+POSITIONS: tuple[str, ...] = ("response", "generated", "prompt", "all")  # the default first
 EDIT_KINDS: tuple[str, ...] = ("add", "ablate")
 
 
@@ -70,7 +76,8 @@ def _as_vector(vector: Any) -> torch.Tensor:
 @dataclass(frozen=True, eq=False)
 class Edit:
     """One edit at decoder layer ``layer``: ``add`` ``coef * vector_D`` or ``ablate`` the
-    direction of ``vector_D``, at ``positions`` (``all`` | ``prompt`` | ``response``)."""
+    direction of ``vector_D``, at ``positions`` (``response`` | ``generated`` | ``prompt`` |
+    ``all``, see the module docstring)."""
 
     layer: int
     vector_D: Any  # torch.Tensor | np.ndarray | list[float]; stored as a float32 CPU tensor
@@ -190,7 +197,7 @@ def _position_masks(
     handle: SteeringHandle, args: tuple, kwargs: Mapping[str, Any],
     prompt_lens: torch.Tensor | None, fixed_start: int | None,
 ) -> None:
-    """Pre-hook body: compute the ``all`` / ``prompt`` / ``response`` masks ``[B, T]``."""
+    """Pre-hook body: compute the masks ``[B, T]`` of every name in :data:`POSITIONS`."""
     import torch
 
     x = kwargs.get("input_ids")
@@ -223,8 +230,10 @@ def _position_masks(
         first_real = start - prompt_lens.to(device)  # [B]
         pad |= pos_T[None, :] < first_real[:, None]
     real = ~pad
-    is_response = (pos_T >= start)[None, :]
-    handle._masks = {"all": real, "prompt": real & ~is_response, "response": real & is_response}
+    is_generated = (pos_T >= start)[None, :]
+    is_response = (pos_T >= start - 1)[None, :]  # + prompt[-1], the state of the first response token
+    handle._masks = {"all": real, "prompt": real & ~is_generated, "generated": real & is_generated,
+                     "response": real & is_response}
     handle.n_forwards += 1
 
 
@@ -308,6 +317,10 @@ def steer(
 # --------------------------------------------------------------------------- sweeps
 
 
+# Names that leave positions < W - 1 unedited: their prefill (all prompt tokens but the last) is shareable.
+_SHAREABLE = ("response", "generated")
+
+
 def _chunks(n_rows: int, max_batch: int) -> list[tuple[int, int]]:
     return [(s, min(s + max_batch, n_rows)) for s in range(0, n_rows, max_batch)]
 
@@ -364,10 +377,11 @@ def generate_steered(
     (:func:`transforms.generation.generate_batch`, seeded by the sub-batch index) with each
     configuration's edits restricted to its rows.
 
-    ``share_prefill``: when every edit of a sub-batch is at ``response`` positions, the
-    prompts' states do not depend on the configuration, so the KV cache of each distinct
-    prompt (all tokens but the last) is computed once, unsteered, and copied to its rows;
-    ``generate`` then starts from the last prompt token. Greedy results equal running each
+    ``share_prefill``: when every edit of a sub-batch is at ``response`` or ``generated``
+    positions, the states of all prompt tokens but the last do not depend on the
+    configuration, so their KV cache is computed once per distinct prompt, unsteered, and
+    copied to its rows; ``generate`` then starts from the last prompt token, inside the
+    steering context (``response`` edits it there). Greedy results equal running each
     configuration alone (up to float ties); sampled ones are seeded per sub-batch, so they
     depend on ``max_batch``.
     """
@@ -386,7 +400,7 @@ def generate_steered(
             row_edits += [RowEdit(start, end, e) for e in configs[c].edits]
         batch = [prompts[r % n_prompts] for r in range(lo, hi)]
         width = max(len(p) for p in batch)
-        shared = share_prefill and width > 1 and all(r.edit.positions == "response" for r in row_edits)
+        shared = share_prefill and width > 1 and all(r.edit.positions in _SHAREABLE for r in row_edits)
         runner: Any = _ResumeFromCache(model, _prefill_distinct(model, batch, pad_id)) if shared else model
         with steer(model, row_edits, prompt_lens=[len(p) for p in batch], generation_start=width):
             flat += generate_batch(runner, tokenizer, batch, gen, batch_index)

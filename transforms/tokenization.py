@@ -285,3 +285,34 @@ __all__ = [
     "supports_system_prompt",
     "tokenizer_adds_bos",
 ]
+
+
+# ------------------------------------------------------------ end of an answer
+
+
+_ANSWER_PROBE = "Fine, thanks."
+
+
+def answer_end_id(tokenizer: Any, stop_ids: set[int], chat: bool) -> int | None:
+    """The token a finished answer ends with, as the model learnt to stop.
+
+    For chat-formatted text that is the stop token the template writes after an assistant
+    turn (Llama 3's ``<|eot_id|>``, Gemma's ``<end_of_turn>``, SmolLM2's ``<|im_end|>``),
+    which is not always ``tokenizer.eos_token_id`` (Gemma 3 it: eos is ``<eos>``); for
+    plain text, the tokenizer's eos. ``None`` when there is none.
+    """
+    eos = tokenizer.eos_token_id
+    if not chat or not has_chat_template(tokenizer):
+        return int(eos) if eos is not None else None
+    messages = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": _ANSWER_PROBE}]
+    try:
+        text = tokenizer.apply_chat_template(messages, tokenize=False)
+    except Exception as exc:  # templates that refuse a closing assistant turn
+        logger.debug("chat template cannot render an assistant turn: %s", exc)
+        text = None
+    if isinstance(text, str) and _ANSWER_PROBE in text:
+        tail = _input_ids(tokenizer(text.split(_ANSWER_PROBE, 1)[1], add_special_tokens=False))
+        found = next((t for t in tail if t in stop_ids), None)
+        if found is not None:
+            return int(found)
+    return int(eos) if eos is not None else None

@@ -12,6 +12,9 @@ Row fields:
 
 - ``layer``, ``norm`` (``||v||``; meaningful for ``mean_diff``, 1 for unit methods),
   ``n_train``, ``n_val``.
+- ``small_sample``: ``n_val < SMALL_SAMPLE`` (10). Validation accuracy, AUROC and d on a
+  handful of responses move by 0.1-0.2 with a single sample, so such rows are flagged
+  rather than read as findings.
 - ``center_proj``: ``((mean_pos + mean_neg) / 2) . v_hat`` with the TRAIN class means: the
   projection of the midpoint of the two class centroids (not the mean of all samples, so
   class imbalance does not move it). Subtract it from later projections to centre them
@@ -46,8 +49,9 @@ logger = logging.getLogger(__name__)
 
 EVAL_FIELDS: tuple[str, ...] = (
     "layer", "norm", "center_proj", "polarity", "train_accuracy", "train_auroc",
-    "train_cohens_d", "val_accuracy", "val_auroc", "cohens_d", "n_train", "n_val",
+    "train_cohens_d", "val_accuracy", "val_auroc", "cohens_d", "n_train", "n_val", "small_sample",
 )
+SMALL_SAMPLE = 10  # validation sets smaller than this are flagged in every row
 
 
 def project(acts_NLD: np.ndarray, directions_LD: np.ndarray) -> np.ndarray:
@@ -150,6 +154,7 @@ def evaluate(
             "cohens_d": cohens_d(vp[va_pos], vp[~va_pos]),
             "n_train": int(tr_y.size),
             "n_val": int(va_y.size),
+            "small_sample": bool(va_y.size < SMALL_SAMPLE),
         }
         if norms[layer] == 0:
             logger.warning("evaluate: layer %d has a zero vector; metrics are meaningless", layer)

@@ -11,17 +11,9 @@ Definitions (all layers at once, float32 arithmetic, class means accumulated in 
 
 - ``mean_diff``: ``mean(pos) - mean(neg)``. Not normalised: its norm is meaningful (the
   distance between class centroids, in activation units).
-- ``probe``: per layer, ``sklearn.linear_model.LogisticRegression(C=1.0, penalty L2,
-  solver lbfgs, max_iter=5000, fit_intercept=True, random_state=seed)`` fit on
-  ROW-NORMALISED activations (each sample divided by its own L2 norm, so the fit is
-  invariant to the model's activation scale and ``C`` means the same thing for every model
-  and layer); vector = ``coef_ / ||coef_||`` (unit). ``C=1`` (sklearn's default, also what
-  trait-interp used) is a moderate L2 penalty for unit-norm rows: it keeps the coefficients
-  finite when N < d_model (the data are then separable and an unpenalised fit diverges) and
-  interpolates between the (row-normalised) mean difference (C -> 0) and a max-margin
-  direction (C -> inf). ``info``: ``coef_norm`` (raw ``||coef_||``), ``intercept``,
-  ``probe_train_accuracy`` (the fitted classifier with its intercept, on the row-normalised
-  training rows), ``n_iter``, ``converged``.
+- ``probe``: per layer, L2 logistic regression on CENTRED (class-midpoint), then
+  row-normalised activations, ``C`` chosen by grouped cross-validation over prompt groups
+  (or given); unit ``coef_ / ||coef_||``. Defined in :mod:`transforms.vector_probe`.
 - ``gradient``: per layer, a unit direction ``v`` maximising the ridge-regularised
   standardised separation of the projections ``p_i = x_i . v``::
 
@@ -71,13 +63,15 @@ from __future__ import annotations
 
 import logging
 import sys
-import warnings
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from transforms.vector_probe import (  # noqa: F401  (re-exported: the method table lives here)
+    PROBE_C, PROBE_C_GRID, PROBE_MAX_ITER, probe, row_normalize)
 
 if TYPE_CHECKING:
     import torch
@@ -86,8 +80,6 @@ logger = logging.getLogger(__name__)
 
 Info = list[dict[str, Any]]
 
-PROBE_C = 1.0
-PROBE_MAX_ITER = 5000
 GRADIENT_STEPS = 300
 GRADIENT_LR = 0.02
 GRADIENT_RIDGE = 1.0
@@ -185,55 +177,6 @@ def mean_diff(acts_NLD: np.ndarray, labels_N: np.ndarray) -> tuple[np.ndarray, I
     mu_pos, mu_neg = class_means(acts_NLD, labels_N)
     vectors = (mu_pos - mu_neg).astype(np.float32)
     return vectors, [{} for _ in range(vectors.shape[0])]
-
-
-def probe(
-    acts_NLD: np.ndarray,
-    labels_N: np.ndarray,
-    *,
-    seed: int = 0,
-    C: float = PROBE_C,
-    max_iter: int = PROBE_MAX_ITER,
-) -> tuple[np.ndarray, Info]:
-    """L2 logistic regression per layer on row-normalised activations; unit ``coef_``."""
-    from sklearn.exceptions import ConvergenceWarning
-    from sklearn.linear_model import LogisticRegression
-
-    n, n_layers, d = acts_NLD.shape
-    vectors = np.zeros((n_layers, d), dtype=np.float32)
-    info: Info = []
-    for layer in range(n_layers):
-        x = row_normalize(acts_NLD[:, layer])
-        clf = LogisticRegression(C=C, max_iter=max_iter, solver="lbfgs", random_state=seed)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            clf.fit(x, labels_N)
-        coef = clf.coef_[0].astype(np.float64)
-        coef_norm = float(np.linalg.norm(coef))
-        n_iter = int(np.max(clf.n_iter_))
-        converged = n_iter < max_iter
-        if not converged:
-            logger.warning("probe: layer %d did not converge in %d iterations", layer, max_iter)
-        if coef_norm > 0:
-            vectors[layer] = (coef / coef_norm).astype(np.float32)
-        info.append(
-            {
-                "coef_norm": coef_norm,
-                "intercept": float(clf.intercept_[0]),
-                "probe_train_accuracy": float(clf.score(x, labels_N)),
-                "n_iter": n_iter,
-                "converged": bool(converged),
-                "C": float(C),
-            }
-        )
-    return vectors, info
-
-
-def row_normalize(x_ND: np.ndarray) -> np.ndarray:
-    """Each sample divided by its L2 norm, computed in float64 (all-zero rows stay zero)."""
-    x = np.asarray(x_ND, dtype=np.float64)
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return x / np.where(norms > 0, norms, 1.0)
 
 
 class _SpanBasis:

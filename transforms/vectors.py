@@ -11,6 +11,9 @@ Inputs and conventions:
 - ``sample_ids``: unique strings; ``pair_ids``: one per sample, a string naming the pair
   group (e.g. the scenario whose positive and negative versions were generated), or
   ``None`` for an unpaired sample; the whole argument may be ``None`` (nothing paired).
+- ``groups``: one prompt group per sample (the prompt id: all rollouts of one prompt),
+  used where a sample has no pair id; keeps rollouts of a prompt on one side of the split
+  and of the probe's cross-validation folds.
 - Vectors: float32 ``[layer, d_model]``, oriented toward the trait (training polarity +1,
   see :func:`transforms.vector_methods.orient`). ``mean_diff`` and ``random`` keep a norm
   (``random`` is scaled to ``mean_diff``'s); ``probe``, ``gradient`` and ``pca`` are unit.
@@ -19,9 +22,10 @@ Inputs and conventions:
 
 Typical use::
 
-    train_ids, val_ids = split_train_val(ids, pair_ids, labels=labels)
+    train_ids, val_ids = split_train_val(ids, pair_ids, labels=labels, groups=prompt_ids)
     tr, va = id_rows(ids, train_ids), id_rows(ids, val_ids)
-    res = extract("probe", acts[tr], labels[tr], pair_ids=[pair_ids[i] for i in tr])
+    res = extract("probe", acts[tr], labels[tr], pair_ids=[pair_ids[i] for i in tr],
+                  groups=[prompt_ids[i] for i in tr])
     rows = evaluate(res.vectors_LD, acts[tr], labels[tr], acts[va], labels[va], info=res.info)
 """
 
@@ -48,6 +52,7 @@ __all__ = [
 
 METHODS: tuple[str, ...] = ("mean_diff", "probe", "gradient", "pca", "random")
 NEEDS_PAIRS: frozenset[str] = frozenset({"pca"})
+NEEDS_GROUPS: frozenset[str] = frozenset({"probe"})  # cross-validates over prompt groups
 SEEDED: frozenset[str] = frozenset({"probe", "gradient", "random"})
 TORCH_METHODS: frozenset[str] = frozenset({"gradient"})
 
@@ -88,13 +93,17 @@ def extract(
     pair_ids: Sequence[str | None] | None = None,
     seed: int = 0,
     *,
+    groups: Sequence[str | None] | None = None,
     threads: int | None = 1,
     **options: Any,
 ) -> ExtractionResult:
     """Extract one vector per layer with ``method`` (one of :data:`METHODS`).
 
-    ``options`` go to the method (``probe``: ``C``, ``max_iter``; ``gradient``: ``steps``,
-    ``lr``, ``ridge``, ``tol``). ``pair_ids`` is required by ``pca`` only. ``threads``: BLAS
+    ``options`` go to the method (``probe``: ``C`` (default: chosen by grouped
+    cross-validation), ``max_iter``; ``gradient``: ``steps``, ``lr``, ``ridge``, ``tol``).
+    ``pair_ids`` is required by ``pca`` only. ``groups``: one prompt group per sample
+    (e.g. the prompt id), for the probe's cross-validation; a sample's pair id, when it has
+    one, takes precedence, and a sample with neither is its own group. ``threads``: BLAS
     and torch threads during the call (default 1, see
     :func:`transforms.vector_methods.limit_threads`; ``None`` = process defaults). Raises
     ``ValueError`` on an unknown method, malformed shapes, labels other than 0/1 or a
@@ -113,6 +122,8 @@ def extract(
         kwargs["seed"] = int(seed)
     if method in NEEDS_PAIRS:
         kwargs["pair_ids"] = pair_ids
+    if method in NEEDS_GROUPS:
+        kwargs["groups"] = cv_groups(y.size, pair_ids, groups)
     with vm.limit_threads(threads, torch_too=method in TORCH_METHODS):
         raw, info = fn(acts, y, **kwargs)
         mu_pos, mu_neg = vm.class_means(acts, y)
@@ -125,8 +136,23 @@ def extract(
         )
     if flipped.any():
         logger.info("%s: flipped %d of %d layers toward the trait", method, flipped.sum(), len(flipped))
-    params = {k: v for k, v in kwargs.items() if k != "pair_ids"}
+    params = {k: v for k, v in kwargs.items() if k not in ("pair_ids", "groups")}
     return ExtractionResult(method=method, vectors_LD=vectors, info=info, params=params)
+
+
+def cv_groups(n: int, pair_ids: Sequence[str | None] | None,
+              groups: Sequence[str | None] | None) -> list[str]:
+    """One unit key per sample, as :func:`split_train_val` forms units: the pair id, else the
+    group, else the sample itself."""
+    for name, seq in (("pair_ids", pair_ids), ("groups", groups)):
+        if seq is not None and len(seq) != n:
+            raise ValueError(f"{name} has {len(seq)} entries for {n} samples")
+    keys = []
+    for i in range(n):
+        pid = None if pair_ids is None else vm.pair_key(pair_ids[i])
+        gid = None if groups is None else vm.pair_key(groups[i])
+        keys.append(f"pair:{pid}" if pid is not None else (f"group:{gid}" if gid is not None else f"sample:{i}"))
+    return keys
 
 
 def _round_half_up(x: float) -> int:
@@ -140,11 +166,15 @@ def split_train_val(
     seed: int = 0,
     *,
     labels: Sequence[int] | np.ndarray | None = None,
+    groups: Sequence[str | None] | None = None,
 ) -> tuple[list[str], list[str]]:
-    """Seeded, pair-aware, stratified split -> ``(train_ids, val_ids)``, each sorted.
+    """Seeded, pair-aware, group-aware, stratified split -> ``(train_ids, val_ids)``, each sorted.
 
     Units: every pair group (all samples sharing a pair id) is one unit and lands on one
-    side whole; a sample with no pair id is its own unit. With ``labels``, units are
+    side whole; a sample with no pair id belongs to the unit of its ``groups`` entry (e.g.
+    its prompt id, so all rollouts of one prompt land on one side: they are near copies, and
+    splitting them leaks the prompt into validation), or is its own unit when that is
+    ``None`` or ``groups`` is not given. With ``labels``, units are
     stratified by their class content ("pos" only, "neg" only, "mixed"); without, there is
     one stratum. In each stratum (iterated in a fixed order) the units are sorted by id,
     permuted with ``numpy.random.default_rng(seed)``, and the first
@@ -152,13 +182,15 @@ def split_train_val(
     the stratum has at least two units and ``val_fraction > 0`` (so both sides get both
     classes whenever that is possible; a warning is logged when it is not). The fraction is
     therefore one of units, not samples. The result depends only on the set of
-    (sample id, pair id, label) triples, not on their order."""
+    (sample id, pair id, group, label) tuples, not on their order."""
     ids = [str(s) for s in sample_ids]
     n = len(ids)
     if len(set(ids)) != n:
         raise ValueError("sample_ids must be unique")
     if pair_ids is not None and len(pair_ids) != n:
         raise ValueError(f"pair_ids has {len(pair_ids)} entries for {n} sample ids")
+    if groups is not None and len(groups) != n:
+        raise ValueError(f"groups has {len(groups)} entries for {n} sample ids")
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
     y = None if labels is None else as_labels(labels, n)
@@ -166,7 +198,8 @@ def split_train_val(
     units: dict[tuple[str, str], list[int]] = {}
     for i, sid in enumerate(ids):
         pid = None if pair_ids is None else vm.pair_key(pair_ids[i])
-        key = ("sample", sid) if pid is None else ("pair", pid)
+        gid = None if groups is None else vm.pair_key(groups[i])
+        key = ("pair", pid) if pid is not None else (("group", gid) if gid is not None else ("sample", sid))
         units.setdefault(key, []).append(i)
 
     strata: dict[str, list[tuple[str, str]]] = {}

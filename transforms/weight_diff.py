@@ -6,11 +6,13 @@
 - B is a full checkpoint (:class:`~transforms.safetensors_stream.TensorReader`) or a LoRA
   adapter over A (:class:`LoraAdapter`): ``ΔW = (α/r)·B·A`` (``α/√r`` with rsLoRA) computed
   per module, never merged into the model.
-- :func:`residual_directions`: per layer, the residual-facing change, ``mean column of
-  ΔW_o_proj + mean column of ΔW_down_proj`` (each ``[d_model]``: what the change adds to the
-  residual stream for an input of all ones / d_in); :func:`logit_lens` reads such a vector
-  through the final norm and the unembedding; :func:`cosine_by_layer` aligns it with trait
-  vectors.
+- Residual-facing directions, collected on the same pass: per layer the mean column of
+  ``ΔW_o_proj + ΔW_down_proj`` (what the change adds for a constant input of 1/d_in: a
+  crude summary, kept for comparison), and the top-k left singular vectors of each of
+  ``ΔW_o_proj`` and ``ΔW_down_proj`` (what the change can write at all, ranked by gain;
+  :func:`transforms.weight_directions.top_singular_directions`). The logit lens and the
+  final norm are in :mod:`transforms.weight_directions`; :func:`cosine_by_layer` and
+  :func:`random_baseline` align directions with trait vectors.
 """
 from __future__ import annotations
 
@@ -22,15 +24,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from transforms.safetensors_stream import TensorReader
+from transforms.weight_directions import top_singular_directions
 
 if TYPE_CHECKING:
     import torch
 
 _LAYER_RE = re.compile(r"(?:^|\.)layers\.(\d+)\.(.+)\.weight$")
 RESIDUAL_WRITERS = ("o_proj", "down_proj")
-_EMBED = ("embed_tokens.weight", "wte.weight")
-_UNEMBED = ("lm_head.weight",)
-_FINAL_NORM = ("model.norm.weight", "norm.weight", "final_layernorm.weight", "transformer.ln_f.weight")
 
 
 def parse_param(name: str) -> tuple[int | None, str]:
@@ -43,33 +43,64 @@ def parse_param(name: str) -> tuple[int | None, str]:
     return None, stem.split(".")[-1]
 
 
+class AdapterError(ValueError):
+    """An adapter folder this analysis cannot read faithfully (one line, naming the folder)."""
+
+
+def pattern_value(patterns: Mapping[str, Any] | None, module: str, default: Any) -> Any:
+    """The value of the first ``rank_pattern`` / ``alpha_pattern`` key that matches ``module``,
+    as peft resolves it (``peft.utils.other.get_pattern_key``): the key is a regex that must
+    match the whole name or a suffix starting after a ``.``, so ``o_proj`` matches
+    ``model.layers.0.self_attn.o_proj`` but ``proj`` does not."""
+    for key, value in (patterns or {}).items():
+        if re.match(rf"(.*\.)?({key})$", module):
+            return value
+    return default
+
+
 class LoraAdapter:
     """A PEFT LoRA adapter folder (``adapter_config.json`` + ``adapter_model.safetensors``)
-    as per-parameter deltas ``ΔW = scale · B @ A`` over the base model's weights."""
+    as per-parameter deltas ``ΔW = scale · B @ A`` over the base model's weights.
+
+    Adapters whose change is not ``scale·B@A`` on linear weights are refused
+    (:class:`AdapterError`) rather than read partially: DoRA (a learned per-column magnitude
+    renormalizes the merged weight), embedding LoRA (``lora_embedding_A/B``, and the full
+    embedding peft saves beside them), and any other tensor (``lora_B.bias``,
+    ``modules_to_save`` copies)."""
 
     def __init__(self, folder: str | Path) -> None:
         folder = Path(folder)
         config_path = folder / "adapter_config.json"
         if not config_path.exists():
-            raise FileNotFoundError(f"{folder}: no adapter_config.json (not a PEFT adapter folder)")
+            raise AdapterError(f"{folder}: no adapter_config.json (not a PEFT adapter folder)")
         config = json.loads(config_path.read_text())
         if config.get("peft_type", "LORA") != "LORA":
-            raise ValueError(f"{folder}: peft_type {config.get('peft_type')!r} is not LORA")
+            raise AdapterError(f"{folder}: peft_type {config.get('peft_type')!r} is not LORA")
+        if config.get("use_dora"):
+            raise AdapterError(f"{folder}: a DoRA adapter (use_dora: true); its magnitude vectors change ΔW "
+                               "beyond (α/r)·B·A, which this analysis does not compute")
         self.folder, self.config = folder, config
         self.reader = TensorReader(folder)
         self._modules: dict[str, tuple[str, str]] = {}
         for name in self.reader.names:
+            if "lora_embedding_" in name:
+                raise AdapterError(f"{folder}: embedding LoRA ({name}) is not supported; only linear-layer "
+                                   "lora_A/lora_B weights are read")
+            if "lora_magnitude_vector" in name:
+                raise AdapterError(f"{folder}: DoRA magnitude vector {name} (a DoRA adapter) is not supported")
             if name.endswith(".lora_A.weight"):
                 module = name.removesuffix(".lora_A.weight")
                 base = re.sub(r"^base_model\.model\.", "", module) + ".weight"
                 self._modules[base] = (name, module + ".lora_B.weight")
+            elif not name.endswith(".lora_B.weight"):
+                raise AdapterError(f"{folder}: tensor {name} is not a LoRA A/B weight; only lora_A/lora_B "
+                                   "weights of linear layers are read")
 
     def scale(self, base_name: str) -> float:
         cfg = self.config
         module = base_name.removesuffix(".weight")
-        r = next((v for k, v in (cfg.get("rank_pattern") or {}).items() if module.endswith(k)), cfg["r"])
-        alpha = next((v for k, v in (cfg.get("alpha_pattern") or {}).items() if module.endswith(k)),
-                     cfg.get("lora_alpha", r))
+        r = pattern_value(cfg.get("rank_pattern"), module, cfg["r"])
+        alpha = pattern_value(cfg.get("alpha_pattern"), module, cfg.get("lora_alpha", r))
         return alpha / math.sqrt(r) if cfg.get("use_rslora") else alpha / r
 
     def delta(self, base_name: str) -> torch.Tensor | None:
@@ -121,12 +152,17 @@ def _residual_column(delta: torch.Tensor) -> torch.Tensor:
     return delta.double().mean(dim=1)  # [d_model]: ΔW @ (1/d_in)·𝟙
 
 
-def diff_norms(base: TensorReader, other: TensorReader | LoraAdapter
-               ) -> tuple[list[dict[str, Any]], dict[int, torch.Tensor]]:
-    """Norm rows for every parameter, and the per-layer residual-facing directions
-    (:func:`residual_directions`) collected on the same pass."""
+SingularDirections = dict[tuple[int, str], list[tuple[float, float, "torch.Tensor"]]]
+
+
+def diff_norms(base: TensorReader, other: TensorReader | LoraAdapter, singular_k: int = 0
+               ) -> tuple[list[dict[str, Any]], dict[int, torch.Tensor], SingularDirections]:
+    """Norm rows for every parameter; per layer the mean-column direction of the residual
+    writers; and per ``(layer, writer)`` the top ``singular_k`` singular directions
+    ``(σ, energy share, u)`` (none for an unchanged matrix). One pass, one tensor at a time."""
     rows: list[dict[str, Any]] = []
     directions: dict[int, Any] = {}
+    singular: SingularDirections = {}
     for name, theta_a, delta in iter_deltas(base, other):
         layer, component = parse_param(name)
         base_norm = frobenius(theta_a)
@@ -137,68 +173,11 @@ def diff_norms(base: TensorReader, other: TensorReader | LoraAdapter
         if delta is not None and layer is not None and component in RESIDUAL_WRITERS and delta.ndim == 2:
             column = _residual_column(delta)
             directions[layer] = directions[layer] + column if layer in directions else column
-    return rows, directions
-
-
-def unembedding_name(reader: TensorReader) -> str:
-    """``lm_head.weight`` when the checkpoint has one, else the (tied) input embedding."""
-    for name in reader.names:
-        if name.endswith(_UNEMBED):
-            return name
-    for name in reader.names:
-        if name.endswith(_EMBED):
-            return name
-    raise ValueError(f"{reader.folder}: no lm_head or embedding matrix found")
-
-
-def final_norm_name(reader: TensorReader) -> str | None:
-    return next((n for n in reader.names if n in _FINAL_NORM), None)
-
-
-def apply_final_norm(vector: torch.Tensor, weight: torch.Tensor | None, kind: str, eps: float) -> torch.Tensor:
-    """RMSNorm of one vector as the model applies it: ``x/rms(x)·w`` (``llama``-style) or
-    ``x/rms(x)·(1+w)`` (``gemma``); ``kind="none"``: unchanged."""
-    x = vector.double()
-    if kind == "none" or weight is None:
-        return x
-    normed = x / (x.pow(2).mean() + eps).sqrt()
-    return normed * (1.0 + weight.double()) if kind == "gemma" else normed * weight.double()
-
-
-def norm_kind(model_type: str) -> str:
-    return "gemma" if model_type.startswith("gemma") else "llama"
-
-
-_WORD = re.compile(r"^\s?[A-Za-z][A-Za-z'\-]+$")
-
-
-def token_ok(text: str) -> bool:
-    """The rare/garbage filter: a word-like token (optional leading space, ≥ 2 letters)."""
-    return bool(_WORD.match(text))
-
-
-def logit_lens(vector: torch.Tensor, unembed: torch.Tensor, norm_weight: torch.Tensor | None, kind: str,
-               eps: float, decode: Any, k: int = 20, filter_tokens: bool = True) -> dict[str, list[dict[str, Any]]]:
-    """Top-``k`` tokens of ``unembed @ norm(vector)`` in both directions (``up``: largest
-    logits, ``down``: most negative), each ``{"token_id", "token", "logit"}``; with
-    ``filter_tokens`` only word-like tokens (:func:`token_ok`) are kept."""
-    import torch
-
-    normed = apply_final_norm(vector, norm_weight, kind, eps)
-    step = max(1, (1 << 22) // max(1, unembed.shape[1]))  # float64 in row chunks: no full copy
-    logits = torch.cat([unembed[lo:lo + step].double() @ normed for lo in range(0, unembed.shape[0], step)])
-    out = {}
-    for direction, order in (("up", torch.argsort(logits, descending=True)), ("down", torch.argsort(logits))):
-        picked = []
-        for token_id in order.tolist():
-            text = decode(token_id)
-            if filter_tokens and not token_ok(text):
-                continue
-            picked.append({"token_id": int(token_id), "token": text, "logit": float(logits[token_id])})
-            if len(picked) == k:
-                break
-        out[direction] = picked
-    return out
+            if singular_k > 0 and diff > 0:
+                found = top_singular_directions(delta, singular_k)
+                if found:
+                    singular[(layer, component)] = found
+    return rows, directions, singular
 
 
 def cosine_by_layer(directions: Mapping[int, Any], vectors_LD: Any, layers: Sequence[int]) -> dict[int, float]:

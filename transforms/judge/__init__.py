@@ -2,8 +2,12 @@
 
 One interface, two backends:
 
-* :class:`OpenAIJudge` -- any OpenAI-compatible endpoint, one ``max_tokens=1`` completion
-  with the top-20 logprobs per prompt;
+* :class:`OpenAIJudge` -- any OpenAI-compatible endpoint. ``single-token`` mode (OpenAI
+  models, whose tokenizers hold 0-100 as single tokens): one ``max_tokens=1`` completion
+  with the top-20 logprobs per prompt. ``digits`` mode (vLLM / llama.cpp serving Gemma,
+  Qwen, Llama, SmolLM2, whose tokenizers split numbers): the answer is prefilled with
+  ``"Score: "`` (``continue_final_message``) and the digit tree is walked with one request
+  per likely prefix, as the local judge does;
 * :class:`LocalJudge` -- a Hugging Face chat model in-process, the exact probability of
   every integer 0-100 from a batched walk of the digit tree with the KV cache.
 

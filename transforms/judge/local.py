@@ -231,13 +231,19 @@ class LocalJudge:
 
     @property
     def model_id(self) -> str:
-        """``local:<model id>[@revision][+system:<hash>][+prefill:<hash>]`` (what changes scores)."""
+        """``local:<model id>[@revision][+system:<hash>][+prefill:<hash>][+chat:on|off]
+        [+min_mass:<m>][+byte_digits]`` (what changes scores; defaults leave no mark, so
+        keys cached before a field existed stay valid)."""
         base = f"local:{self.loaded.model_id}"
         if self.loaded.revision:
             base += f"@{self.loaded.revision}"
         for name, text in (("system", self.system), ("prefill", self.prefill)):
             if text:
                 base += f"+{name}:" + hashlib.sha256(text.encode()).hexdigest()[:8]
+        if self.chat is not None:
+            base += "+chat:" + ("on" if self.chat else "off")
+        if self.min_mass != MIN_NUMBER_MASS:
+            base += f"+min_mass:{self.min_mass:g}"
         return base + ("+byte_digits" if self.byte_digits else "")
 
     @property

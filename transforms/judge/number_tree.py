@@ -35,7 +35,9 @@ nodes: 10 first digits, 90 second digits under "1".."9", and "0" under "10".
 from __future__ import annotations
 
 import logging
+import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -85,6 +87,13 @@ def _token_digits(raw: str) -> tuple[str, bool] | None:
     return m.group(0), m.end() == len(raw)
 
 
+def spelled_digits(text: str, first: bool) -> tuple[str, bool] | None:
+    """``(leading digits, pure)`` a token's text spells in an answer, or None when it is a
+    terminator (does not start with a digit). ``first``: the answer's first token, whose
+    leading whitespace is allowed; on later tokens it ends the number ("4 2" is 4)."""
+    return _token_digits(text.lstrip(_LEADING_SPACE) if first else text)
+
+
 def classify_vocab(tokenizer: Any, size: int | None = None, byte_digits: bool = False) -> DigitVocab:
     """Classify the first ``size`` token ids (default ``len(tokenizer)``; the model's logits
     may be wider, extra ids are never digits). Special tokens are terminators. Byte-digit
@@ -104,13 +113,13 @@ def classify_vocab(tokenizer: Any, size: int | None = None, byte_digits: bool = 
         if not byte_digits and _BYTE_DIGIT.fullmatch(raw):
             digit_start.append(i)
             continue
-        cont = _token_digits(raw)
+        cont = spelled_digits(raw, first=False)
         if cont is not None:
             digit_start.append(i)
             digits, pure = cont
             if len(digits) <= MAX_DIGITS:
                 (cont_pure if pure else cont_mixed).setdefault(digits, []).append(i)
-        first = _token_digits(raw.lstrip(_LEADING_SPACE))
+        first = spelled_digits(raw, first=True)
         if first is not None and len(first[0]) <= MAX_DIGITS:
             digits, pure = first
             (first_pure if pure else first_mixed).setdefault(digits, []).append(i)
@@ -279,3 +288,63 @@ def number_probs(
         reach = torch.ones(batch, dtype=torch.float64) if node < 0 else path_p[:, node]
         out[:, number] += reach * mass
     return out
+
+
+TopTokens = list[tuple[str, float]]  # (token text, logprob) of one position, most likely first
+
+
+def walk_number_probs(fetch: Callable[[str], TopTokens], min_branch: float) -> tuple[dict[int, float], int]:
+    """P(number n) from top-k token log-probs, walking the digit trie by text prefixes.
+
+    For an API that shows only the top tokens of one position: ``fetch(prefix)`` returns
+    them for the position after the answer's digits so far (``""``: the first answer
+    token). The rule is the one :func:`number_probs` applies to the full vocabulary: a
+    pure digit token extends the number, a mixed one (``"4,"``) spells it and ends it,
+    after a prefix everything that does not start with a digit ends the number (taken as
+    ``1 - digit mass`` of the top tokens: the tokens not shown are almost all non-digits),
+    invalid spellings ("05", "101") count for no number. A prefix is fetched when its path
+    probability is at least ``min_branch``. Below that, a prefix that can still grow ("4",
+    "10") counts for no number, and one that cannot ("42", "0") ends with the mean
+    probability of ending that fetched prefixes of its length had (1 when none was
+    fetched). Text prefixes are re-tokenized by the server: exact for tokenizers that give
+    each digit its own token (Gemma, Llama 2, Qwen, SmolLM2). Returns ``(probs, fetches)``.
+    """
+    probs: dict[int, float] = {}
+    ends: dict[int, list[float]] = {}  # prefix length -> [sum of reach * P(end), sum of reach] of fetched leaves
+    unfetched: list[tuple[int, int, float]] = []  # (number, prefix length, reach) of leaves not fetched
+    frontier: list[tuple[str, float]] = [("", 1.0)]
+    fetches = 0
+    while frontier:
+        grown: list[tuple[str, float]] = []
+        for prefix, reach in frontier:
+            top = fetch(prefix)
+            fetches += 1
+            digit_mass = 0.0
+            for text, logprob in top:
+                spelled = spelled_digits(text, first=not prefix)
+                if spelled is None or logprob is None or not math.isfinite(logprob):
+                    continue
+                p = math.exp(logprob)
+                digit_mass += p
+                digits, pure = spelled
+                number = VALID_NUMBERS.get(prefix + digits)
+                if number is None:
+                    continue
+                if pure and reach * p >= min_branch:  # fetch what follows: more digits or the end
+                    grown.append((prefix + digits, reach * p))
+                elif not pure:
+                    probs[number] = probs.get(number, 0.0) + reach * p
+                elif not _extendable(prefix + digits):
+                    unfetched.append((number, len(prefix + digits), reach * p))
+            if prefix:  # the number ends here unless a digit follows
+                end = max(0.0, 1.0 - digit_mass)
+                probs[VALID_NUMBERS[prefix]] = probs.get(VALID_NUMBERS[prefix], 0.0) + reach * end
+                if not _extendable(prefix):
+                    acc = ends.setdefault(len(prefix), [0.0, 0.0])
+                    acc[0] += reach * end
+                    acc[1] += reach
+        frontier = grown
+    for number, length, reach in unfetched:
+        acc = ends.get(length)
+        probs[number] = probs.get(number, 0.0) + reach * (acc[0] / acc[1] if acc else 1.0)
+    return probs, fetches
