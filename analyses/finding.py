@@ -149,9 +149,15 @@ def shift_finding(store: Store, exp: str, a: str, b: str, prompt_set: str, vecto
 def weight_finding(store: Store, exp: str, a: str, b: str) -> dict[str, Any]:
     rows = _rows(store, f"weights-{exp}-{a}-{b}", "alignment")
     above = [r for r in rows if abs(r["cosine"]) > r["random_abs_cos_p95"]]
+    manifest = store.latest(f"weights-{exp}-{a}-{b}") if rows else None
+    top = ([r for r in store.read_table(manifest, "directions_alignment").to_dicts() if r["index"] == 0]
+           if manifest is not None and "directions_alignment" in manifest.tables else [])
+    singular = {m: {"layers": len(rs), "above_p95": sum(abs(r["cosine"]) > r["random_abs_cos_p95"] for r in rs),
+                    "mean_abs_cos": _mean([abs(r["cosine"]) for r in rs])}
+                for m in sorted({r["matrix"] for r in top}) for rs in [[r for r in top if r["matrix"] == m]]}
     return {"layers": len(rows), "above_p95": len(above), "mean_abs_cos": _mean([abs(r["cosine"]) for r in rows]),
             "random_mean": _mean([r["random_abs_cos_mean"] for r in rows]),
-            "best": max(rows, key=lambda r: abs(r["cosine"]), default=None)}
+            "best": max(rows, key=lambda r: abs(r["cosine"]), default=None), "singular": singular}
 
 
 def _f(x: Any, spec: str = ".1f") -> str:
@@ -216,6 +222,9 @@ def finding_report(store: Store, experiment: str = "demo", trait_set: str = "opt
         lines.append(f"(c) Δθ ({variant}) alignment with the vector: |cos| {_f(w['mean_abs_cos'], '.3f')} vs random "
                      f"{_f(w['random_mean'], '.3f')}; above the random 95th percentile at {w['above_p95']}/{w['layers']} "
                      f"layers ({verdict} the random baseline)")
+        for matrix, sv in w["singular"].items():
+            lines.append(f"    top singular direction of Δ{matrix}: |cos| {_f(sv['mean_abs_cos'], '.3f')}, above the "
+                         f"random 95th percentile at {sv['above_p95']}/{sv['layers']} layers")
     t = steering_finding(store, experiment, b, short, method, floor)
     tb = t["best"]
     lines.append(f"(d) transfer: {application}'s vectors steering {b}: " + (
