@@ -35,7 +35,7 @@ from .executors import Executor, add_executor_args, executor_from_args, run_unit
 from .responses import dataset_name as responses_name
 from .responses import format_row, model_identity
 from .units import (ArraySpec, Unit, UnitOutput, plain_type, plan_units, report_progress, round_unit_size,
-                    store_address)
+                    run_devices, store_address)
 from .variants import variant_model
 
 log = logging.getLogger(__name__)
@@ -197,7 +197,7 @@ def _capture(store: Store, catalog: Catalog, writer: Any, spec: BuildSpec, sourc
     if not per_token:
         _layer_stats(writer, store.location, job.scratch, metas, layer_ids)
     writer.summary.update({"samples": len(sequences), "layers": layer_ids, "d_model": d_model,
-                           "empty_spans": sum(n == 0 for n in counts)})
+                           "empty_spans": sum(n == 0 for n in counts), "device": run_devices(metas)})
 
 
 def _schema(source_schema: Any, per_token: bool) -> Any:
@@ -293,7 +293,7 @@ class ActivationsJob:
             out.save_npy("norms.npy", np.linalg.norm(acts, axis=-1))  # [sample, layer]
         out.write_table(pa.Table.from_pylist(
             [self._row(unit.start + i, offsets.get(i)) for i in range(len(sequences))], schema=self.schema))
-        return out.finish(model_id=loaded.model_id, model_revision=loaded.revision)
+        return out.finish(model_id=loaded.model_id, model_revision=loaded.revision, device=loaded.device)
 
     def _row(self, sample: int, token_start: int | None) -> dict[str, Any]:
         resp, seq = self.sources[sample], self.sequences[sample]

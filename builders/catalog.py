@@ -19,11 +19,18 @@ class CatalogError(Exception):
     """An invalid catalog or an unknown name; the message names the key."""
 
 
+PLACEMENT_KEYS = ("device", "dtype", "device_map")
+
+
 @dataclass(frozen=True)
 class ModelEntry:
     name: str
     id: str
     revision: str | None = None
+    # placement (None = auto; see transforms/devices.py); a variant's own settings win
+    device: str | None = None
+    dtype: str | None = None
+    device_map: str | None = None
 
 
 @dataclass(frozen=True)
@@ -31,6 +38,11 @@ class Variant:
     name: str
     model: ModelEntry
     adapter: str | None = None  # a store reference to a LoRA adapter (later issues)
+    # effective placement: the variant's keys, else its model's, else the --device /
+    # --dtype override applied by Catalog.with_placement (None = auto)
+    device: str | None = None
+    dtype: str | None = None
+    device_map: str | None = None
 
 
 @dataclass(frozen=True)
@@ -96,6 +108,27 @@ class Catalog:
     def stage_defaults(self, stage: str) -> dict[str, Any]:
         return dict(self.defaults.get(stage, {}))
 
+    def with_placement(self, device: str | None = None, dtype: str | None = None) -> "Catalog":
+        """This catalog with ``--device`` / ``--dtype`` overriding every variant's setting
+        (carried in the variants, so work units on other processes see them too)."""
+        import dataclasses
+
+        from transforms.devices import check_device_name, check_dtype_name
+
+        if device is None and dtype is None:
+            return self
+        change: dict[str, Any] = {}
+        if device is not None:
+            change["device"] = check_device_name(device)
+        if dtype is not None:
+            change["dtype"] = check_dtype_name(dtype)
+        experiments = {
+            name: dataclasses.replace(exp, variants={v: dataclasses.replace(var, **change)
+                                                     for v, var in exp.variants.items()})
+            for name, exp in self.experiments.items()
+        }
+        return dataclasses.replace(self, experiments=experiments)
+
 
 def _mapping(value: Any, where: str, file: str) -> dict[str, Any]:
     if not isinstance(value, dict):
@@ -118,6 +151,23 @@ def _check_keys(entry: dict[str, Any], allowed: set[str], where: str, file: str)
     unknown = set(entry) - allowed
     if unknown:
         raise CatalogError(f"{file}: {where}: unknown key(s) {', '.join(sorted(unknown))} (allowed: {', '.join(sorted(allowed))})")
+
+
+def _placement(entry: dict[str, Any], where: str, file: str) -> dict[str, str | None]:
+    """The entry's ``device`` / ``dtype`` / ``device_map``, spelling checked (not availability:
+    a catalog names GPUs that this machine may not have)."""
+    from transforms.devices import DeviceError, check_device_name, check_dtype_name
+
+    out: dict[str, str | None] = {}
+    for key, check in (("device", check_device_name), ("dtype", check_dtype_name), ("device_map", None)):
+        value = _string(entry, key, where, file, required=False)
+        if value is not None and check is not None:
+            try:
+                value = check(value)
+            except DeviceError as err:
+                raise CatalogError(f"{file}: {where}.{key}: {err}") from None
+        out[key] = value
+    return out
 
 
 def _extraction(raw: Any, where: str, file: str, variants: dict[str, Variant],
@@ -151,9 +201,10 @@ def parse_catalog(data: Any, path: Path) -> Catalog:
     models = {}
     for name, entry in _mapping(root.get("models", {}), "models", file).items():
         entry = _mapping(entry, f"models.{name}", file)
-        _check_keys(entry, {"id", "revision", "note"}, f"models.{name}", file)
+        _check_keys(entry, {"id", "revision", "note", *PLACEMENT_KEYS}, f"models.{name}", file)
         models[name] = ModelEntry(name, _string(entry, "id", f"models.{name}", file),
-                                  _string(entry, "revision", f"models.{name}", file, required=False))
+                                  _string(entry, "revision", f"models.{name}", file, required=False),
+                                  **_placement(entry, f"models.{name}", file))
 
     traits = {}
     for name, entry in _mapping(root.get("traits", {}), "traits", file).items():
@@ -186,11 +237,14 @@ def parse_catalog(data: Any, path: Path) -> Catalog:
         for vname, ventry in raw_variants.items():
             vwhere = f"{where}.variants.{vname}"
             ventry = _mapping(ventry, vwhere, file)
-            _check_keys(ventry, {"model", "adapter", "note"}, vwhere, file)
+            _check_keys(ventry, {"model", "adapter", "note", *PLACEMENT_KEYS}, vwhere, file)
             model = _string(ventry, "model", vwhere, file)
             if model not in models:
                 raise CatalogError(f"{file}: {vwhere}.model: unknown model {model!r} (known: {', '.join(models)})")
-            variants[vname] = Variant(vname, models[model], _string(ventry, "adapter", vwhere, file, required=False))
+            own = _placement(ventry, vwhere, file)
+            placement = {k: own[k] if own[k] is not None else getattr(models[model], k) for k in PLACEMENT_KEYS}
+            variants[vname] = Variant(vname, models[model], _string(ventry, "adapter", vwhere, file, required=False),
+                                      **placement)
         sets = entry.get("prompt_sets", [])
         if not isinstance(sets, list):
             raise CatalogError(f"{file}: {where}.prompt_sets: expected a list")

@@ -29,6 +29,10 @@ def base_parser(prog: str, description: str) -> argparse.ArgumentParser:
     group.add_argument("--force", action="store_true", help="rebuild even when the version already exists")
     group.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     group.add_argument("-v", "--verbose", action="store_true", help="log what each stage does")
+    placement = parser.add_argument_group("model placement (overrides catalog.yaml device/dtype)")
+    placement.add_argument("--device", help="auto (cuda, then mps, then cpu), cpu, mps, cuda or cuda:N")
+    placement.add_argument("--dtype", help="float32, bfloat16 or float16 (default: bfloat16 on an accelerator, "
+                                           "float32 on the CPU); part of the version id unless float32")
     return parser
 
 
@@ -77,6 +81,7 @@ def run(main: Callable[[argparse.Namespace], int | None], parser: argparse.Argum
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
+        _set_placement(getattr(args, "device", None), getattr(args, "dtype", None))
         return int(main(args) or 0)
     except user_errors() as err:
         print(f"error: {err}", file=sys.stderr)
@@ -124,10 +129,28 @@ def read_jsonl_rows(path: Path, required: Sequence[str]) -> list[dict[str, Any]]
 
 def open_store_and_catalog(args: argparse.Namespace) -> tuple[Store, Catalog]:
     """The store (checked writable before any model loads, without creating it: a refused
-    command leaves no folder behind) and the catalog."""
+    command leaves no folder behind) and the catalog, with ``--device`` / ``--dtype``
+    applied to every variant."""
     store = Store(args.store)
     store.location.require_writable(create=False)
-    return store, load_catalog(args.catalog)
+    catalog = load_catalog(args.catalog)
+    return store, catalog.with_placement(getattr(args, "device", None), getattr(args, "dtype", None))
+
+
+#: ``--device`` / ``--dtype`` of this process, for models loaded outside a catalog variant
+#: (judges); set by :func:`run` (None = auto)
+_PLACEMENT: dict[str, str | None] = {"device": None, "dtype": None}
+
+
+def _set_placement(device: str | None, dtype: str | None) -> None:
+    """Check ``--device`` / ``--dtype`` before any work (a device this machine lacks is an
+    error now, not after the inputs were built) and keep them for :func:`cached_model`."""
+    from transforms.devices import check_device_name, check_dtype_name, resolve_device
+
+    if device is not None:
+        device = check_device_name(device)
+        resolve_device(device)
+    _PLACEMENT.update(device=device, dtype=None if dtype is None else check_dtype_name(dtype))
 
 
 def report(result: BuildResult) -> None:
@@ -137,22 +160,34 @@ def report(result: BuildResult) -> None:
     print(f"{state}: {m.ref} ({m.rows} rows)")
 
 
-_MODELS: dict[tuple[str, str | None], object] = {}
+_MODELS: dict[tuple[str, str | None, str, str, str | None], object] = {}
 
 
-def cached_model(model_id: str, revision: str | None = None):
-    """Load a model once per process: the demo and tests build several stages in a row
-    (a cached Gemma 3 load spends ~5 s building its 262k-token tokenizer)."""
+def placement(device: str | None = None, dtype: str | None = None) -> tuple[str, str]:
+    """``(device, dtype)`` resolved on this machine: the given settings, else this process's
+    ``--device`` / ``--dtype``, else auto and the device's default dtype."""
+    from transforms.devices import resolve_device, resolve_dtype
+
+    where = resolve_device(device or _PLACEMENT["device"])
+    return where, resolve_dtype(dtype or _PLACEMENT["dtype"], where)
+
+
+def cached_model(model_id: str, revision: str | None = None, *, device: str | None = None,
+                 dtype: str | None = None, device_map: str | None = None) -> Any:
+    """Load a model once per process (per device and dtype): the demo and tests build
+    several stages in a row (a cached Gemma 3 load spends ~5 s building its 262k-token
+    tokenizer). Settings left None follow :func:`placement`."""
     from transforms.models import ModelRef, load_model
 
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # the weights load in a second; our own bars say more
-    key = (model_id, revision)
+    where, precision = placement(device, dtype)
+    key = (model_id, revision, where, precision, device_map)
     if key not in _MODELS:
         if len(_MODELS) >= 2:  # two variants at most stay in memory
             _MODELS.pop(next(iter(_MODELS)))
-        _MODELS[key] = load_model(ModelRef(model_id, revision))
+        _MODELS[key] = load_model(ModelRef(model_id, revision), precision, device=where, device_map=device_map)
     return _MODELS[key]
 
 

@@ -97,6 +97,7 @@ def train_lora(loaded: Any, rows: list[dict], opts: dict[str, Any], out_dir: Pat
     params = [p for p in model.parameters() if p.requires_grad]
     optim = torch.optim.AdamW(params, lr=opts["lr"], weight_decay=0.0)
     pad = loaded.tokenizer.pad_token_id
+    device = model.get_input_embeddings().weight.device  # batches are built on the CPU
     generator = torch.Generator().manual_seed(opts["seed"])
     log_rows, step = [], 0
     n_batches = -(-len(rows) // opts["batch_size"])
@@ -112,6 +113,7 @@ def train_lora(loaded: Any, rows: list[dict], opts: dict[str, Any], out_dir: Pat
                 start = width - len(r["token_ids"]) + r["prompt_len"]
                 labels[i, :start] = -100
             positions = (mask.cumsum(-1) - 1).clamp(min=0)
+            ids, mask, positions, labels = (t.to(device) for t in (ids, mask, positions, labels))
             loss = model(input_ids=ids, attention_mask=mask, position_ids=positions, labels=labels).loss
             optim.zero_grad()
             loss.backward()
@@ -191,13 +193,14 @@ def finetune(
         writer.write_table(log_rows)
         writer.summary.update({"sequences": len(rows), "steps": len(log_rows),
                                "ending_with_eos": sum(r.get("finish_reason") == "eos" for r in rows),
-                               "loss_first": log_rows[0]["loss"], "loss_last": log_rows[-1]["loss"]})
+                               "loss_first": log_rows[0]["loss"], "loss_last": log_rows[-1]["loss"],
+                               "device": loaded.device})
 
     return store.build(spec, produce, force=force)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = base_parser("python -m builders.finetune", "Train a LoRA adapter on a variant's responses (CPU).")
+    parser = base_parser("python -m builders.finetune", "Train a LoRA adapter on a variant's responses.")
     add_experiment_args(parser)
     parser.add_argument("--prompts", required=True, metavar="SET", help="prompt set whose responses are the data")
     parser.add_argument("--polarity", default="pos", choices=("pos", "neg", "all"))

@@ -34,7 +34,7 @@ from .vectors import load_vectors
 log = logging.getLogger(__name__)
 
 BUILDER = "builders.projections"
-CODE_VERSION = "3"  # 3: the steering runs read for --layers best are parents; 2: live prompts in the set's style
+CODE_VERSION = "4"  # 4: live scores float32 from the model dtype; 3: --layers best steering runs are parents; 2: live prompts in the set style
 _RELATIVE = re.compile(r"^best([+-]\d+)?$")
 
 
@@ -227,7 +227,8 @@ def build_projections(
                                 lambda i: loaded.tokenizer.decode([i]))
         writer.write_table(rows)
         writer.summary.update({"tokens": len({(r["sample"], r["token_index"]) for r in rows}),
-                               "layers": all_layers, "vectors": sorted({r["vector"] for r in rows})})
+                               "layers": all_layers, "vectors": sorted({r["vector"] for r in rows}),
+                               "device": loaded.device})
 
     return store.build(spec, produce, force=force)
 

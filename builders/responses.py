@@ -24,11 +24,12 @@ from typing import Any, Sequence
 from store import BuildResult, BuildSpec, Manifest, Store
 
 from .catalog import Catalog
-from .common import (BuildError, add_experiment_args, base_parser, open_store_and_catalog,
+from .common import (BuildError, add_experiment_args, base_parser, open_store_and_catalog, placement,
                      report, run)
 from .executors import Executor, add_executor_args, executor_from_args, run_units, set_threads
 from .prompts import ensure_prompt_set
-from .units import Unit, UnitOutput, plain_type, plan_units, report_progress, round_unit_size, store_address
+from .units import (Unit, UnitOutput, plain_type, plan_units, report_progress, round_unit_size, run_devices,
+                    store_address)
 from .variants import variant_model
 
 log = logging.getLogger(__name__)
@@ -41,16 +42,27 @@ def dataset_name(experiment: str, variant: str, prompt_set: str) -> str:
     return f"responses-{experiment}-{variant}-{prompt_set}"
 
 
-def model_identity(catalog: Catalog, experiment: str | None, variant: str, store: Store | None = None) -> dict[str, Any]:
+def model_identity(catalog: Catalog, experiment: str | None, variant: str, store: Store | None = None,
+                   *, with_dtype: bool = True) -> dict[str, Any]:
     """What identifies the model in version ids, computed without loading it (an adapter by
-    the hash of its files)."""
+    the hash of its files).
+
+    The dtype the variant runs in changes its numbers, so it is part of the identity --
+    only when it is not float32, which keeps the ids built before dtypes were settings.
+    The device is not (it is run info, recorded in the manifest summary). ``with_dtype``
+    False: for stages that read the weights files, not the loaded model."""
     from transforms.models import ModelRef, model_fingerprint
 
     from .variants import adapter_identity
 
     entry = catalog.variant(experiment, variant)
     ref = ModelRef(entry.model.id, entry.model.revision)
-    return {"model_id": ref.id, "model_revision": model_fingerprint(ref), "adapter": adapter_identity(store, entry)}
+    identity = {"model_id": ref.id, "model_revision": model_fingerprint(ref), "adapter": adapter_identity(store, entry)}
+    if with_dtype:
+        dtype = placement(entry.device, entry.dtype)[1]  # resolves the device too: a missing GPU fails here
+        if dtype != "float32":
+            identity["dtype"] = dtype
+    return identity
 
 
 def format_row(tokenizer: Any, prompt: str, system_prompt: str | None, style: str) -> Any:
@@ -91,7 +103,8 @@ def generate_responses(
     from transforms.generation import GenerationConfig
 
     exp = catalog.experiment(experiment)
-    catalog.variant(exp.name, variant)  # unknown variant: clear error before any work
+    entry = catalog.variant(exp.name, variant)  # unknown variant: clear error before any work
+    placement(entry.device, entry.dtype)  # and a device this machine lacks
     settings = {**catalog.stage_defaults("responses"), **{k: v for k, v in (overrides or {}).items() if v is not None}}
     rollouts = int(settings.pop("rollouts", 1))
     unit_size = int(settings.pop("unit_size", RESPONSES_UNIT))
@@ -126,6 +139,7 @@ def generate_responses(
             "tokenizer_fingerprint": metas[0]["tokenizer_fingerprint"] if rows else None,
             # what a replay through another variant compares (vocabulary) and records (the rest)
             "tokenizer": metas[0]["tokenizer"] if rows else None,
+            "device": run_devices(metas),
         })
 
     return store.build(spec, produce, force=force)
@@ -229,7 +243,7 @@ class ResponsesJob:
                           response_tokens=sum(r["response_len"] for r in ordered),
                           finished_by_eos=sum(r["finish_reason"] == "eos" for r in ordered),
                           tokenizer_fingerprint=loaded.tokenizer_fingerprint,
-                          tokenizer=traits)
+                          tokenizer=traits, device=loaded.device)
 
     def _row(self, loaded: Any, row: dict[str, Any], rollout: int, out: Any, generation: str,
              vocabulary: str) -> dict[str, Any]:

@@ -336,3 +336,11 @@ def plain_type(schema: "pa.Schema", name: str, default: "pa.DataType | None" = N
     if pa.types.is_large_list(t) or pa.types.is_list_view(t) or pa.types.is_large_list_view(t):
         return pa.list_(t.value_type)
     return t
+
+
+def run_devices(metas: list[dict[str, Any]]) -> str | list[str] | None:
+    """The device the units ran on (a list when they differed), for the manifest summary:
+    run info, never part of a version id. Units finished before devices were recorded
+    have none."""
+    devices = sorted({m["device"] for m in metas if m.get("device")})
+    return devices[0] if len(devices) == 1 else (devices or None)

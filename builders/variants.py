@@ -19,7 +19,7 @@ from .common import BuildError, cached_model
 
 log = logging.getLogger(__name__)
 
-_ADAPTED: dict[tuple[str, str | None, str], Any] = {}
+_ADAPTED: dict[tuple[str, str | None, str, str, str], Any] = {}
 
 
 def adapter_dir(store: Store | None, variant: Variant) -> Path | None:
@@ -55,11 +55,12 @@ def adapter_identity(store: Store | None, variant: Variant) -> str | None:
 
 def variant_model(store: Store | None, variant: Variant) -> Any:
     """The variant's :class:`~transforms.models.LoadedModel` (adapter merged into a copy)."""
-    base = cached_model(variant.model.id, variant.model.revision)
+    base = cached_model(variant.model.id, variant.model.revision, device=variant.device, dtype=variant.dtype,
+                        device_map=variant.device_map)
     folder = adapter_dir(store, variant)
     if folder is None:
         return base
-    key = (variant.model.id, variant.model.revision, adapter_fingerprint(folder))
+    key = (variant.model.id, variant.model.revision, base.device, base.dtype, adapter_fingerprint(folder))
     if key not in _ADAPTED:
         import copy
         import dataclasses
@@ -72,6 +73,6 @@ def variant_model(store: Store | None, variant: Variant) -> Any:
             model = PeftModel.from_pretrained(copy.deepcopy(base.model), str(folder)).merge_and_unload().eval()
         if len(_ADAPTED) >= 2:
             _ADAPTED.pop(next(iter(_ADAPTED)))
-        _ADAPTED[key] = dataclasses.replace(base, model=model, model_id=f"{base.model_id}+adapter:{key[2]}")
+        _ADAPTED[key] = dataclasses.replace(base, model=model, model_id=f"{base.model_id}+adapter:{key[-1]}")
         log.info("variant %s: %s with adapter %s merged into a copy", variant.name, base.model_id, folder)
     return _ADAPTED[key]

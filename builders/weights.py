@@ -96,8 +96,9 @@ def analyze_weights(
     for v in vector_sets:
         if v.kind != "vectors":
             raise BuildError(f"--vectors {v.ref} is a {v.kind} dataset, not vectors")
-    identity = {"a": model_identity(catalog, exp.name, variant_a, store),
-                "b": model_identity(catalog, exp.name, variant_b, store)}
+    # the weights are read from their files, not loaded in the variants' dtype
+    identity = {"a": model_identity(catalog, exp.name, variant_a, store, with_dtype=False),
+                "b": model_identity(catalog, exp.name, variant_b, store, with_dtype=False)}
     if identity["a"] == identity["b"]:
         raise BuildError(f"--b {variant_b} has the same weights as --a {variant_a} "
                          f"({a.model.id}, no adapter): nothing to compare")

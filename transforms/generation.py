@@ -100,10 +100,11 @@ def generate_batch(model: Any, tokenizer: Any, prompts: Sequence[Sequence[int]],
         kwargs.update(temperature=config.temperature, top_p=config.top_p, top_k=0)
     else:  # no sampling knobs from the model's generation_config leak into greedy runs
         kwargs.update(temperature=None, top_p=None, top_k=None)
+    device = model.get_input_embeddings().weight.device  # built on the CPU, fed where the model is
     with torch.inference_mode():
-        out = model.generate(input_ids=ids, attention_mask=mask, **kwargs)
+        out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **kwargs)
     results = []
-    for row in out[:, ids.shape[1]:].tolist():
+    for row in out[:, ids.shape[1]:].cpu().tolist():  # one transfer per batch
         cut = next((i for i, tok in enumerate(row) if tok in eos), None)
         if cut is None:
             results.append(Generated(row, "length"))

@@ -73,7 +73,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class LoadedModel:
-    """A model ready for inference on CPU, with its tokenizer and identity."""
+    """A model ready for inference on its device, with its tokenizer and identity."""
 
     model: Any  # transformers PreTrainedModel, eval mode
     tokenizer: Any  # transformers tokenizer, pad token always set
@@ -90,6 +90,9 @@ class LoadedModel:
     #: the token -> id mapping's fingerprint (what replaying token ids needs to match);
     #: None only for hand-built instances (then computed from the tokenizer when needed)
     vocabulary_fingerprint: str | None = None
+    #: where the weights live ("cpu", "cuda:0", ...); run info, never part of describe()
+    #: or a version id (the same numbers come out of any device in a given dtype)
+    device: str = "cpu"
 
     @property
     def ref(self) -> ModelRef:
@@ -196,11 +199,20 @@ def load_tokenizer(ref: ModelRef | str, *, padding_side: str | None = None) -> A
 
 def load_model(
     ref: ModelRef | str,
-    dtype: Any = "float32",
+    dtype: Any = None,
     *,
+    device: str = "cpu",
+    device_map: Any = None,
     padding_side: str | None = None,
 ) -> LoadedModel:
-    """Load ``ref`` on CPU in eval mode, with its tokenizer (pad token set) and identity.
+    """Load ``ref`` in eval mode on ``device`` in ``dtype``, with its tokenizer (pad token
+    set) and identity.
+
+    ``device``: ``cpu`` (default), ``auto``, ``mps``, ``cuda`` or ``cuda:N``
+    (:func:`transforms.devices.resolve_device`); ``dtype``: None for the device's default
+    (bfloat16 on accelerators, float32 on CPU) or a name / ``torch.dtype``.
+    ``device_map`` (e.g. ``"auto"``, for a model larger than one device) is passed to
+    ``from_pretrained`` as is, and then ``device`` is not applied.
 
     ``revision``: for ``pkg:`` models the GGUF sha256 prefix, for local directories
     :func:`local_revision`; a ``ref.revision`` given for those must match (prefix) or it
@@ -209,7 +221,11 @@ def load_model(
     ref = _as_ref(ref)
     kind = ref_kind(ref)
     t0 = time.perf_counter()
-    torch_dtype = _torch_dtype(dtype)
+    from transforms.devices import resolve_device, resolve_dtype
+
+    target = resolve_device(device)
+    torch_dtype = _torch_dtype(dtype) if dtype is not None and not isinstance(dtype, str) \
+        else _torch_dtype(resolve_dtype(dtype, target))
     checkpoint, local_only = _resolve_for_load(ref)
 
     if kind == "pkg":
@@ -229,14 +245,16 @@ def load_model(
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ModelLoadError(f"could not load the tokenizer of {ref.id!r} {where}: {_short(exc)}") from None
     try:
+        placement = {} if device_map is None else {"device_map": device_map}
         model = AutoModelForCausalLM.from_pretrained(
-            checkpoint, revision=hub_rev, dtype=torch_dtype, local_files_only=local_only
+            checkpoint, revision=hub_rev, dtype=torch_dtype, local_files_only=local_only, **placement
         )
     except (OSError, ValueError, KeyError) as exc:
         raise ModelLoadError(f"could not load model {ref.id!r} {where}: {_short(exc)}") from None
 
     model.eval()
-    model.to("cpu")
+    if device_map is None:
+        model.to(target)
     fingerprint, vocabulary = cached_fingerprints(tokenizer, Path(checkpoint) if kind == "pkg" else None)
     _prepare_tokenizer(tokenizer, padding_side)
     gen = getattr(model, "generation_config", None)
@@ -260,9 +278,11 @@ def load_model(
         architecture=str(model.config.model_type),
         dtype=str(torch_dtype).removeprefix("torch."),
         vocabulary_fingerprint=vocabulary,
+        device=str(model.device),
     )
-    logger.info("loaded %s (%s, %d layers, d_model %d, revision %s) in %.1fs", ref.id,
-                loaded.architecture, n_layers, d_model, revision, time.perf_counter() - t0)
+    logger.info("loaded %s (%s, %d layers, d_model %d, revision %s, %s on %s) in %.1fs", ref.id,
+                loaded.architecture, n_layers, d_model, revision, loaded.dtype, loaded.device,
+                time.perf_counter() - t0)
     return loaded
 
 

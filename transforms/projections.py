@@ -81,7 +81,8 @@ class LiveProjector:
 
     ``with projector.attach(model, component="residual"): model.generate(...)``; afterwards
     ``projector.scores[layer]`` is a list of per-forward ``[B, T_new, K]`` raw-score arrays
-    and ``projector.norms[layer]`` the matching ``[B, T_new]`` norms; ``on_scores(layer,
+    and ``projector.norms[layer]`` the matching ``[B, T_new]`` norms (float32, computed in
+    float32 from the model's states whatever its dtype); ``on_scores(layer,
     raw_BTK, norms_BT)`` (optional) streams them. :meth:`per_row` concatenates a row's
     scores over the forwards (prefill + each decoding step), left padding included.
     """
@@ -91,15 +92,25 @@ class LiveProjector:
         self.on_scores = on_scores
         self.scores: dict[int, list[np.ndarray]] = {k: [] for k in self.stacks}
         self.norms: dict[int, list[np.ndarray]] = {k: [] for k in self.stacks}
+        self._units: dict[tuple[int, str], torch.Tensor] = {}  # (layer, device) -> float32 U_KD there
+
+    def _unit_on(self, layer: int, device: torch.device) -> torch.Tensor:
+        import torch
+
+        key = (layer, str(device))
+        if key not in self._units:  # sent to the device once, not per forward
+            self._units[key] = torch.as_tensor(self.stacks[layer].unit_KD, dtype=torch.float32, device=device)
+        return self._units[key]
 
     def _callback(self, layer: int, hidden_BTD: torch.Tensor) -> None:
         import torch
 
-        stack = self.stacks[layer]
-        unit = torch.as_tensor(stack.unit_KD, dtype=torch.float64, device=hidden_BTD.device)
-        h = hidden_BTD.detach().double()
-        raw = (h @ unit.T).cpu().numpy()
-        norms = h.norm(dim=-1).cpu().numpy()
+        # float32 whatever the model dtype (bf16 states are widened exactly; float64 is
+        # missing on some accelerators), on the states' device; scores and norms leave it
+        # together, one copy per layer and forward pass
+        h = hidden_BTD.detach().float()
+        both = torch.cat([h @ self._unit_on(layer, h.device).T, h.norm(dim=-1, keepdim=True)], dim=-1).cpu().numpy()
+        raw, norms = both[..., :-1], both[..., -1]
         self.scores[layer].append(raw)
         self.norms[layer].append(norms)
         if self.on_scores is not None:

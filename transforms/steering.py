@@ -339,6 +339,11 @@ class _ResumeFromCache:
         return self._model.generate(past_key_values=self._cache, **kwargs)
 
 
+def _input_device(model: nn.Module) -> torch.device:
+    """Where the model reads its token ids (inputs are built on the CPU)."""
+    return model.get_input_embeddings().weight.device
+
+
 def _prefill_distinct(model: nn.Module, batch: Sequence[Sequence[int]], pad_id: int) -> Any:
     """KV cache of ``batch``'s prompts minus their last token (left padded to the batch
     width, position ids as ``generate`` numbers them), computed once per distinct prompt
@@ -347,15 +352,16 @@ def _prefill_distinct(model: nn.Module, batch: Sequence[Sequence[int]], pad_id: 
 
     from transforms.generation import left_pad
 
+    device = _input_device(model)
     distinct = list(dict.fromkeys(tuple(p) for p in batch))
-    ids, mask = left_pad(distinct, pad_id)
+    ids, mask = (x.to(device) for x in left_pad(distinct, pad_id))
     positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
     with torch.inference_mode():
         out = decoder_trunk(model)(input_ids=ids[:, :-1], attention_mask=mask[:, :-1],
                                    position_ids=positions[:, :-1], use_cache=True)
     cache = out.past_key_values
     index = {p: i for i, p in enumerate(distinct)}
-    cache.batch_select_indices(torch.tensor([index[tuple(p)] for p in batch]))
+    cache.batch_select_indices(torch.tensor([index[tuple(p)] for p in batch], device=device))
     return cache
 
 
@@ -450,6 +456,7 @@ def mean_residual_norms(
                 raise _StopForward
         return hook
 
+    device = _input_device(model)
     handles = [blocks[k].register_forward_hook(make_hook(k)) for k in wanted]
     try:
         for lo in range(0, len(prompts_ids), batch_size):
@@ -459,12 +466,13 @@ def mean_residual_norms(
             for row, p in enumerate(batch):  # drop each prompt's first skip_first tokens
                 first = ids.shape[1] - len(p)
                 weight[row, first:first + skip_first] = 0
-            current["w"] = weight.float()
+            current["w"] = weight.float().to(device)
             count += int(weight.sum())
             position_ids = (mask.cumsum(-1) - 1).clamp(min=0)  # as generate numbers left-padded rows
             try:
                 with torch.inference_mode():
-                    decoder_trunk(model)(input_ids=ids, attention_mask=mask, position_ids=position_ids, use_cache=False)
+                    decoder_trunk(model)(input_ids=ids.to(device), attention_mask=mask.to(device),
+                                         position_ids=position_ids.to(device), use_cache=False)
             except _StopForward:
                 pass
     finally:

@@ -67,7 +67,7 @@ def _additive(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """Bool ``[B, Q, K]`` (True = attend) -> additive float mask ``[B, 1, Q, K]``."""
     import torch
 
-    zero = torch.zeros((), dtype=dtype)
+    zero = torch.zeros((), dtype=dtype, device=allowed.device)
     return torch.where(allowed, zero, torch.finfo(dtype).min)[:, None]
 
 
