@@ -90,6 +90,9 @@ def extract_vectors(
         pos = parse_position(config.position)
     except ValueError as err:
         raise BuildError(f"--position: {err}") from None
+    vetting = Vetting(vet_trait_threshold, vet_coherence_floor, judgments) if vetted else None
+    if vetting is not None:
+        vetting.check()  # before any generation: a bad threshold costs nothing
     generate_responses(store, catalog, config.variant, config.prompt_set, exp.name, generation, quiet=quiet)
     acts = capture_activations(store, catalog, config.variant, config.prompt_set, str(pos), "all", component,
                                exp.name, quiet=quiet).manifest
@@ -97,10 +100,8 @@ def extract_vectors(
               "position": str(pos), "component": component, "methods": sorted(config.methods),
               "val_fraction": val_fraction, "seed": seed}
     parents = {"activations": acts.ref}
-    vetting = Vetting(vet_trait_threshold, vet_coherence_floor, judgments) if vetted else None
     judged = None
     if vetting is not None:
-        vetting.check()
         judged = resolve_judgments(store, vetting, exp.name, config.variant, config.prompt_set, acts)
         params["vetting"] = vetting.params()
         parents["judgments"] = judged.ref  # the judgments read enter the version id

@@ -139,3 +139,13 @@ def test_vetted_keeps_only_responses_that_pass_and_records_the_judgments(env):
     assert {m.ref for m in store.all_manifests()} == before
     with pytest.raises(BuildError, match=r"kept 0 positive .* and \d+ negative"):
         extract_vectors(store, catalog, config, vetted=True, vet_trait_threshold=95, quiet=True)
+
+
+def test_bad_vetting_threshold_is_refused_before_any_generation(tmp_path, capsys):
+    from builders.vectors import cli
+
+    root = tmp_path / "store"
+    assert cli(["--store", str(root), "--matrix", "--vetted", "--vet-trait-threshold", "150", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--vet-trait-threshold must be in [0, 100]" in err[0]
+    assert not root.exists() or not any(root.iterdir())  # no prompts, responses or activations built

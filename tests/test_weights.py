@@ -156,16 +156,21 @@ def test_adapter_equals_merged_checkpoint(env, checkpoints):
     assert lens_a == lens_m
 
 
-def test_alignment_with_vectors(env, checkpoints):
+def _fake_vectors(store, prompt_set: str, seed: int):
+    """A published vectors version of random unit-free vectors for layers 0-2 (width 32)."""
     from safetensors.numpy import save
 
+    vecs = np.random.default_rng(seed).standard_normal((3, 32)).astype(np.float32)
+    spec = BuildSpec(name=f"vectors-w-a-{prompt_set}-response__-residual", kind="vectors", builder="test",
+                     code_version="1", params={"prompt_set": prompt_set, "variant": "a", "position": "response[:]"},
+                     parents={}, identity={})
+    data = save({"vectors": vecs}, metadata={"layers": json.dumps([0, 1, 2])})
+    return vecs, store.build(spec, lambda w: w.write_bytes("vectors/mean_diff.safetensors", data)).manifest
+
+
+def test_alignment_with_vectors(env, checkpoints):
     store, catalog = env
-    rng = np.random.default_rng(0)
-    vecs = rng.standard_normal((3, 32)).astype(np.float32)
-    spec = BuildSpec(name="vectors-w-a-fake-response__-residual", kind="vectors", builder="test", code_version="1",
-                     params={"prompt_set": "fake", "variant": "a", "position": "response[:]"}, parents={}, identity={})
-    fake = store.build(spec, lambda w: w.write_bytes("vectors/mean_diff.safetensors",
-                                                     save({"vectors": vecs}, metadata={"layers": json.dumps([0, 1, 2])}))).manifest
+    vecs, fake = _fake_vectors(store, "fake", seed=0)
     manifest = analyze_weights(store, catalog, "a", "b", vectors=[fake.ref]).manifest
     rows = store.read_table(manifest, "alignment").to_dicts()
     _, directions, _ = independent(checkpoints["a"], checkpoints["b"])
@@ -187,13 +192,7 @@ def test_singular_directions_equal_lapack_svd(env, checkpoints):
     import transformers as tf
 
     store, catalog = env
-    rng = np.random.default_rng(1)
-    vecs = rng.standard_normal((3, 32)).astype(np.float32)
-    from safetensors.numpy import save
-    spec = BuildSpec(name="vectors-w-a-svd-response__-residual", kind="vectors", builder="test", code_version="1",
-                     params={"prompt_set": "svd", "variant": "a", "position": "response[:]"}, parents={}, identity={})
-    fake = store.build(spec, lambda w: w.write_bytes("vectors/mean_diff.safetensors",
-                                                     save({"vectors": vecs}, metadata={"layers": json.dumps([0, 1, 2])}))).manifest
+    vecs, fake = _fake_vectors(store, "svd", seed=1)
     manifest = analyze_weights(store, catalog, "a", "b", vectors=[fake.ref], singular_k=2).manifest
     rows = store.read_table(manifest, "directions").to_dicts()
     sa, sb = load_file(f"{checkpoints['a']}/model.safetensors"), load_file(f"{checkpoints['b']}/model.safetensors")
