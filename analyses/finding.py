@@ -56,13 +56,9 @@ def _auroc(pos: Sequence[float], neg: Sequence[float]) -> float:
 
 
 def _cohens_d(pos: Sequence[float], neg: Sequence[float]) -> float:
-    if len(pos) < 2 or len(neg) < 2:
-        return float("nan")
-    mp, mn = _mean(pos), _mean(neg)
-    vp = sum((x - mp) ** 2 for x in pos) / (len(pos) - 1)
-    vn = sum((x - mn) ** 2 for x in neg) / (len(neg) - 1)
-    pooled = math.sqrt(((len(pos) - 1) * vp + (len(neg) - 1) * vn) / (len(pos) + len(neg) - 2))
-    return (mp - mn) / pooled if pooled > 0 else float("nan")
+    from transforms.stats import cohens_d
+
+    return cohens_d(pos, neg)
 
 
 def _best(rows: list[dict[str, Any]], floor: float) -> dict[str, Any] | None:

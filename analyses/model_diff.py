@@ -6,8 +6,8 @@
   the best trait delta (in the run's direction) at coherence ≥ ``--floor`` over the
   steering runs whose vectors came from A and steered B: the transfer curve;
 - ``correlation``: per trait and (A, B), Pearson r between per-layer activation
-  similarity (``similarity`` tables of the same A, B) and the transfer curve — r from
-  DuckDB's ``corr``, p two-sided from the t distribution with n − 2 degrees of freedom;
+  similarity (``similarity`` tables of the same A, B) and the transfer curve — r and the
+  two-sided p from ``scipy.stats.pearsonr`` (:func:`transforms.stats.pearson`);
 - ``profile``: per (A, B) and layer: similarity, weight-diff norm, residual-facing
   direction norm, transfer delta — one figure per (A, B) (``plots/*.png``);
 - ``report.md``: the seed's checkpoint questions answered with these numbers.
@@ -21,6 +21,7 @@ import math
 import re
 from typing import TYPE_CHECKING, Any, Sequence
 
+from builders.figures import png_bytes
 from store import BuildResult, BuildSpec, Store
 
 if TYPE_CHECKING:
@@ -30,7 +31,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 BUILDER = "analyses.model_diff"
-CODE_VERSION = "1"
+CODE_VERSION = "2"  # 2: r and p from scipy.stats.pearsonr (were DuckDB corr + a hand-written t test; p equal to 1e-9)
 DATASET = "analysis-model-diff"
 
 
@@ -50,7 +51,8 @@ CORRELATION_SQL = """
 WITH sim AS (SELECT variant_a, variant_b, layer, avg(mean_cosine) AS similarity FROM similarity GROUP BY ALL),
 pairs AS (SELECT t.trait, t.variant_a, t.variant_b, t.layer, s.similarity, t.best_delta
           FROM transfer t JOIN sim s USING (variant_a, variant_b, layer))
-SELECT trait, variant_a, variant_b, count(*) AS layers, corr(similarity, best_delta) AS pearson_r
+SELECT trait, variant_a, variant_b, count(*) AS layers, list(similarity ORDER BY layer) AS similarity,
+       list(best_delta ORDER BY layer) AS best_delta
 FROM pairs GROUP BY ALL ORDER BY trait, variant_a, variant_b
 """
 
@@ -69,16 +71,21 @@ ORDER BY k.variant_a, k.variant_b, k.layer
 """
 
 
-def pearson_p(r: float | None, n: int) -> float | None:
-    """Two-sided p of Pearson r under H0 (t = r·√((n−2)/(1−r²)), n − 2 degrees of freedom)."""
-    from scipy import stats
+def pearson_columns(similarity: Sequence[Sequence[float | None]],
+                    best_delta: Sequence[Sequence[float | None]]) -> tuple[list[float | None], list[float | None]]:
+    """Per (trait, A, B): Pearson r and two-sided p over the layers where both values are
+    present (:func:`transforms.stats.pearson`, i.e. ``scipy.stats.pearsonr``); ``None`` when
+    undefined (fewer than 3 layers, or no spread)."""
+    from transforms.stats import pearson
 
-    if r is None or n < 3 or (isinstance(r, float) and math.isnan(r)):
-        return None
-    if abs(r) >= 1.0:
-        return 0.0
-    t = r * math.sqrt((n - 2) / (1 - r * r))
-    return float(2 * stats.t.sf(abs(t), n - 2))
+    rs: list[float | None] = []
+    ps: list[float | None] = []
+    for xs, ys in zip(similarity, best_delta):
+        pairs = [(x, y) for x, y in zip(xs, ys) if x is not None and y is not None]
+        r, p = pearson([x for x, _ in pairs], [y for _, y in pairs]) if pairs else (math.nan, math.nan)
+        rs.append(None if math.isnan(r) else r)
+        ps.append(None if math.isnan(p) else p)
+    return rs, ps
 
 
 def _views(con: duckdb.DuckDBPyConnection) -> set[str]:
@@ -99,8 +106,9 @@ def run_queries(con: duckdb.DuckDBPyConnection, floor: float = 70.0) -> dict[str
         out["transfer"] = con.sql("SELECT * FROM transfer").pl()
     if "similarity" in views:
         corr = con.sql(CORRELATION_SQL).pl()
-        p = [pearson_p(r, n) for r, n in zip(corr["pearson_r"].to_list(), corr["layers"].to_list())]
-        out["correlation"] = corr.with_columns(pl.Series("p_value", p, dtype=pl.Float64))
+        r, p = pearson_columns(corr["similarity"].to_list(), corr["best_delta"].to_list())
+        out["correlation"] = corr.drop("similarity", "best_delta").with_columns(
+            pl.Series("pearson_r", r, dtype=pl.Float64), pl.Series("p_value", p, dtype=pl.Float64))
     if "similarity" in views and "weights__layers" in views:
         out["profile"] = con.sql(PROFILE_SQL).pl()
     return out
@@ -108,7 +116,6 @@ def run_queries(con: duckdb.DuckDBPyConnection, floor: float = 70.0) -> dict[str
 
 def profile_plot(frame: pl.DataFrame, title: str) -> bytes:
     """Similarity, weight-diff norm and transfer delta per layer, stacked on one layer axis."""
-    import io
 
     import matplotlib
 
@@ -128,10 +135,7 @@ def profile_plot(frame: pl.DataFrame, title: str) -> bytes:
     axes[-1].set_xlabel("layer")
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=90, metadata={"Software": None})
-    plt.close(fig)
-    return buffer.getvalue()
+    return png_bytes(fig)
 
 
 def report_text(con: duckdb.DuckDBPyConnection, tables: dict[str, Any], floor: float) -> str:

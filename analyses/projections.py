@@ -9,7 +9,7 @@
   polarity, prompt) and, when a judgments dataset of the same variant and set exists, its
   trait score and vetting;
 - ``groups``: Cohen's d (pooled sd, ddof=1) of a summary metric between two groups of a
-  column, with a percentile bootstrap interval (:func:`cohens_d_bootstrap`);
+  column, with a BCa bootstrap interval (:func:`cohens_d_bootstrap`);
 - ``decomposition``: samples where every condition ``vector>x`` / ``vector<x`` on the
   summary metric holds (one SQL query: a pivot of the summary);
 - ``correlations``: Pearson r of two vectors' per-token response scores at lags 0..k
@@ -33,7 +33,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 BUILDER = "analyses.projections"
-CODE_VERSION = "2"  # 2: prompts and judgments pinned and recorded as parents (were latest, unrecorded)
+# 2: prompts and judgments pinned and recorded as parents (were latest, unrecorded)
+# 3: the groups' interval is scipy's BCa bootstrap (was a percentile bootstrap over finite draws)
+CODE_VERSION = "3"
 METRICS = ("mean_response", "max_response", "mean_range")
 
 
@@ -99,32 +101,24 @@ def parse_conditions(text: str) -> list[tuple[str, str, float]]:
     return out
 
 
-def cohens_d(a: np.ndarray, b: np.ndarray) -> float:
-    """(mean b − mean a) / pooled sd (ddof=1)."""
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    pooled = np.sqrt(((a.size - 1) * a.var(ddof=1) + (b.size - 1) * b.var(ddof=1)) / (a.size + b.size - 2))
-    return float((b.mean() - a.mean()) / pooled) if pooled > 0 else float("nan")
-
-
 def cohens_d_bootstrap(a: np.ndarray, b: np.ndarray, n_boot: int = 2000, ci: float = 0.95,
                        seed: int = 0) -> tuple[float, float, float]:
-    """``(d, lo, hi)``: Cohen's d and a percentile bootstrap interval. Resampling protocol:
-    ``rng = default_rng(seed)``; all of group a's index draws ``[n_boot, len(a)]`` first,
-    then group b's ``[n_boot, len(b)]`` (each group resampled with replacement on its own)."""
+    """``(d, lo, hi)``: Cohen's d (mean b − mean a over the pooled sd, ddof=1) and its BCa
+    bootstrap interval (:func:`transforms.stats.bootstrap_ci`: ``scipy.stats.bootstrap``, each
+    group resampled on its own, ``default_rng(seed)``); ``lo``/``hi`` are nan where BCa is
+    undefined (a resample or leave-one-out group without spread, e.g. groups of 2). Until
+    code version 3 this was a percentile interval over the finite draws only."""
+    from transforms.stats import bootstrap_ci, cohens_d, cohens_d_axis
+
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     if a.size < 2 or b.size < 2:
         raise ValueError(f"each group needs at least 2 values (got {a.size} and {b.size})")
-    rng = np.random.default_rng(seed)
-    ia = rng.integers(0, a.size, (n_boot, a.size))
-    ib = rng.integers(0, b.size, (n_boot, b.size))
-    sa, sb = a[ia], b[ib]
-    pooled = np.sqrt(((a.size - 1) * sa.var(axis=1, ddof=1) + (b.size - 1) * sb.var(axis=1, ddof=1))
-                     / (a.size + b.size - 2))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        boot = (sb.mean(axis=1) - sa.mean(axis=1)) / pooled
-    boot = boot[np.isfinite(boot)]
-    tail = (1 - ci) / 2 * 100
-    return cohens_d(a, b), float(np.percentile(boot, tail)), float(np.percentile(boot, 100 - tail))
+    d = cohens_d(b, a)
+    if not np.isfinite(d):  # no spread in either group: no interval either
+        return d, float("nan"), float("nan")
+    lo, hi = bootstrap_ci(lambda x, y, axis=-1: cohens_d_axis(y, x, axis), (a, b), n_resamples=n_boot,
+                          confidence=ci, seed=seed)
+    return d, lo, hi
 
 
 def group_rows(summary: pl.DataFrame, column: str, groups: tuple[str, str], metric: str,

@@ -26,6 +26,7 @@ import logging
 import re
 from typing import TYPE_CHECKING, Any, Sequence
 
+from builders.figures import png_bytes
 from store import BuildResult, BuildSpec, Store
 
 if TYPE_CHECKING:
@@ -117,7 +118,6 @@ def run_queries(con: duckdb.DuckDBPyConnection, high: float = 80.0, low: float =
 
 def heatmap(frame: pl.DataFrame, title: str) -> bytes:
     """PNG: layer × perturbation ratio (2 significant digits), trait delta and coherence."""
-    import io
 
     import matplotlib
 
@@ -146,10 +146,7 @@ def heatmap(frame: pl.DataFrame, title: str) -> bytes:
         fig.colorbar(image, ax=ax)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=90, metadata={"Software": None})  # no timestamp: same bytes each time
-    plt.close(fig)
-    return buffer.getvalue()
+    return png_bytes(fig)
 
 
 def _slug(text: str) -> str:

@@ -13,7 +13,8 @@ and one work unit (``--unit-size`` samples) deep; ``--per-token``: ``acts``
 ``[token, layer, d_model]`` (tokens in sample order) plus the index columns
 ``token_start``/``token_end`` in the sample table. Units run in this process or on Ray
 (``--executor ray``, see builders/executors.py) with the same version and bytes; finished
-units are kept, so an interrupted run resumes. ``--replay-from A`` runs ``--variant``
+units are kept, so an interrupted run resumes. ``--batch-size`` N or ``auto`` (8 on the
+CPU), halved on out-of-memory as in builders/responses.py. ``--replay-from A`` runs ``--variant``
 over variant A's response token ids, its prompt formatted its own way (seed 001 step 4c);
 both variants' tokenizers must share a vocabulary (token -> id mapping); eos, pad and chat
 template may differ and are then recorded (see builders/replay.py). Output dataset:
@@ -35,7 +36,7 @@ from .executors import Executor, add_executor_args, executor_from_args, run_unit
 from .responses import dataset_name as responses_name
 from .responses import format_row, model_identity
 from .units import (ArraySpec, Unit, UnitOutput, plain_type, plan_units, report_progress, round_unit_size,
-                    run_devices, store_address)
+                    run_batch_sizes, run_batched, run_devices, store_address)
 from .variants import variant_model
 
 log = logging.getLogger(__name__)
@@ -66,7 +67,7 @@ def capture_activations(
     experiment: str | None = None,
     replay_from: str | None = None,
     per_token: bool = False,
-    batch_size: int = 8,
+    batch_size: int | str = "auto",
     force: bool = False,
     quiet: bool = False,
     unit_size: int = ACTIVATIONS_UNIT,
@@ -76,7 +77,10 @@ def capture_activations(
 
     Samples are cut into work units of ``unit_size`` (whole batches; one table shard each,
     and for pooled output one Zarr chunk deep along the sample axis) that run on
-    ``executor`` (default: in this process) with the same result."""
+    ``executor`` (default: in this process) with the same result. ``batch_size``: a size or
+    ``auto`` (from the free accelerator memory, 8 on the CPU), halved on out-of-memory; the
+    request is in the version id, the sizes used in the manifest summary."""
+    from transforms.batching import parse_batch_size
     from transforms.positions import parse_position
 
     exp = catalog.experiment(experiment)
@@ -89,8 +93,10 @@ def capture_activations(
         raise BuildError(f"--position: {err}") from None
     if component not in COMPONENTS:
         raise BuildError(f"--component: unknown component {component!r} (known: {', '.join(COMPONENTS)})")
-    if batch_size < 1:
-        raise BuildError(f"--batch-size must be >= 1, got {batch_size}")
+    try:
+        batch_size = parse_batch_size(batch_size)
+    except ValueError as err:
+        raise BuildError(f"--batch-size: {err}") from None
     try:
         unit_size = round_unit_size(unit_size, batch_size)
     except ValueError as err:
@@ -197,7 +203,8 @@ def _capture(store: Store, catalog: Catalog, writer: Any, spec: BuildSpec, sourc
     if not per_token:
         _layer_stats(writer, store.location, job.scratch, metas, layer_ids)
     writer.summary.update({"samples": len(sequences), "layers": layer_ids, "d_model": d_model,
-                           "empty_spans": sum(n == 0 for n in counts), "device": run_devices(metas)})
+                           "empty_spans": sum(n == 0 for n in counts), "device": run_devices(metas),
+                           "batch_sizes": run_batch_sizes(metas)})
 
 
 def _schema(source_schema: Any, per_token: bool) -> Any:
@@ -249,20 +256,41 @@ class ActivationsJob:
     schema: Any  # pyarrow.Schema of the rows
 
     def run_unit(self, unit: Unit) -> dict[str, Any]:
-        """Capture the unit's samples: pooled rows or per-token rows of ``acts`` (in sample
-        order, at the rows the plan gave the unit), its table shard, and (pooled) the
-        per-sample norms for the layer statistics."""
-        import numpy as np
-        import pyarrow as pa
-
-        from transforms.positions import parse_position
+        """Capture the unit's samples (see :meth:`_capture`). ``auto`` resolves here, from the
+        free memory and the unit's longest span end; on out-of-memory the unit starts over
+        in a fresh attempt folder at a smaller batch."""
+        from transforms.batching import power_of_two_dividing, resolve_batch_size
 
         set_threads(self.threads)
         store = Store(self.store_url)
         loaded = variant_model(store, self.entry)
         if loaded.d_model != self.array.shape[2]:
             raise BuildError(f"{loaded.model_id}: d_model {loaded.d_model}, config says {self.array.shape[2]}")
-        out = UnitOutput(store.location, self.scratch, unit)
+        longest = max((end for _, end in self.spans[unit.start:unit.end]), default=1)  # what the forward runs
+        unit_size = self.params["unit_size"]
+        requested = resolve_batch_size(self.params["batch_size"], loaded.model, max(1, longest),
+                                       limit=power_of_two_dividing(unit_size))
+
+        def attempt(batch_size: int) -> dict[str, Any]:
+            out = UnitOutput(store.location, self.scratch, unit)
+            try:
+                return self._capture(loaded, out, unit, batch_size)
+            except Exception:
+                out.discard()  # a retry writes every row again, into its own attempt
+                raise
+
+        meta, _ = run_batched(self.scratch, f"{self.label} {unit.name}", requested, unit_size, attempt)
+        return meta
+
+    def _capture(self, loaded: Any, out: UnitOutput, unit: Unit, batch_size: int) -> dict[str, Any]:
+        """Pooled rows or per-token rows of ``acts`` (in sample order, at the rows the plan
+        gave the unit), the table shard, and (pooled) the per-sample norms for the layer
+        statistics, all in ``out``; returns the unit's metadata."""
+        import numpy as np
+        import pyarrow as pa
+
+        from transforms.positions import parse_position
+
         pos = parse_position(self.position)
         sequences = self.sequences[unit.start:unit.end]
         params = self.params
@@ -276,7 +304,7 @@ class ActivationsJob:
                 row += end - start
             rows = out.array_rows(self.array, unit.token_start, unit.token_end)
             for chunk in iter_per_token(loaded.model, sequences, self.layer_ids, params["component"], pos,
-                                        params["batch_size"]):
+                                        batch_size):
                 for t in chunk:
                     rows.write(offsets[t.sample_idx], t.acts_TLD)
                 report_progress(len(chunk))
@@ -286,14 +314,15 @@ class ActivationsJob:
 
             acts = np.empty((len(sequences), *self.array.shape[1:]), dtype=np.float32)
             for idx, acts_BLD in iter_pooled(loaded.model, sequences, pos, self.layer_ids, params["component"],
-                                             params["batch_size"], None, on_empty="nan"):
+                                             batch_size, None, on_empty="nan"):
                 acts[idx] = acts_BLD
                 report_progress(len(idx))
             out.write_array(self.array, unit.start, acts)
             out.save_npy("norms.npy", np.linalg.norm(acts, axis=-1))  # [sample, layer]
         out.write_table(pa.Table.from_pylist(
             [self._row(unit.start + i, offsets.get(i)) for i in range(len(sequences))], schema=self.schema))
-        return out.finish(model_id=loaded.model_id, model_revision=loaded.revision, device=loaded.device)
+        return out.finish(model_id=loaded.model_id, model_revision=loaded.revision, device=loaded.device,
+                          batch_size=batch_size)
 
     def _row(self, sample: int, token_start: int | None) -> dict[str, Any]:
         resp, seq = self.sources[sample], self.sequences[sample]
@@ -333,7 +362,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--component", default=None, choices=COMPONENTS)
     parser.add_argument("--per-token", action="store_true", help="store every token of the position, not the mean")
     parser.add_argument("--replay-from", metavar="VARIANT", help="replay this variant's responses through --variant")
-    parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--batch-size", metavar="N|auto", default=None,
+                        help="sequences per batch; auto (catalog default): from the free accelerator memory, "
+                             "8 on the CPU; halved and retried on out-of-memory")
     parser.add_argument("--unit-size", type=int, default=ACTIVATIONS_UNIT,
                         help="samples per work unit and table shard (pooled: per Zarr chunk), whole batches")
     add_executor_args(parser)
@@ -351,7 +382,7 @@ def main(args: argparse.Namespace) -> int:
                 layers=args.layers or str(defaults.get("layers", "all")),
                 component=args.component or defaults.get("component", "residual"),
                 experiment=args.experiment, replay_from=args.replay_from, per_token=args.per_token,
-                batch_size=int(defaults.get("batch_size", 8)) if args.batch_size is None else args.batch_size,
+                batch_size=defaults.get("batch_size", "auto") if args.batch_size is None else args.batch_size,
                 force=args.force,
                 quiet=args.quiet, unit_size=args.unit_size, executor=executor,
             ))

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import io
 import json
 import logging
 import re
@@ -33,7 +32,8 @@ from store import BuildResult, BuildSpec, Manifest, Store
 from .catalog import Catalog
 from .common import BuildError, add_experiment_arg, base_parser, open_store_and_catalog, read_jsonl_rows, report, run
 from .judges import (COHERENCE_JUDGES, LLM_JUDGES, OPENAI_MODES, TRAIT_JUDGES, JudgeChoice, coherence_scorer,
-                     prompt_meta, score_items, trait_scorer)
+                     judge_dtype, prompt_meta, score_items, trait_scorer)
+from .figures import png_bytes
 from .prompts import ensure_prompt_set
 
 log = logging.getLogger(__name__)
@@ -116,8 +116,10 @@ def reference_identity(store: Store, catalog: Catalog, experiment: str, variant:
     if entry is None:
         raise BuildError(f"--coherence-reference: unknown catalog model {choice.reference!r} "
                          f"(known: {', '.join(catalog.models)})")
-    return {"model_id": entry.id, "model_revision": model_fingerprint(ModelRef(entry.id, entry.revision)),
-            "adapter": None}
+    ident = {"model_id": entry.id, "model_revision": model_fingerprint(ModelRef(entry.id, entry.revision)),
+             "adapter": None}
+    dtype = judge_dtype()  # loaded by cached_model at --dtype (as model_identity: only when not float32)
+    return ident if dtype is None else {**ident, "dtype": dtype}
 
 
 def perplexity_reference(store: Store, catalog: Catalog, experiment: str, variant: str,
@@ -202,10 +204,7 @@ def _plot(rows: list[dict[str, Any]], column: str, title: str) -> bytes:
         ax.legend(fontsize=7)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=90, metadata={"Software": None})
-    plt.close(fig)
-    return buffer.getvalue()
+    return png_bytes(fig)
 
 
 def _metrics(rows: list[dict[str, Any]], column: str, note: str) -> list[dict[str, Any]]:

@@ -8,7 +8,10 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from transforms.quantization import QuantizationSpec
 
 CATALOG_ENV = "TRAITSTORE_CATALOG"
 DEFAULT_CATALOG = Path(__file__).resolve().parents[1] / "catalog.yaml"
@@ -43,6 +46,8 @@ class Variant:
     device: str | None = None
     dtype: str | None = None
     device_map: str | None = None
+    # weight quantization (transforms/quantization.py); None = the model's dtype as is
+    quantization: QuantizationSpec | None = None
 
 
 @dataclass(frozen=True)
@@ -170,6 +175,22 @@ def _placement(entry: dict[str, Any], where: str, file: str) -> dict[str, str | 
     return out
 
 
+def _quantization(entry: dict[str, Any], where: str, file: str, adapter: str | None) -> "QuantizationSpec | None":
+    """The variant's ``quantization: {method, bits}``, checked (not whether this machine can
+    run it: that depends on the device a run resolves, see transforms.quantization)."""
+    from transforms.quantization import parse_quantization
+
+    try:
+        spec = parse_quantization(entry.get("quantization"))
+    except ValueError as err:
+        raise CatalogError(f"{file}: {where}.quantization{err}") from None
+    if spec is not None and spec.method == "bitsandbytes" and adapter:
+        # bitsandbytes weights cannot take a merged LoRA delta; torchao quantizes after the merge
+        raise CatalogError(f"{file}: {where}.quantization: bitsandbytes cannot merge the adapter into its "
+                           f"quantized weights; use method: torchao")
+    return spec
+
+
 def _extraction(raw: Any, where: str, file: str, variants: dict[str, Variant],
                 prompt_sets: dict[str, PromptSetEntry]) -> tuple[ExtractionConfig, ...]:
     if not isinstance(raw, list):
@@ -237,14 +258,15 @@ def parse_catalog(data: Any, path: Path) -> Catalog:
         for vname, ventry in raw_variants.items():
             vwhere = f"{where}.variants.{vname}"
             ventry = _mapping(ventry, vwhere, file)
-            _check_keys(ventry, {"model", "adapter", "note", *PLACEMENT_KEYS}, vwhere, file)
+            _check_keys(ventry, {"model", "adapter", "note", "quantization", *PLACEMENT_KEYS}, vwhere, file)
             model = _string(ventry, "model", vwhere, file)
             if model not in models:
                 raise CatalogError(f"{file}: {vwhere}.model: unknown model {model!r} (known: {', '.join(models)})")
             own = _placement(ventry, vwhere, file)
             placement = {k: own[k] if own[k] is not None else getattr(models[model], k) for k in PLACEMENT_KEYS}
-            variants[vname] = Variant(vname, models[model], _string(ventry, "adapter", vwhere, file, required=False),
-                                      **placement)
+            adapter = _string(ventry, "adapter", vwhere, file, required=False)
+            variants[vname] = Variant(vname, models[model], adapter, **placement,
+                                      quantization=_quantization(ventry, vwhere, file, adapter))
         sets = entry.get("prompt_sets", [])
         if not isinstance(sets, list):
             raise CatalogError(f"{file}: {where}.prompt_sets: expected a list")

@@ -104,7 +104,7 @@ def combine_runs(
     *,
     factors: Sequence[float] = DEFAULT_FACTORS,
     threshold: float = 70.0,
-    max_batch: int = 64,
+    max_batch: int | str = "auto",
     force: bool = False,
     quiet: bool = False,
 ) -> BuildResult:
@@ -157,7 +157,8 @@ def combine_runs(
         writer.write_table(runs)
         writer.write_table(dedupe_responses(responses), table="responses")
         writer.summary.update({"best_A": {"layer": a["layer"], "coef": a["coef"], "delta": a["delta"]},
-                               "best_B": {"layer": b["layer"], "coef": b["coef"], "delta": b["delta"]}})
+                               "best_B": {"layer": b["layer"], "coef": b["coef"], "delta": b["delta"]},
+                               "batch_sizes": sorted(setup.batch_sizes)})
 
     return store.build(spec, produce, force=force)
 
@@ -168,7 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--factors", default=",".join(str(f) for f in DEFAULT_FACTORS),
                         help="coefficient sweep, as multiples of each strategy's base coefficient")
     parser.add_argument("--threshold", type=float, default=70.0, help="coherence floor for 'best'")
-    parser.add_argument("--max-batch", type=int, default=64)
+    parser.add_argument("--max-batch", metavar="N|auto", default="auto",
+                        help="rows per batched generate call, or auto (64 on the CPU, from the free memory on CUDA; "
+                             "halved on out-of-memory)")
     return parser
 
 

@@ -55,9 +55,10 @@ def add_variant_pair_args(parser: argparse.ArgumentParser, a_help: str, b_help: 
 def user_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that mean bad input: reported as one line, exit code 2."""
     errors: list[type[BaseException]] = [BuildError, CatalogError, StoreError]
+    from transforms.batching import OutOfMemory
     from transforms.prompt_sets import PromptSetError
 
-    errors.append(PromptSetError)
+    errors.extend([PromptSetError, OutOfMemory])  # OOM even at a batch of 1: a setting to change, not a bug
     try:
         from transforms.judge import JudgeError
         from transforms.judge.templates import TemplateError
@@ -80,6 +81,7 @@ def run(main: Callable[[argparse.Namespace], int | None], parser: argparse.Argum
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    previous = dict(_PLACEMENT)  # a command's --device/--dtype last as long as the command
     try:
         _set_placement(getattr(args, "device", None), getattr(args, "dtype", None))
         return int(main(args) or 0)
@@ -92,6 +94,8 @@ def run(main: Callable[[argparse.Namespace], int | None], parser: argparse.Argum
     except KeyboardInterrupt:
         print("interrupted: finished work is kept; rerun to resume", file=sys.stderr)
         return 130
+    finally:
+        _PLACEMENT.update(previous)
 
 
 def read_jsonl_rows(path: Path, required: Sequence[str]) -> list[dict[str, Any]]:
@@ -160,7 +164,7 @@ def report(result: BuildResult) -> None:
     print(f"{state}: {m.ref} ({m.rows} rows)")
 
 
-_MODELS: dict[tuple[str, str | None, str, str, str | None], object] = {}
+_MODELS: dict[tuple[str, str | None, str, str, str | None, str | None], object] = {}
 
 
 def placement(device: str | None = None, dtype: str | None = None) -> tuple[str, str]:
@@ -173,8 +177,9 @@ def placement(device: str | None = None, dtype: str | None = None) -> tuple[str,
 
 
 def cached_model(model_id: str, revision: str | None = None, *, device: str | None = None,
-                 dtype: str | None = None, device_map: str | None = None) -> Any:
-    """Load a model once per process (per device and dtype): the demo and tests build
+                 dtype: str | None = None, device_map: str | None = None, quantization: Any = None) -> Any:
+    """Load a model once per process (per device, dtype and quantization, a
+    :class:`transforms.quantization.QuantizationSpec` or None): the demo and tests build
     several stages in a row (a cached Gemma 3 load spends ~5 s building its 262k-token
     tokenizer). Settings left None follow :func:`placement`."""
     from transforms.models import ModelRef, load_model
@@ -183,11 +188,12 @@ def cached_model(model_id: str, revision: str | None = None, *, device: str | No
 
     hf_logging.disable_progress_bar()  # the weights load in a second; our own bars say more
     where, precision = placement(device, dtype)
-    key = (model_id, revision, where, precision, device_map)
+    key = (model_id, revision, where, precision, device_map, None if quantization is None else quantization.label)
     if key not in _MODELS:
         if len(_MODELS) >= 2:  # two variants at most stay in memory
             _MODELS.pop(next(iter(_MODELS)))
-        _MODELS[key] = load_model(ModelRef(model_id, revision), precision, device=where, device_map=device_map)
+        _MODELS[key] = load_model(ModelRef(model_id, revision), precision, device=where, device_map=device_map,
+                                  quantization=quantization)
     return _MODELS[key]
 
 

@@ -21,11 +21,12 @@ import logging
 from typing import Any, Sequence
 
 from store import BuildResult, BuildSpec, Store
+from transforms.batching import parse_batch_size, with_backoff
 
 from .catalog import Catalog
 from .common import BuildError, add_variant_pair_args, base_parser, open_store_and_catalog, report, run
 from .judges import JudgeChoice, add_judge_args, judge_choice
-from .replay import replay_source
+from .replay import replay_batch_size, replay_source
 from .vectors import load_vectors
 
 log = logging.getLogger(__name__)
@@ -125,6 +126,7 @@ def compare_variants(
     seed: int = 0,
     judges: JudgeChoice | None = None,
     generation: dict[str, Any] | None = None,
+    batch_size: int | str = "auto",
     force: bool = False,
     quiet: bool = False,
 ) -> BuildResult:
@@ -134,6 +136,10 @@ def compare_variants(
     catalog.variant(exp.name, variant_a), catalog.variant(exp.name, variant_b)  # unknown variant: error now
     if not vectors:
         raise BuildError("--vectors: give at least one vector set to compare against")
+    try:
+        batch_request = parse_batch_size(batch_size)
+    except ValueError as err:
+        raise BuildError(f"--batch-size: {err}") from None
     try:
         pos = parse_position(position)
     except ValueError as err:
@@ -168,8 +174,14 @@ def compare_variants(
         width = {len(next(iter(v.values()))) for _, v in vector_sets + control_sets}
         if width != {loaded_a.d_model}:
             raise BuildError(f"vector widths {sorted(width)} do not match d_model {loaded_a.d_model} of {variant_a}")
-        acts_a = capture_pooled(loaded_a.model, [s["a"] for s in sequences], pos, layers, on_empty="nan")
-        acts_b = capture_pooled(loaded_b.model, [s["b"] for s in sequences], pos, layers, on_empty="nan")
+        def capture_both(n: int) -> tuple[Any, Any]:
+            # the capture sorts by length, longest first, so a batch too large fails at once:
+            # the pair of captures is the retried piece (both sides at one size, as from the start)
+            return tuple(capture_pooled(loaded.model, [s[side] for s in sequences], pos, layers, batch_size=n,
+                                        on_empty="nan") for side, loaded in (("a", loaded_a), ("b", loaded_b)))
+
+        (acts_a, acts_b), used = with_backoff(capture_both, replay_batch_size(batch_request, loaded_a, loaded_b, sequences),
+                                              what="compare: activation capture")
         keep = ~(np.isnan(acts_a).any(axis=(1, 2)) | np.isnan(acts_b).any(axis=(1, 2)))
         rows, control_rows = compare_rows(acts_a[keep], acts_b[keep], layers, vector_sets, control_sets, n_random, seed)
         writer.write_table(rows)
@@ -179,7 +191,8 @@ def compare_variants(
         b_mean = judged_means(store, parents.get(f"judgments_{variant_b}"))
         text = shift_report(rows, variant_a, variant_b, a_mean, b_mean)
         writer.write_bytes("report.md", text.encode())
-        writer.summary.update({"samples": int(keep.sum()), "a_trait": a_mean, "b_trait": b_mean})
+        writer.summary.update({"samples": int(keep.sum()), "a_trait": a_mean, "b_trait": b_mean,
+                               "batch_sizes": [used]})
 
     return store.build(spec, produce, force=force)
 
@@ -199,6 +212,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="also judge both variants' own responses (with the judges below)")
     add_judge_args(parser)
     parser.add_argument("--max-new-tokens", type=int, help="for responses built on the way")
+    parser.add_argument("--batch-size", metavar="N|auto", default="auto",
+                        help="sequences per capture batch, or auto (8 on the CPU, from the free memory on CUDA; "
+                             "halved on out-of-memory)")
     return parser
 
 
@@ -208,7 +224,8 @@ def main(args: argparse.Namespace) -> int:
                               method=args.method, controls=args.controls, position=args.position,
                               n_random=args.random, seed=args.seed,
                               judges=judge_choice(args) if args.judge_responses else None,
-                              generation={"max_new_tokens": args.max_new_tokens}, force=args.force, quiet=args.quiet)
+                              generation={"max_new_tokens": args.max_new_tokens}, batch_size=args.batch_size,
+                              force=args.force, quiet=args.quiet)
     report(result)
     print(store.read_bytes(result.manifest, "report.md").decode())
     return 0

@@ -147,40 +147,36 @@ class RayExecutor(Executor):
     def map_units(self, job: UnitJob, units: list[Unit], on_done: Callable[[dict[str, Any]], None]) -> None:
         import ray
         from ray.exceptions import RayTaskError
+        from ray.util import ActorPool
 
         if not units:
             return
-        actors = self._pool(min(self.workers, len(units)))
+        pool = ActorPool(self._pool(min(self.workers, len(units))))
         job_ref = ray.put(job)
-        queue = list(units)
-        running: dict[Any, Any] = {}
-        for actor in actors:
-            if queue:
-                running[actor.run.remote(job_ref, queue.pop(0))] = actor
         try:
-            while running:
-                ready, _ = ray.wait(list(running), num_returns=1)
-                actor = running.pop(ready[0])
-                try:
-                    meta = ray.get(ready[0])
-                except RayTaskError as err:
-                    cause = getattr(err, "cause", None)
-                    if isinstance(cause, Exception):
-                        raise cause from None
-                    raise
+            # each actor takes the next unit as it finishes one (ActorPool keeps the queue)
+            for meta in pool.map_unordered(lambda actor, unit: actor.run.remote(job_ref, unit), units):
                 on_done(meta)
-                if queue:
-                    running[actor.run.remote(job_ref, queue.pop(0))] = actor
-        finally:
-            for ref in running:
-                ray.cancel(ref, force=False)
+        except BaseException as err:
+            # units still queued or running on the actors would hold them: retire the actors
+            # (the next map_units starts fresh ones)
+            self._kill_actors()
+            cause = getattr(err, "cause", None) if isinstance(err, RayTaskError) else None
+            if isinstance(cause, Exception):
+                raise cause from None
+            raise
 
-    def close(self) -> None:
+    def _kill_actors(self) -> None:
         import ray
 
         for actor in self._actors:
             ray.kill(actor)
         self._actors = []
+
+    def close(self) -> None:
+        import ray
+
+        self._kill_actors()
         if self._owned and ray.is_initialized():
             ray.shutdown()
 

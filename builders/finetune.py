@@ -26,7 +26,8 @@ from typing import Any, Sequence
 from store import BuildResult, BuildSpec, Store
 
 from .catalog import Catalog
-from .common import BuildError, add_experiment_args, base_parser, open_store_and_catalog, progress, report, run
+from .common import (BuildError, add_experiment_args, base_parser, open_store_and_catalog, placement, progress,
+                     report, run)
 from .responses import dataset_name as responses_name
 from .responses import generate_responses, model_identity
 
@@ -79,25 +80,60 @@ def without_system_prompt(tokenizer: Any, row: dict) -> dict:
     return {**row, "token_ids": ids, "prompt_len": len(prompt.ids)}
 
 
-def train_lora(loaded: Any, rows: list[dict], opts: dict[str, Any], out_dir: Path, quiet: bool) -> list[dict]:
-    """LoRA on ``loaded``'s model (a deep copy: the cached model stays untouched); saves the
-    adapter to ``out_dir``; returns the loss log."""
+def training_precision(dtype: str) -> str | None:
+    """The autocast dtype for a model loaded in ``dtype``: bfloat16 / float16 models train
+    mixed precision (float32 LoRA master weights, forward under autocast); float32 none."""
+    return dtype if dtype in ("bfloat16", "float16") else None
+
+
+def _lora_copy(loaded: Any, opts: dict[str, Any]) -> Any:
+    """A PEFT LoRA model on a deep copy of ``loaded.model`` (the cached model stays untouched,
+    checkpointing included: the copy is discarded after training), trainable weights float32."""
     import copy
+    import warnings
 
     import torch
     from peft import LoraConfig, get_peft_model
 
+    base = copy.deepcopy(loaded.model)
+    if opts.get("gradient_checkpointing"):
+        # non-reentrant: the reentrant variant drops the LoRA grads when the block inputs
+        # do not require grad (the frozen embeddings'); the input hook is what PEFT needs
+        enable = getattr(base, "activation_checkpointing_enable", None) or base.gradient_checkpointing_enable
+        enable({"use_reentrant": False})
+        base.enable_input_require_grads()
+    config = LoraConfig(r=opts["r"], lora_alpha=opts["alpha"], lora_dropout=0.0, target_modules=list(opts["targets"]),
+                        task_type="CAUSAL_LM")
+    with warnings.catch_warnings():  # transformers deprecation noise from inside peft
+        warnings.simplefilter("ignore", FutureWarning)
+        model = get_peft_model(base, config)
+    for param in model.parameters():  # master weights: bf16 updates of lr*grad would round away
+        if param.requires_grad and param.dtype != torch.float32:
+            param.data = param.data.float()
+    return model
+
+
+def train_lora(loaded: Any, rows: list[dict], opts: dict[str, Any], out_dir: Path, quiet: bool) -> list[dict]:
+    """LoRA on a copy of ``loaded``'s model; saves the adapter to ``out_dir``; returns the
+    loss log. A bfloat16 / float16 model trains under ``torch.autocast`` in its dtype with
+    float32 LoRA weights (float16 with a gradient scaler); ``opts["gradient_checkpointing"]``
+    recomputes activations in the backward (less memory, same numbers)."""
+    import contextlib
+
+    import torch
+
     from transforms.generation import left_pad
 
     torch.manual_seed(opts["seed"])
-    config = LoraConfig(r=opts["r"], lora_alpha=opts["alpha"], lora_dropout=0.0, target_modules=list(opts["targets"]),
-                        task_type="CAUSAL_LM")
-    model = get_peft_model(copy.deepcopy(loaded.model), config)
+    model = _lora_copy(loaded, opts)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     optim = torch.optim.AdamW(params, lr=opts["lr"], weight_decay=0.0)
     pad = loaded.tokenizer.pad_token_id
     device = model.get_input_embeddings().weight.device  # batches are built on the CPU
+    mixed = training_precision(loaded.dtype)
+    autocast = (lambda: torch.autocast(device.type, dtype=getattr(torch, mixed))) if mixed else contextlib.nullcontext
+    scaler = torch.amp.GradScaler(device.type, enabled=mixed == "float16")  # fp16 grads underflow unscaled
     generator = torch.Generator().manual_seed(opts["seed"])
     log_rows, step = [], 0
     n_batches = -(-len(rows) // opts["batch_size"])
@@ -114,10 +150,13 @@ def train_lora(loaded: Any, rows: list[dict], opts: dict[str, Any], out_dir: Pat
                 labels[i, :start] = -100
             positions = (mask.cumsum(-1) - 1).clamp(min=0)
             ids, mask, positions, labels = (t.to(device) for t in (ids, mask, positions, labels))
-            loss = model(input_ids=ids, attention_mask=mask, position_ids=positions, labels=labels).loss
+            with autocast():
+                loss = model(input_ids=ids, attention_mask=mask, position_ids=positions, labels=labels,
+                             use_cache=False).loss
             optim.zero_grad()
-            loss.backward()
-            optim.step()
+            scaler.scale(loss).backward()
+            scaler.step(optim)
+            scaler.update()
             log_rows.append({"step": step, "epoch": epoch, "loss": float(loss.detach()), "sequences": len(batch)})
             step += 1
             bar.update(1)
@@ -145,6 +184,7 @@ def finetune(
     batch_size: int = 4,
     seed: int = 0,
     generation: dict[str, Any] | None = None,
+    gradient_checkpointing: bool = False,
     force: bool = False,
     quiet: bool = False,
 ) -> BuildResult:
@@ -152,6 +192,9 @@ def finetune(
 
     exp = catalog.experiment(experiment)
     entry = catalog.variant(exp.name, variant)
+    if entry.quantization is not None:  # training on quantized weights (QLoRA) is out of scope
+        raise BuildError(f"--variant {variant} is quantized ({entry.quantization.label}); finetune an unquantized "
+                         f"variant of the same model and quantize the adapted variant")
     if entry.adapter:
         raise BuildError(f"--variant {variant} already has an adapter; finetune its base variant")
     if polarity not in ("pos", "neg", "all"):
@@ -176,6 +219,12 @@ def finetune(
             "batch_size": batch_size, "seed": seed}
     params = {"experiment": exp.name, "variant": variant, "prompt_set": prompt_set, "polarity": polarity,
               "passing_only": passing_only, "keep_system_prompt": keep_system_prompt, **opts}
+    mixed = training_precision(placement(entry.device, entry.dtype)[1])
+    if mixed:  # autocast changes the numbers; only then, so float32 ids stay as they were
+        params["autocast"] = mixed
+    # checkpointing is not in the id: it recomputes the same activations (losses identical
+    # to the last bit on CPU, float32 and bfloat16; tests/test_finetune_precision.py)
+    opts["gradient_checkpointing"] = gradient_checkpointing
     spec = BuildSpec(name=dataset_name(exp.name, variant, prompt_set, polarity), kind="finetune", builder=BUILDER,
                      code_version=CODE_VERSION, params=params, parents=parents,
                      identity=model_identity(catalog, exp.name, variant, store))
@@ -194,7 +243,7 @@ def finetune(
         writer.summary.update({"sequences": len(rows), "steps": len(log_rows),
                                "ending_with_eos": sum(r.get("finish_reason") == "eos" for r in rows),
                                "loss_first": log_rows[0]["loss"], "loss_last": log_rows[-1]["loss"],
-                               "device": loaded.device})
+                               "device": loaded.device, "gradient_checkpointing": gradient_checkpointing})
 
     return store.build(spec, produce, force=force)
 
@@ -215,6 +264,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-new-tokens", type=int, help="for responses built on the way")
+    parser.add_argument("--gradient-checkpointing", action="store_true",
+                        help="recompute activations in the backward: less memory, same adapter (not in the version id)")
     return parser
 
 
@@ -225,7 +276,8 @@ def main(args: argparse.Namespace) -> int:
                     passing_only=args.passing_only, keep_system_prompt=args.keep_system_prompt, r=args.r,
                     alpha=args.alpha, targets=targets, epochs=args.epochs,
                     lr=args.lr, batch_size=args.batch_size, seed=args.seed,
-                    generation={"max_new_tokens": args.max_new_tokens}, force=args.force, quiet=args.quiet))
+                    generation={"max_new_tokens": args.max_new_tokens},
+                    gradient_checkpointing=args.gradient_checkpointing, force=args.force, quiet=args.quiet))
     return 0
 
 

@@ -23,7 +23,7 @@ from typing import Any
 from store import Store
 
 from .catalog import Catalog
-from .common import BuildError, cached_model, progress
+from .common import BuildError, cached_model, placement, progress
 from .judge_cache import StoreScoreCache
 
 TRAIT_JUDGES = ("local", "openai", "sentiment", "lexicon")
@@ -121,9 +121,23 @@ def llm_judge(backend: str, model: str | None, concurrency: int = 8, mode: str |
                        mode=openai_mode(mode))
 
 
+def judge_dtype() -> str | None:
+    """The dtype judge models loaded through :func:`~builders.common.cached_model` run in
+    (``--dtype``, else the device's default), when it is not float32: it changes their
+    scores, so it is part of their identity -- only then, so float32 ids and cache keys
+    from before dtypes were settings stay valid."""
+    dtype = placement()[1]
+    return None if dtype == "float32" else dtype
+
+
+def _dtype_mark(dtype: str | None) -> str:
+    return "" if dtype in (None, "float32") else f"+dtype:{dtype}"
+
+
 def local_judge_name(model: str | None) -> str:
     """The local judge's identity without loading it: what :attr:`LocalJudge.model_id`
-    reports for the builders' settings (model, revision, default prefill)."""
+    reports for the builders' settings (model, revision, default prefill), plus the dtype
+    mark of :func:`judge_dtype` (``_LazyLLM.model_id`` adds the same, the cache key)."""
     import hashlib
 
     from transforms.judge.local import DEFAULT_PREFILL
@@ -132,7 +146,7 @@ def local_judge_name(model: str | None) -> str:
     ref = model or DEFAULT_LOCAL_JUDGE
     revision = model_fingerprint(ref)
     prefill = hashlib.sha256(DEFAULT_PREFILL.encode()).hexdigest()[:8]
-    return f"local:{ref}" + (f"@{revision}" if revision else "") + f"+prefill:{prefill}"
+    return f"local:{ref}" + (f"@{revision}" if revision else "") + f"+prefill:{prefill}" + _dtype_mark(judge_dtype())
 
 
 class _LazyLLM:
@@ -144,7 +158,11 @@ class _LazyLLM:
 
     @property
     def model_id(self) -> str:
-        return self.get().model_id
+        """The judge's model id (what keys its cached scores), with the loaded model's dtype
+        when it is not float32: bf16 scores never reuse float32 ones."""
+        judge = self.get()
+        loaded = getattr(judge, "loaded", None)
+        return judge.model_id + _dtype_mark(None if loaded is None else loaded.dtype)
 
     def get(self) -> Any:
         if self._judge is None:

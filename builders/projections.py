@@ -12,6 +12,8 @@ each generated token but the last). ``--layers``: explicit (``9,12``, ``30%-60%`
 relative to each vector set's best steering layer (``best``, ``best+2``, ``best-1``: from
 its steering runs at coherence ≥ ``--floor``). Scores: raw ``h·v̂``, cosine, centered by
 the vector's stored centroid projection (``center_proj``), and ``‖h‖``.
+Live generation batches (``--batch-size``, default the catalog's responses setting;
+``auto`` is 8 on the CPU) are halved on out-of-memory (summary ``batch_sizes``).
 Table: sample, prompt id, token index and text, prompt/response, layer, vector, scores.
 Output dataset: ``projections-<experiment>-<variant>-<set>[-live]``.
 """
@@ -24,6 +26,7 @@ import re
 from typing import Any, Sequence
 
 from store import BuildResult, BuildSpec, Manifest, Store
+from transforms.batching import parse_batch_size
 
 from .catalog import Catalog
 from .common import BuildError, add_experiment_args, base_parser, open_store_and_catalog, progress, report, run
@@ -35,6 +38,7 @@ log = logging.getLogger(__name__)
 
 BUILDER = "builders.projections"
 CODE_VERSION = "4"  # 4: live scores float32 from the model dtype; 3: --layers best steering runs are parents; 2: live prompts in the set style
+CPU_BATCH = 8  # live ``batch_size: auto`` off CUDA: the batch CPU builds always used
 _RELATIVE = re.compile(r"^best([+-]\d+)?$")
 
 
@@ -134,21 +138,30 @@ def _stored_rows(store: Store, acts_manifest: Manifest, stacks: list, decode: An
 
 
 def _live_rows(loaded: Any, prompt_rows: list[dict[str, Any]], style: str, stacks: list, gen: Any,
-               quiet: bool) -> list[dict]:
+               quiet: bool) -> tuple[list[dict], list[int]]:
+    """(score rows, batch sizes used). ``gen.batch_size`` ``auto`` is :data:`CPU_BATCH` off
+    CUDA, else from the free memory; a generation batch that runs out of memory is redone
+    at half the size, seeded as a run at that size from the start seeds it."""
+    from transforms.batch_slices import run_slices
+    from transforms.batching import resolve_batch_size
     from transforms.generation import generate_batch
     from transforms.projections import LiveProjector, score_rows
 
     from .responses import format_row
 
     decode = lambda i: loaded.tokenizer.decode([i])  # noqa: E731
-    rows = []
+    prompts_all = [list(format_row(loaded.tokenizer, r["prompt"], r.get("system_prompt"), style).ids)
+                   for r in prompt_rows]
+    size = resolve_batch_size(parse_batch_size(gen.batch_size), loaded.model, max(map(len, prompts_all), default=1),
+                              new_tokens=gen.max_new_tokens, cpu_batch=CPU_BATCH)
+    rows: list[dict] = []
     bar = progress(len(prompt_rows), "live projections", quiet)
-    for lo in range(0, len(prompt_rows), gen.batch_size):
-        batch = prompt_rows[lo:lo + gen.batch_size]
-        prompts = [list(format_row(loaded.tokenizer, r["prompt"], r.get("system_prompt"), style).ids) for r in batch]
-        projector = LiveProjector(stacks)
+
+    def generate(lo: int, hi: int, size: int) -> None:
+        batch, prompts = prompt_rows[lo:hi], prompts_all[lo:hi]
+        projector = LiveProjector(stacks)  # a retry starts with empty scores
         with projector.attach(loaded.model):
-            outs = generate_batch(loaded.model, loaded.tokenizer, prompts, gen, lo // gen.batch_size)
+            outs = generate_batch(loaded.model, loaded.tokenizer, prompts, gen, lo // size)
         width = max(len(p) for p in prompts)
         for i, (r, prompt, out) in enumerate(zip(batch, prompts, outs)):
             ids = prompt + list(out.response_ids)
@@ -161,8 +174,12 @@ def _live_rows(loaded: Any, prompt_rows: list[dict[str, Any]], style: str, stack
                 for row in score_rows(f"{r['prompt_id']}:0", ids, 0, stack, scores, decode, len(prompt)):
                     rows.append({"prompt_id": r["prompt_id"], **row})
         bar.update(len(batch))
-    bar.close()
-    return rows
+
+    try:
+        used = run_slices(len(prompt_rows), size, generate, what="live projections")
+    finally:
+        bar.close()
+    return rows, used
 
 
 def build_projections(
@@ -202,8 +219,12 @@ def build_projections(
         from transforms.generation import GenerationConfig
 
         defaults = {**catalog.stage_defaults("responses"), **{k: v for k, v in (generation or {}).items() if v is not None}}
-        gen = GenerationConfig(**{k: defaults[k] for k in ("max_new_tokens", "temperature", "top_p", "seed", "batch_size")
-                                  if k in defaults})
+        try:
+            gen = GenerationConfig(**{k: defaults[k] for k in ("max_new_tokens", "temperature", "top_p", "seed",
+                                                               "batch_size") if k in defaults})
+            parse_batch_size(gen.batch_size)
+        except (TypeError, ValueError) as err:
+            raise BuildError(f"live generation settings: {err}") from None
         params["generation"] = gen.as_dict()
         parents["prompts"] = ensure_prompt_set(store, catalog, prompt_set).ref
     else:
@@ -221,7 +242,8 @@ def build_projections(
         if live:
             prompts = store.resolve(parents["prompts"])
             style = json.loads(store.read_bytes(prompts, "prompt_set.json"))["style"]  # as the responses builder
-            rows = _live_rows(loaded, store.read_table(prompts).to_dicts(), style, stacks, gen, quiet)
+            rows, used = _live_rows(loaded, store.read_table(prompts).to_dicts(), style, stacks, gen, quiet)
+            writer.summary["batch_sizes"] = used
         else:
             rows = _stored_rows(store, store.resolve(parents["activations"]), stacks,
                                 lambda i: loaded.tokenizer.decode([i]))
@@ -242,14 +264,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--floor", type=float, default=70.0, help="coherence floor for 'best'")
     parser.add_argument("--live", action="store_true", help="score inside the model during generation")
     parser.add_argument("--max-new-tokens", type=int)
+    parser.add_argument("--batch-size", metavar="N|auto",
+                        help="with --live: prompts per generation batch, or auto (default: the catalog's responses "
+                             "setting; auto is 8 on the CPU, from the free memory on CUDA; halved on out-of-memory)")
     return parser
 
 
 def main(args: argparse.Namespace) -> int:
+    if args.batch_size is not None and not args.live:
+        raise BuildError("--batch-size applies to --live (stored projections generate nothing)")
     store, catalog = open_store_and_catalog(args)
     report(build_projections(store, catalog, args.variant, args.prompts, args.vectors, experiment=args.experiment,
                              layers=args.layers, floor=args.floor, live=args.live,
-                             generation={"max_new_tokens": args.max_new_tokens}, force=args.force, quiet=args.quiet))
+                             generation={"max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size},
+                             force=args.force, quiet=args.quiet))
     return 0
 
 

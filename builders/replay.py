@@ -133,6 +133,16 @@ def replay_sequences(store: Store, responses: Any, loaded_a: Any, loaded_b: Any,
     return out
 
 
+def replay_batch_size(request: int | str, loaded_a: Any, loaded_b: Any, sequences: list[dict[str, Any]]) -> int:
+    """``request`` (an int or ``auto``) as the batch size of a pass of :func:`replay_sequences`'
+    sequences through both models: ``auto`` is 8 (what CPU builds always used) off CUDA,
+    else what the free memory holds of the longest sequence on either model (both are loaded)."""
+    from transforms.batching import CPU_BATCH, resolve_batch_size
+
+    longest = max((len(s[side]["ids"]) for s in sequences for side in "ab"), default=1)
+    return min(resolve_batch_size(request, loaded.model, longest, cpu_batch=CPU_BATCH) for loaded in (loaded_a, loaded_b))
+
+
 def _loaded_traits(loaded: Any) -> dict[str, Any]:
     from transforms.tokenizer_identity import tokenizer_traits
 

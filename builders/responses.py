@@ -9,7 +9,11 @@ full token ids and the prompt length taken from the ids. The rows, in (prompt id
 order, are cut into work units of ``--unit-size`` rows (whole batches; one Parquet shard
 each) that run in this process or on Ray (``--executor ray``, see builders/executors.py)
 with the same result. An interrupted run resumes: finished units and batches are kept in
-a scratch folder of the version and not generated again.
+a scratch folder of the version and not generated again. ``--batch-size`` is a size or
+``auto`` (the catalog default: from the free accelerator memory and the unit's longest
+prompt, 8 on the CPU); a unit that runs out of memory starts over at half the batch and
+writes the bytes of a run at that size from the start. The request is in the version id;
+the sizes used are run info (each unit's metadata, ``summary.batch_sizes``).
 Output dataset: ``responses-<experiment>-<variant>-<prompt set>``.
 """
 from __future__ import annotations
@@ -24,18 +28,18 @@ from typing import Any, Sequence
 from store import BuildResult, BuildSpec, Manifest, Store
 
 from .catalog import Catalog
-from .common import (BuildError, add_experiment_args, base_parser, open_store_and_catalog, placement,
-                     report, run)
+from .common import BuildError, add_experiment_args, base_parser, open_store_and_catalog, report, run
 from .executors import Executor, add_executor_args, executor_from_args, run_units, set_threads
 from .prompts import ensure_prompt_set
-from .units import (Unit, UnitOutput, plain_type, plan_units, report_progress, round_unit_size, run_devices,
-                    store_address)
-from .variants import variant_model
+from .units import (Unit, UnitOutput, plain_type, plan_units, report_progress, round_unit_size, run_batch_sizes,
+                    run_batched, run_devices, store_address)
+from .variants import check_runs, variant_model
 
 log = logging.getLogger(__name__)
 
 BUILDER = "builders.responses"
-CODE_VERSION = "3"  # 2: work units, one Parquet shard per unit; 3: vocabulary fingerprint, tokenizer traits
+CODE_VERSION = "4"  # 2: work units, one Parquet shard per unit; 3: vocabulary fingerprint, tokenizer traits;
+# 4: batch size "auto" and the out-of-memory retry, no batch size in the generation_config column
 
 
 def dataset_name(experiment: str, variant: str, prompt_set: str) -> str:
@@ -49,7 +53,8 @@ def model_identity(catalog: Catalog, experiment: str | None, variant: str, store
 
     The dtype the variant runs in changes its numbers, so it is part of the identity --
     only when it is not float32, which keeps the ids built before dtypes were settings.
-    The device is not (it is run info, recorded in the manifest summary). ``with_dtype``
+    A quantization (its label) is too, when set. The device is not (it is run info,
+    recorded in the manifest summary). ``with_dtype``
     False: for stages that read the weights files, not the loaded model."""
     from transforms.models import ModelRef, model_fingerprint
 
@@ -59,9 +64,11 @@ def model_identity(catalog: Catalog, experiment: str | None, variant: str, store
     ref = ModelRef(entry.model.id, entry.model.revision)
     identity = {"model_id": ref.id, "model_revision": model_fingerprint(ref), "adapter": adapter_identity(store, entry)}
     if with_dtype:
-        dtype = placement(entry.device, entry.dtype)[1]  # resolves the device too: a missing GPU fails here
+        dtype = check_runs(entry)[1]  # resolves the device too: a missing GPU or CUDA-only quantization fails here
         if dtype != "float32":
             identity["dtype"] = dtype
+        if entry.quantization is not None:  # only when set: unquantized ids stay as they were
+            identity["quantization"] = entry.quantization.label
     return identity
 
 
@@ -100,16 +107,21 @@ def generate_responses(
 
     The work runs as units of ``unit_size`` rows (one Parquet shard each) on ``executor``
     (default: in this process); the executor does not change the version or its bytes."""
+    from transforms.batching import AUTO, parse_batch_size
     from transforms.generation import GenerationConfig
 
     exp = catalog.experiment(experiment)
     entry = catalog.variant(exp.name, variant)  # unknown variant: clear error before any work
-    placement(entry.device, entry.dtype)  # and a device this machine lacks
+    check_runs(entry)  # and a device this machine lacks, or a quantization it cannot run
     settings = {**catalog.stage_defaults("responses"), **{k: v for k, v in (overrides or {}).items() if v is not None}}
     rollouts = int(settings.pop("rollouts", 1))
     unit_size = int(settings.pop("unit_size", RESPONSES_UNIT))
     if rollouts < 1:
         raise BuildError(f"--rollouts must be >= 1, got {rollouts}")
+    try:  # the request (auto or a size) is what the version id keeps; the size used is run info
+        settings["batch_size"] = parse_batch_size(settings.get("batch_size", AUTO))
+    except ValueError as err:
+        raise BuildError(f"--batch-size: {err}") from None
     try:
         config = GenerationConfig(**settings)
     except (TypeError, ValueError) as err:
@@ -140,6 +152,7 @@ def generate_responses(
             # what a replay through another variant compares (vocabulary) and records (the rest)
             "tokenizer": metas[0]["tokenizer"] if rows else None,
             "device": run_devices(metas),
+            "batch_sizes": run_batch_sizes(metas),
         })
 
     return store.build(spec, produce, force=force)
@@ -158,7 +171,7 @@ def _plan(store: Store, catalog: Catalog, spec: BuildSpec, prompts: Manifest, co
         scratch=store.partial_dir(spec), entry=catalog.variant(params["experiment"], params["variant"]),
         items=items, experiment=params["experiment"], variant=params["variant"], prompt_set=params["prompt_set"],
         style=style, config=config, threads=(executor or Executor()).threads,
-        schema=_schema(frame.to_arrow().schema))
+        schema=_schema(frame.to_arrow().schema), unit_size=unit_size)
     return job, plan_units(len(items), unit_size)
 
 
@@ -196,32 +209,56 @@ class ResponsesJob:
     config: Any  # GenerationConfig
     threads: int
     schema: Any  # pyarrow.Schema of the rows
+    unit_size: int  # rows per unit as planned (the last unit may be shorter)
 
     def run_unit(self, unit: Unit) -> dict[str, Any]:
         """Generate the unit's rows batch by batch (each batch kept, so a killed unit
         resumes), then write its shard. Batches are planned inside the unit and seeded by
-        their index in the whole build."""
+        their index in the whole build. ``auto`` resolves here, from the free memory and the
+        unit's longest prompt; on out-of-memory the unit starts over at a smaller batch."""
         import pyarrow as pa
-        import pyarrow.parquet as pq
 
-        from transforms.generation import generate_batch, plan_batches
+        from transforms.batching import power_of_two_dividing, resolve_batch_size
         from transforms.tokenizer_identity import tokenizer_traits
 
         set_threads(self.threads)
         store = Store(self.store_url)
-        fs = store.fs
         loaded = variant_model(store, self.entry)
         out = UnitOutput(store.location, self.scratch, unit)
         items = self.items[unit.start:unit.end]
         formatted = _formatted_rows(loaded, [row for row, _ in items], self.style)
-        batch_size = self.config.batch_size
+        traits = tokenizer_traits(loaded.tokenizer, loaded.vocabulary_fingerprint)
+        # at most the largest power of two dividing the unit: batches then start at multiples
+        # of their size, so seeds are the global batch indices of a run at that size
+        requested = resolve_batch_size(self.config.batch_size, loaded.model,
+                                       max((len(row["prompt_ids"]) for row in formatted), default=1),
+                                       new_tokens=self.config.max_new_tokens,
+                                       limit=power_of_two_dividing(self.unit_size))
+        ordered, used = run_batched(self.scratch, f"{self.label} {unit.name}", requested, self.unit_size,
+                                    lambda size: self._generate(loaded, out, unit, items, formatted, traits, size))
+        out.write_table(pa.Table.from_pylist(ordered, schema=self.schema))
+        return out.finish(responses=len(ordered),
+                          response_tokens=sum(r["response_len"] for r in ordered),
+                          finished_by_eos=sum(r["finish_reason"] == "eos" for r in ordered),
+                          tokenizer_fingerprint=loaded.tokenizer_fingerprint,
+                          tokenizer=traits, device=loaded.device, batch_size=used)
+
+    def _generate(self, loaded: Any, out: UnitOutput, unit: Unit, items: list[tuple[dict[str, Any], int]],
+                  formatted: list[dict[str, Any]], traits: dict[str, Any], batch_size: int) -> list[dict[str, Any]]:
+        """The unit's rows at ``batch_size``, in item order. Each batch is kept as a file named
+        with its size, so a resumed or retried unit reuses only batches of the size it runs."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        from transforms.generation import generate_batch, plan_batches
+
+        fs = out.location.fs
         batches = plan_batches([len(row["prompt_ids"]) for row in formatted],
                                [f"{row['prompt_id']}:{r}" for row, (_, r) in zip(formatted, items)], batch_size)
-        generation = json.dumps(self.config.as_dict(), sort_keys=True)
-        traits = tokenizer_traits(loaded.tokenizer, loaded.vocabulary_fingerprint)
+        generation = json.dumps(self.config.row_settings(), sort_keys=True)
         rows: dict[int, dict[str, Any]] = {}
         for j, batch in enumerate(batches):
-            part = out.unit_path(f"batch-{j:05d}.parquet")
+            part = out.unit_path(f"batch-b{batch_size}-{j:05d}.parquet")
             if fs.exists(part):
                 with fs.open(part, "rb") as handle:
                     rows.update(zip(batch, pq.read_table(handle).to_pylist()))
@@ -237,13 +274,7 @@ class ResponsesJob:
             fs.mv(tmp, part)  # a batch file exists only once it is complete
             rows.update(zip(batch, done))
             report_progress(len(batch))
-        ordered = [rows[i] for i in range(len(items))]
-        out.write_table(pa.Table.from_pylist(ordered, schema=self.schema))
-        return out.finish(responses=len(ordered),
-                          response_tokens=sum(r["response_len"] for r in ordered),
-                          finished_by_eos=sum(r["finish_reason"] == "eos" for r in ordered),
-                          tokenizer_fingerprint=loaded.tokenizer_fingerprint,
-                          tokenizer=traits, device=loaded.device)
+        return [rows[i] for i in range(len(items))]
 
     def _row(self, loaded: Any, row: dict[str, Any], rollout: int, out: Any, generation: str,
              vocabulary: str) -> dict[str, Any]:
@@ -274,7 +305,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--top-p", type=float)
     gen.add_argument("--rollouts", type=int, help="responses per prompt")
     gen.add_argument("--seed", type=int)
-    gen.add_argument("--batch-size", type=int)
+    gen.add_argument("--batch-size", metavar="N|auto",
+                     help="sequences per batch; auto (catalog default): from the free accelerator memory, "
+                          "8 on the CPU; halved and retried on out-of-memory")
     gen.add_argument("--unit-size", type=int,
                      help=f"rows per work unit and Parquet shard, rounded up to whole batches (default {RESPONSES_UNIT})")
     add_executor_args(parser)

@@ -19,7 +19,10 @@ generated positions (what ``response`` meant before code version 3); ``prompt``;
 Tables: ``data`` — one row per configuration (trait mean/std, coherence mean, delta vs
 baseline, perturbation ratio ``|coef|·‖v‖/‖h‖``, full config); ``responses`` — every
 steered response with its scores. Generations and scores are cached in the store, so
-finished configurations are skipped on rerun.
+finished configurations are skipped on rerun. ``--max-batch`` (rows per batched call,
+default ``auto``: 64 on the CPU, from the free memory on CUDA) is halved for a call that
+runs out of memory and for the rest of the run; the summary's ``batch_sizes`` lists the
+sizes used.
 Output dataset: ``steering-<experiment>-<application>-<vectors name>-<method>-<mode>``.
 """
 from __future__ import annotations
@@ -178,7 +181,7 @@ def steer_vectors(
     subset: int = 0,
     generation: dict[str, Any] | None = None,
     judges: JudgeChoice | None = None,
-    max_batch: int = 64,
+    max_batch: int | str = "auto",
     force: bool = False,
     quiet: bool = False,
 ) -> BuildResult:
@@ -227,6 +230,7 @@ def steer_vectors(
         best = max(ok, key=lambda r: direction * r["delta"], default=None)
         writer.summary.update({"configs": len(runs), "responses": len(responses),
                                "allow_uncalibrated": setup.choice.allow_uncalibrated,
+                               "batch_sizes": sorted(setup.batch_sizes),
                                "baseline_trait": runs[0]["trait_mean"],
                                "best": None if best is None else {k: best[k] for k in ("layer", "coef", "delta", "coherence_mean")}})
 
@@ -281,7 +285,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--questions", metavar="SET", help="prompt set to steer on (default: the vectors' set)")
     parser.add_argument("--subset", type=int, default=0, help="first N questions only (0 = all)")
     parser.add_argument("--max-new-tokens", type=int)
-    parser.add_argument("--max-batch", type=int, default=64, help="rows per batched generate call")
+    parser.add_argument("--max-batch", metavar="N|auto", default="auto",
+                        help="rows per batched generate call, or auto (64 on the CPU, from the free memory on CUDA; "
+                             "halved on out-of-memory)")
     add_judge_args(parser, calibration_gate=True)
     return parser
 

@@ -30,9 +30,13 @@ from .common import BuildError, progress
 from .judges import JudgeChoice, coherence_scorer, prompt_meta, require_calibrated, score_items, trait_scorer
 from .prompts import ensure_prompt_set
 from .responses import format_row, model_identity
-from .variants import variant_model
+from .variants import check_runs, variant_model
 
 log = logging.getLogger(__name__)
+
+CPU_MAX_BATCH = 64  # ``--max-batch auto`` off CUDA: the rows per call CPU runs always used
+# a steering row keeps no activations and shares its prompt's prefill: more rows than other stages fit
+AUTO_MAX_BATCH = 256
 
 
 @dataclass(frozen=True)
@@ -64,8 +68,9 @@ class SteeringSetup:
     variant: str
     trait_meta: dict[str, Any]  # prompt_set.json of the set whose trait is scored
     subset: int = 0
-    max_batch: int = 64
+    max_batch: int = 64  # rows per batched generate call, resolved (``auto`` -> a size); halved on out-of-memory
     quiet: bool = False
+    batch_sizes: set[int] = field(default_factory=set)  # the sizes used (run info: the manifest summary)
     _h_norms: dict[int, float] = field(default_factory=dict)
     _judges: tuple[Any, Any, Any] | None = None
 
@@ -124,16 +129,24 @@ def steering_questions(store: Store, catalog: Catalog, prompt_set: str, subset: 
 def make_setup(
     store: Store, catalog: Catalog, experiment: str, variant: str, questions_set: str, *,
     subset: int = 0, generation: dict[str, Any] | None = None, choice: JudgeChoice | None = None,
-    trait_set: str | None = None, max_batch: int = 64, quiet: bool = False,
+    trait_set: str | None = None, max_batch: int | str = "auto", quiet: bool = False,
 ) -> SteeringSetup:
     """Load the application variant and format the steering questions for it.
 
     ``trait_set``: the prompt set whose trait the trait judge scores (default:
     ``questions_set``). The coherence judge is the application variant's, unsteered, for
-    the perplexity judge, and must be calibrated (:func:`builders.judges.require_calibrated`)."""
+    the perplexity judge, and must be calibrated (:func:`builders.judges.require_calibrated`).
+    ``max_batch``: rows per batched generate call, or ``"auto"`` (:data:`CPU_MAX_BATCH` off
+    CUDA, else from the free memory)."""
+    from transforms.batching import parse_batch_size, resolve_batch_size
     from transforms.generation import GenerationConfig
 
     entry = catalog.variant(experiment, variant)
+    check_runs(entry)  # a device or quantization this machine cannot run: before anything is published
+    try:
+        request = parse_batch_size(max_batch)
+    except ValueError as err:
+        raise BuildError(f"--max-batch: {err}") from None
     items, q_manifest = steering_questions(store, catalog, questions_set, subset)
     t_manifest = q_manifest if trait_set in (None, questions_set) else ensure_prompt_set(store, catalog, trait_set)
     choice = choice or JudgeChoice()
@@ -144,17 +157,19 @@ def make_setup(
         gen = GenerationConfig(**{k: defaults[k] for k in ("max_new_tokens", "temperature", "top_p", "seed")})
     except ValueError as err:
         raise BuildError(f"steering generation: {err}") from None
-    if max_batch < 1:
-        raise BuildError(f"--max-batch must be >= 1, got {max_batch}")
     loaded = variant_model(store, entry)
     questions = [Question(it["id"], it["text"], tuple(format_row(loaded.tokenizer, it["text"], None, "instruction").ids))
                  for it in items]
+    longest = max((len(q.prompt_ids) for q in questions), default=1)
+    size = resolve_batch_size(request, loaded.model, longest, new_tokens=gen.max_new_tokens,
+                              limit=AUTO_MAX_BATCH, cpu_batch=CPU_MAX_BATCH)
     return SteeringSetup(store, catalog, loaded, model_identity(catalog, experiment, variant, store), questions,
                          questions_set, gen, choice, experiment, variant, prompt_meta(store, t_manifest), subset,
-                         max_batch, quiet)
+                         size, quiet)
 
 
-def setup_from_run(store: Store, catalog: Catalog, run: Any, *, max_batch: int = 64, quiet: bool = False) -> SteeringSetup:
+def setup_from_run(store: Store, catalog: Catalog, run: Any, *, max_batch: int | str = "auto",
+                   quiet: bool = False) -> SteeringSetup:
     """The setup a published steering run used (same model, questions, generation, judge)."""
     p = run.params
     choice = JudgeChoice.from_dict(p["judges"], allow_uncalibrated=bool(run.summary.get("allow_uncalibrated")))
@@ -200,31 +215,40 @@ def run_id(key: str) -> str:
 def _generate_missing(setup: SteeringSetup, planned: list[Planned], keys: list[str]) -> dict[str, list[dict[str, Any]]]:
     """Generations of every configuration, cache first; new ones are flushed after each
     batched call so that an interrupted run keeps them."""
+    from transforms.batch_slices import run_slices
     from transforms.steering import generate_steered
 
     cache = KeyedCache(setup.store, "steering", ["generations"])
     found = {k: json.loads(v["generations"]) for k, v in cache.get_many(set(keys)).items()}
     todo = list(dict.fromkeys(k for k in keys if k not in found))
     config_of = {k: p.config for k, p in zip(keys, planned)}
-    per_call = max(1, setup.max_batch // max(1, len(setup.questions)))
+    n_questions = max(1, len(setup.questions))
     if todo:
         log.info("steering: %d configurations to generate, %d cached", len(todo), len(set(keys)) - len(todo))
     tok = setup.loaded.tokenizer
     bar = progress(len(todo), "steered generations", setup.quiet)
+
+    def call(lo: int, hi: int, size: int) -> None:
+        # one batched call is the retried piece: it stores nothing until it has finished
+        chunk = todo[lo:hi]
+        outs = generate_steered(setup.loaded.model, tok, [q.prompt_ids for q in setup.questions],
+                                [config_of[k] for k in chunk], setup.gen, max_batch=size)
+        new = []
+        for key, gens in zip(chunk, outs):
+            found[key] = [{"response_ids": g.response_ids, "finish_reason": g.finish_reason,
+                           "response": tok.decode(g.response_ids, skip_special_tokens=True)} for g in gens]
+            new.append((key, {"generations": json.dumps(found[key])}))
+        cache.put_many(new)
+        bar.update(len(chunk))
+
     try:
-        for lo in range(0, len(todo), per_call):
-            chunk = todo[lo:lo + per_call]
-            outs = generate_steered(setup.loaded.model, tok, [q.prompt_ids for q in setup.questions],
-                                    [config_of[k] for k in chunk], setup.gen, max_batch=setup.max_batch)
-            new = []
-            for key, gens in zip(chunk, outs):
-                found[key] = [{"response_ids": g.response_ids, "finish_reason": g.finish_reason,
-                               "response": tok.decode(g.response_ids, skip_special_tokens=True)} for g in gens]
-                new.append((key, {"generations": json.dumps(found[key])}))
-            cache.put_many(new)
-            bar.update(len(chunk))
+        used = run_slices(len(todo), setup.max_batch, call, what="steered generation",
+                          span=lambda size: size // n_questions)
     finally:
         bar.close()
+    if used:
+        setup.batch_sizes.update(used)
+        setup.max_batch = min(used)  # later evaluations of this run start at the size that fitted
     return found
 
 

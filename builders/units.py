@@ -31,7 +31,7 @@ import socket
 import uuid
 from dataclasses import dataclass, field
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator, TypeVar
 
 from store.writer import (VersionWriter, create_zarr_array, open_zarr_store, shard_name, table_dir,
                           write_parquet)
@@ -44,6 +44,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
 DONE = "done.json"
 SCRATCH_MARKER = "units.txt"
 
@@ -101,12 +102,42 @@ class ArraySpec:
     attributes: dict[str, Any] = field(default_factory=dict)
 
 
-def round_unit_size(unit_size: int, batch_size: int) -> int:
+def round_unit_size(unit_size: int, batch_size: int | str) -> int:
     """Units are a whole number of batches, so batching inside a unit does not depend on
-    who runs it."""
+    who runs it. ``auto`` rounds to :data:`~transforms.batching.CPU_BATCH` (what it is on
+    the CPU); on CUDA it resolves to a power of two dividing the unit (see :func:`run_batched`)."""
+    from transforms.batching import AUTO, CPU_BATCH
+
     if unit_size < 1:
         raise ValueError(f"unit size must be >= 1, got {unit_size}")
-    return -(-unit_size // batch_size) * batch_size
+    multiple = CPU_BATCH if batch_size == AUTO else int(batch_size)
+    return -(-unit_size // multiple) * multiple
+
+
+# job scratch folder -> the batch size an out-of-memory error brought one of its units down to
+# (per process): the job's later units start there instead of running out of memory first again
+_FITTING: dict[str, int] = {}
+
+
+def run_batched(scratch: str, what: str, batch_size: int, unit_size: int,
+                work: Callable[[int], T]) -> tuple[T, int]:
+    """``(work(size), size)``: ``work`` at ``batch_size`` (or the smaller size an earlier unit of
+    the job fell back to), retried whole at smaller sizes dividing ``unit_size`` on
+    out-of-memory (:func:`transforms.batching.with_backoff`), so every batch keeps the global
+    index a run at that size from the start gives it."""
+    from transforms.batching import halving_divisor, with_backoff
+
+    start = min(batch_size, _FITTING.get(scratch, batch_size))
+    result, used = with_backoff(work, start, what=what, smaller=halving_divisor(unit_size))
+    if used < start:
+        _FITTING[scratch] = used
+    return result, used
+
+
+def run_batch_sizes(metas: list[dict[str, Any]]) -> list[int]:
+    """The distinct batch sizes the units used, for the manifest summary (run info, like
+    the device; units finished before sizes were recorded have none)."""
+    return sorted({m["batch_size"] for m in metas if m.get("batch_size")})
 
 
 def plan_units(n_samples: int, unit_size: int, token_counts: list[int] | None = None) -> list[Unit]:
@@ -181,6 +212,11 @@ class UnitOutput:
         self.location.fs.makedirs(self.path(relpath).rsplit("/", 1)[0], exist_ok=True)
         with self.location.fs.open(self.path(relpath), "wb") as handle:
             np.save(handle, np.ascontiguousarray(data), allow_pickle=False)
+
+    def discard(self) -> None:
+        """Remove this attempt's folder (an attempt abandoned for a retry writes nothing that stays)."""
+        if self.location.fs.exists(self.folder):
+            self.location.fs.rm(self.folder, recursive=True)
 
     def finish(self, **stats: Any) -> dict[str, Any]:
         """Record the unit as done (written last, by rename) and return its metadata."""

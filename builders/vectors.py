@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 BUILDER = "builders.vectors"
 CODE_VERSION = "2"  # 2: prompt-grouped stratified split, centred probe with grouped-CV C, --vetted
 ALL_METHODS = ("mean_diff", "probe", "gradient", "pca", "random")
+METHOD_VERSIONS = {"gradient": 2}
 
 
 def finite_json(obj: Any) -> str:
@@ -74,10 +75,13 @@ def extract_vectors(
     vet_trait_threshold: float = 50.0,
     vet_coherence_floor: float = 50.0,
     judgments: str | None = None,
+    replay_from: str | None = None,
 ) -> BuildResult:
     """Build one extraction config (all its methods) into one vectors version. ``vetted``:
     only responses whose judgments (``judgments``, default the latest of the config's)
-    pass: positives trait ≥ ``vet_trait_threshold``, negatives ≤, coherence ≥ the floor."""
+    pass: positives trait ≥ ``vet_trait_threshold``, negatives ≤, coherence ≥ the floor.
+    ``replay_from``: the variant's activations over variant A's responses (name suffix
+    ``-replay_<A>``): what differs is then the model's representation, not its answers."""
     from transforms.positions import parse_position
 
     exp = catalog.experiment(experiment)
@@ -93,19 +97,30 @@ def extract_vectors(
     vetting = Vetting(vet_trait_threshold, vet_coherence_floor, judgments) if vetted else None
     if vetting is not None:
         vetting.check()  # before any generation: a bad threshold costs nothing
-    generate_responses(store, catalog, config.variant, config.prompt_set, exp.name, generation, quiet=quiet)
+    if replay_from and vetted:  # the judgments would be of A's responses, not the variant's
+        raise BuildError("--vetted and --replay-from cannot be combined")
+    generate_responses(store, catalog, replay_from or config.variant, config.prompt_set, exp.name, generation,
+                       quiet=quiet)
     acts = capture_activations(store, catalog, config.variant, config.prompt_set, str(pos), "all", component,
-                               exp.name, quiet=quiet).manifest
+                               exp.name, replay_from=replay_from, quiet=quiet).manifest
     params = {"experiment": exp.name, "variant": config.variant, "prompt_set": config.prompt_set,
               "position": str(pos), "component": component, "methods": sorted(config.methods),
               "val_fraction": val_fraction, "seed": seed}
+    # methods whose output changed after CODE_VERSION 2, marked only where used, so the catalog's
+    # versions keep their ids: gradient 2 = closed-form shrinkage LDA (was an Adam ascent)
+    changed = {m: v for m, v in METHOD_VERSIONS.items() if m in config.methods}
+    if changed:
+        params["method_versions"] = changed
+    if replay_from:  # only then, so other version ids stay as they were
+        params["replay_from"] = replay_from
     parents = {"activations": acts.ref}
     judged = None
     if vetting is not None:
         judged = resolve_judgments(store, vetting, exp.name, config.variant, config.prompt_set, acts)
         params["vetting"] = vetting.params()
         parents["judgments"] = judged.ref  # the judgments read enter the version id
-    spec = BuildSpec(name=dataset_name(exp.name, config.variant, config.prompt_set, pos.slug, component, vetted),
+    name = dataset_name(exp.name, config.variant, config.prompt_set, pos.slug, component, vetted)
+    spec = BuildSpec(name=name + (f"-replay_{replay_from}" if replay_from else ""),
                      kind="vectors", builder=BUILDER, code_version=CODE_VERSION, params=params,
                      parents=parents, identity=dict(acts.identity))
     return store.build(spec, lambda writer: _extract(store, writer, acts, params, vetting, judged), force=force)

@@ -16,6 +16,11 @@ device and precision's own:
   judgments   ``LocalJudge`` exact 0-100 score on the tiny chat model: max |difference|;
   projections ``LiveProjector`` during generation: max relative error of the scores.
 
+Then, on the device only: the ``auto`` batch size it picks for long sequences, a real
+out-of-memory error under a capped memory fraction that ``with_backoff`` must survive with
+the same activations as a run at the smaller batch from the start, and (when torchao is
+installed) an int8 weight-only copy's capture against the unquantized one.
+
 Prints a table, then the throughput ratio (capture and sweep on the device vs the CPU) and,
 last, one JSON line. Exit 1 when a stage is outside its tolerance. Under a minute on a GPU.
 """
@@ -36,7 +41,7 @@ CHAT = ("{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] }} <|end|> {
         "{% if add_generation_prompt %}<|assistant|> {% endif %}")
 # the largest differences a correct bf16 run shows on this model (bf16 keeps 8 bits of mantissa)
 TOLERANCE = {"activations_max_rel_err": 0.08, "vectors_min_cos": 0.98, "steering_edit_rel_err": 0.02,
-             "judge_max_abs_diff": 5.0, "projections_max_rel_err": 0.08}
+             "judge_max_abs_diff": 5.0, "projections_max_rel_err": 0.08, "int8_min_cos": 0.98}
 
 
 def tiny_chat_model(layers: int, width: int):
@@ -154,6 +159,47 @@ def compare(ref: dict, dev: dict) -> dict:
     }
 
 
+def device_only_checks(loaded, sequences, device: str) -> dict:
+    """``auto`` batch size, backoff from a real OOM, torchao int8 (see the module docstring)."""
+    import numpy as np
+    import torch
+
+    from transforms.batching import auto_batch_size, with_backoff
+    from transforms.capture import capture_pooled
+
+    model, out = loaded.model, {}
+    layers = list(range(loaded.n_layers))
+    out["auto_batch_2048_tokens"] = auto_batch_size(model, 2048)
+    if device.startswith("cuda"):
+        long = [{"ids": (s["ids"] * 200)[:1500], "prompt_len": s["prompt_len"]} for s in sequences] * 8  # 64
+        torch.cuda.empty_cache()
+        used = torch.cuda.memory_allocated()
+        # room for the weights and a few sequences, not for 64 of them at once
+        torch.cuda.set_per_process_memory_fraction(
+            min(1.0, (used + 512 * 2**20) / torch.cuda.get_device_properties(0).total_memory))
+        try:
+            acts, size = with_backoff(lambda b: capture_pooled(model, long, "response[:]", layers, "residual", b),
+                                      64, what="gpu-check capture")
+            again = capture_pooled(model, long, "response[:]", layers, "residual", size)
+        finally:
+            torch.cuda.set_per_process_memory_fraction(1.0)
+            torch.cuda.empty_cache()
+        out["oom_backoff_batch"] = size
+        out["oom_backoff_identical"] = bool(np.array_equal(acts, again)) and size < 64
+    try:
+        from torchao.quantization import Int8WeightOnlyConfig, quantize_
+    except ImportError:
+        out["int8_min_cos"] = None  # torchao not installed: skipped
+        return out
+    quantized = copy.deepcopy(model)
+    quantize_(quantized, Int8WeightOnlyConfig())
+    a = capture_pooled(model, sequences, "response[:]", layers, "residual", 8)
+    b = capture_pooled(quantized, sequences, "response[:]", layers, "residual", 8)
+    cos = (a * b).sum(-1) / np.maximum(np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1), 1e-12)
+    out["int8_min_cos"] = round(float(cos.min()), 5)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cuda")
@@ -188,9 +234,11 @@ def main(argv: list[str] | None = None) -> int:
     device_model = on(loaded, args.device, args.dtype)
     run_stages(device_model, prompts, sequences, labels, sync)  # warm-up: kernels, allocator
     dev = run_stages(device_model, prompts, sequences, labels, sync)
-    figures = compare(ref, dev)
-    failed = [k for k, limit in TOLERANCE.items()
-              if not (figures[k] >= limit if k.endswith("_cos") else figures[k] <= limit)]
+    figures = {**compare(ref, dev), **device_only_checks(device_model, sequences, args.device)}
+    failed = [k for k, limit in TOLERANCE.items() if figures.get(k) is not None
+              and not (figures[k] >= limit if k.endswith("_cos") else figures[k] <= limit)]
+    if figures.get("oom_backoff_identical") is False:
+        failed.append("oom_backoff_identical")
     print(f"tiny llama (GQA, {args.layers} layers, width {args.width}): {args.device} {args.dtype} vs cpu float32")
     print(f"{'check':<30} {'value':>10} {'tolerance':>10}")
     for key, value in figures.items():

@@ -1,4 +1,4 @@
-"""``python -m store ls | show <ref> | lineage <ref> | sql "<query>" | gc | push <ref> | pull <repo>``."""
+"""``python -m store ls | show <ref> | lineage <ref> | sql "<query>" | reindex | gc | push <ref> | pull <repo>``."""
 from __future__ import annotations
 
 import argparse
@@ -112,7 +112,14 @@ def _walk(store: Store, manifest, step, depth: int, seen: set[str]) -> None:
 def cmd_sql(store: Store, args: argparse.Namespace) -> None:
     from .sql import query
 
-    write_frame(query(store, args.query), args.format, args.output)
+    write_frame(query(store, args.query, use_index=not args.no_index), args.format, args.output)
+
+
+def cmd_reindex(store: Store, args: argparse.Namespace) -> None:
+    from .index import CatalogIndex
+
+    count = CatalogIndex(store).rebuild()
+    print(f"indexed {count} version(s) in {store.location.url}")
 
 
 def cmd_gc(store: Store, args: argparse.Namespace) -> None:
@@ -175,10 +182,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["text", "json"], default="text")
     p = sub.add_parser("lineage", help="what a version was built from and what was built from it")
     p.add_argument("ref")
-    p = sub.add_parser("sql", help="a DuckDB query over the latest versions (views per dataset, per kind, and `catalog`)")
+    p = sub.add_parser("sql", help="a DuckDB query over the latest versions (views per dataset, per kind, "
+                                   "\"<dataset>@<version>\" pinned, and `catalog`)")
     p.add_argument("query")
     p.add_argument("--format", **fmt)
     p.add_argument("--output", help="file to write (needed for parquet)")
+    p.add_argument("--no-index", action="store_true",
+                   help="read every manifest instead of the catalog index (slow; for comparisons)")
+    sub.add_parser("reindex", help="rebuild the catalog index (<root>/_index) from every manifest")
     p = sub.add_parser("gc", help="remove leftovers of killed builds (safe while builders run)")
     p.add_argument("--min-idle", type=_seconds, default=600.0, metavar="SECONDS",
                    help="folders whose builder cannot be checked (another host) must be idle this long "
@@ -203,7 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    commands = {"ls": cmd_ls, "show": cmd_show, "lineage": cmd_lineage, "sql": cmd_sql, "gc": cmd_gc,
+    commands = {"ls": cmd_ls, "show": cmd_show, "lineage": cmd_lineage, "sql": cmd_sql, "reindex": cmd_reindex, "gc": cmd_gc,
                 "push": cmd_push, "pull": cmd_pull}
     try:
         store = Store(args.store)

@@ -7,18 +7,19 @@ import os
 from pathlib import PurePosixPath
 from typing import TYPE_CHECKING
 
-from .core import NAME_RE, BuildResult, StoreError
+from .errors import StoreError
 from .hashing import content_hash_of, sha256_stream
 from .leftovers import tmp_name
 from .manifest import MANIFEST, Manifest
+from .spec import NAME_RE, BuildResult
 
 if TYPE_CHECKING:
-    from .core import Store
+    from .publishing import Publishing
 
 log = logging.getLogger(__name__)
 
 
-def import_version(store: "Store", manifest: Manifest, source_dir: str, manifest_text: str | None = None,
+def import_version(store: "Publishing", manifest: Manifest, source_dir: str, manifest_text: str | None = None,
                    verify: bool = True) -> BuildResult:
     """Install the version whose files sit in the local folder ``source_dir``
     (``manifest_text`` is written verbatim if given).
@@ -56,6 +57,7 @@ def import_version(store: "Store", manifest: Manifest, source_dir: str, manifest
         if winner.content_hash != manifest.content_hash:
             raise StoreError(f"{manifest.ref} was published concurrently with different content")
         return BuildResult(winner, built=False)
+    store._record_published(manifest)
     log.info("imported %s (%d files)", manifest.ref, len(manifest.files))
     return BuildResult(manifest, built=True)
 

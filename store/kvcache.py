@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from .atomic import write_atomic
 from .core import Store
 
 log = logging.getLogger(__name__)
@@ -78,20 +79,10 @@ class KeyedCache:
             columns[col] = pa.array(values, type=(schema or {}).get(col))
         for col, values in (extra or {}).items():
             columns[col] = values
-        fs = self.store.fs
-        name = uuid.uuid4().hex
-        if self.store.location.is_local:
-            fs.makedirs(self.folder, exist_ok=True)
-            tmp = f"{self.folder}/.{name}.tmp"
-            with fs.open(tmp, "wb") as handle:
-                pq.write_table(pa.table(columns), handle)
-            fs.mv(tmp, f"{self.folder}/{name}.parquet")
-        else:  # an object PUT is atomic; a rename would be copy + delete
-            import io
-
-            buffer = io.BytesIO()
-            pq.write_table(pa.table(columns), buffer)
-            fs.pipe_file(f"{self.folder}/{name}.parquet", buffer.getvalue())
+        table = pa.table(columns)
+        # a reader never sees half a file; a killed writer keeps every earlier flush
+        write_atomic(self.store.location, f"{self.folder}/{uuid.uuid4().hex}.parquet",
+                     lambda handle: pq.write_table(table, handle))
         rows = self._load()
         for key, row in items:
             rows[digest(key)] = {col: row.get(col) for col in self.columns}

@@ -21,7 +21,9 @@ import time
 import uuid
 from typing import Any
 
-from .errors import StoreError
+from .atomic import write_atomic
+from .errors import StoreError, storage_errors
+from .index import CatalogIndex
 from .manifest import MANIFEST, Manifest
 
 log = logging.getLogger(__name__)
@@ -51,6 +53,14 @@ class Publishing:
             return self._publish_objects(tmp, final, manifest, text, replace)
         finally:
             self._remove(tmp)
+
+    def _record_published(self, manifest: Manifest) -> None:
+        """Add a committed version to the catalog index. The index is a cache: when it cannot
+        be written, the version is still published and readers find it by listing."""
+        try:
+            CatalogIndex(self).record(manifest)
+        except (OSError, ValueError, *storage_errors()) as err:
+            log.warning("catalog index not updated for %s (%s); readers will find it by listing", manifest.ref, err)
 
     # -- local disk: atomic rename
     def _rename_into_place(self, tmp: str, final: str, replace: bool) -> bool:
@@ -85,10 +95,7 @@ class Publishing:
 
     def _write_manifest(self, final: str, text: str) -> None:
         """Write to a temporary name, then rename: a reader never sees half a manifest."""
-        tmp = f"{final}/.{MANIFEST}.{uuid.uuid4().hex[:8]}"
-        with self.fs.open(tmp, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        self.fs.mv(tmp, f"{final}/{MANIFEST}")
+        write_atomic(self.location, f"{final}/{MANIFEST}", text)
 
     # -- object stores: conditional-create claim, server-side copy, manifest as commit point
     def _publish_objects(self, tmp: str, final: str, manifest: Manifest, text: str, replace: bool) -> bool:

@@ -18,6 +18,8 @@ def test_gpu_check_runs_every_stage_in_bf16_within_tolerance(monkeypatch, capsys
     assert code == 0 and last["failed"] == [], last
     assert last["judge_scored"] == [4, 4] and 0 < last["activations_max_rel_err"] < 0.08
     assert last["steering_edit_rel_err"] > 0  # bf16 really ran: not bit-identical to float32
+    assert last["auto_batch_2048_tokens"] == 8  # off CUDA, auto is the CPU batch
+    assert 0.98 <= last["int8_min_cos"] < 1.0  # torchao int8 really quantized, and close
 
 
 def test_gpu_check_refuses_a_missing_cuda_in_one_line(capsys):

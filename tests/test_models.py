@@ -471,3 +471,46 @@ def test_converted_checkpoint_matches_gguf_logits(name, tmp_path, request):
         want = gguf_model(input_ids=torch.tensor([ids])).logits
         got = lm.model(input_ids=torch.tensor([ids])).logits
     assert torch.allclose(want, got, atol=1e-4, rtol=0), float((want - got).abs().max())
+
+
+# ------------------------------------------------------------- --info placement
+
+
+@pytest.mark.slow
+def test_info_cli_loads_on_the_given_device_and_dtype(capsys):
+    """``--info ID --device cpu --dtype bf16`` loads there and says so in the JSON."""
+    from transforms.models import main
+
+    assert main(["--info", "pkg:smollm2-135m-instruct", "--device", "cpu", "--dtype", "bf16", "-q"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["device"] == "cpu" and info["dtype"] == "bfloat16"
+    assert info["model_id"] == "pkg:smollm2-135m-instruct"
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--dtype", "float8"], "error: unknown dtype 'float8'"),
+    (["--device", "tpu"], "error: unknown device 'tpu'"),
+    (["--prepare", "--device", "cpu"], "error: --device and --dtype go with --info"),
+])
+def test_info_cli_bad_placement_is_one_line_exit_2(capsys, monkeypatch, flags, message):
+    import transforms.models as models
+
+    monkeypatch.setattr(models, "load_model", lambda *a, **k: pytest.fail("loaded a model despite a bad setting"))
+    monkeypatch.setattr(models, "_prepare", lambda *a, **k: pytest.fail("prepared despite a bad setting"))
+    argv = flags if flags[0] == "--prepare" else ["--info", "pkg:smollm2-135m-instruct", *flags]
+    assert models.main([*argv, "-q"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(message) and "\n" not in err
+
+
+def test_info_cli_missing_cuda_is_one_line_exit_2(capsys, monkeypatch):
+    import torch
+
+    import transforms.models as models
+
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    monkeypatch.setattr(models, "load_model", lambda *a, **k: pytest.fail("loaded a model on a missing device"))
+    assert models.main(["--info", "pkg:smollm2-135m-instruct", "--device", "cuda", "-q"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "CUDA is not available" in err and "\n" not in err

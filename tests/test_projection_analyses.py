@@ -11,22 +11,32 @@ from analyses.projections import (cohens_d_bootstrap, decomposition_sql, lag_cor
                                   summary_sql)
 
 
-def test_cohens_d_and_bootstrap_equal_a_plain_loop():
+def test_cohens_d_and_its_bca_interval_equal_scipy():
+    """d as before, exactly; the interval is scipy's BCa (code version 3; was percentile)."""
+    from scipy import stats
+
     rng = np.random.default_rng(5)
     a, b = rng.normal(0, 1, 40), rng.normal(0.8, 1.3, 55)
     d, lo, hi = cohens_d_bootstrap(a, b, n_boot=500, ci=0.9, seed=7)
     pooled = np.sqrt(((a.size - 1) * np.var(a, ddof=1) + (b.size - 1) * np.var(b, ddof=1)) / (a.size + b.size - 2))
-    assert d == pytest.approx((b.mean() - a.mean()) / pooled)
-    # the documented protocol, one resample at a time
-    draw = np.random.default_rng(7)
-    ia, ib = draw.integers(0, a.size, (500, a.size)), draw.integers(0, b.size, (500, b.size))
-    boots = []
-    for k in range(500):
-        x, y = a[ia[k]], b[ib[k]]
-        s = np.sqrt(((x.size - 1) * x.var(ddof=1) + (y.size - 1) * y.var(ddof=1)) / (x.size + y.size - 2))
-        boots.append((y.mean() - x.mean()) / s)
-    assert lo == pytest.approx(np.percentile(boots, 5)) and hi == pytest.approx(np.percentile(boots, 95))
+    assert d == float((b.mean() - a.mean()) / pooled)
+
+    def loop_d(x, y, axis=-1):  # one resample at a time, as the old plain loop did
+        x, y = np.moveaxis(x, axis, -1), np.moveaxis(y, axis, -1)
+        out = [(yy.mean() - xx.mean()) / np.sqrt(((xx.size - 1) * xx.var(ddof=1) + (yy.size - 1) * yy.var(ddof=1))
+                                                 / (xx.size + yy.size - 2))
+               for xx, yy in zip(x.reshape(-1, x.shape[-1]), y.reshape(-1, y.shape[-1]))]
+        return np.asarray(out).reshape(x.shape[:-1])
+
+    ref = stats.bootstrap((a, b), loop_d, n_resamples=500, confidence_level=0.9, method="BCa", paired=False,
+                          vectorized=True, rng=np.random.default_rng(7))
+    assert lo == pytest.approx(ref.confidence_interval.low, rel=1e-12)
+    assert hi == pytest.approx(ref.confidence_interval.high, rel=1e-12)
     assert lo < d < hi
+    with pytest.raises(ValueError, match="at least 2 values"):
+        cohens_d_bootstrap(a[:1], b)
+    d2, lo2, hi2 = cohens_d_bootstrap(np.array([0.0, 1.0]), np.array([1.0, 2.0, 3.0]))  # BCa undefined: nan
+    assert np.isfinite(d2) and np.isnan(lo2) and np.isnan(hi2)
 
 
 @pytest.fixture

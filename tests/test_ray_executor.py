@@ -202,3 +202,41 @@ def test_finished_units_are_not_redone(tmp_path):
     again = _CountingJob(store, scratch)
     metas = run_units(Executor(threads=1), again, store.location, scratch, units, quiet=True)
     assert again.ran == [0, 1, 3] and [m["unit"] for m in metas] == [0, 1, 2, 3]
+
+
+def test_ray_actor_pool_runs_each_unit_once_reuses_workers_and_reraises(ray_cluster):
+    """The Ray executor's queue (``ray.util.ActorPool``): every unit once, on long-lived
+    workers (the same processes across calls), a unit's own exception re-raised as itself,
+    and a fresh set of workers after a failure."""
+    import os
+    import time
+
+    from builders.units import plan_units
+
+    class Job:  # defined here so that Ray pickles it by value (workers need not import tests)
+        label = "fake"
+
+        def __init__(self, fail_at: int | None = None) -> None:
+            self.fail_at = fail_at
+
+        def run_unit(self, unit):
+            if unit.index == self.fail_at:
+                raise KeyError(f"unit {unit.index} failed")
+            time.sleep(0.05 * (unit.index % 3))  # finish out of order
+            return {"unit": unit.index, "pid": os.getpid()}
+
+    units = plan_units(9, 1)
+    with RayExecutor(workers=2) as executor:
+        first: list[dict] = []
+        executor.map_units(Job(), units, first.append)
+        assert sorted(m["unit"] for m in first) == list(range(9))
+        pids = {m["pid"] for m in first}
+        assert len(pids) == 2 and os.getpid() not in pids
+        second: list[dict] = []
+        executor.map_units(Job(), units[:4], second.append)
+        assert {m["pid"] for m in second} <= pids  # models stay loaded: the same worker processes
+        with pytest.raises(KeyError, match="unit 5 failed"):
+            executor.map_units(Job(fail_at=5), units, lambda meta: None)
+        third: list[dict] = []
+        executor.map_units(Job(), units[:3], third.append)
+        assert sorted(m["unit"] for m in third) == [0, 1, 2] and not {m["pid"] for m in third} & pids

@@ -74,13 +74,15 @@ def test_writer_refuses_shards_registered_without_columns(tmp_path):
 def test_sql_skips_unreadable_tables_and_names_them(broken, caplog):
     with caplog.at_level("WARNING", logger="store.sql"):
         assert query(broken, "SELECT count(*) AS n FROM prompts_a")["n"].to_list() == [2]
+    assert not [m for m in caplog.messages if "skipped" in m]  # views are made for the tables a query names
+    # the broken versions' readable tables and the kind view over the readable parts still work
+    assert query(broken, "SELECT count(*) AS n FROM weights")["n"].to_list() == [3]
+    with caplog.at_level("WARNING", logger="store.sql"):
+        assert query(broken, "SELECT token FROM weights__logit_lens")["token"].to_list() == ["happy"]
     skipped = [m for m in caplog.messages if "skipped" in m]
     assert len(skipped) == 2 and all("\n" not in m for m in skipped)
     assert any("weights-x-instruct-instruct@" in m and "logit_lens" in m for m in skipped)
     assert any("weights-x-instruct-damaged@" in m and "logit_lens" in m for m in skipped)
-    # the broken versions' readable tables and the kind view over the readable parts still work
-    assert query(broken, "SELECT count(*) AS n FROM weights")["n"].to_list() == [3]
-    assert query(broken, "SELECT token FROM weights__logit_lens")["token"].to_list() == ["happy"]
     assert query(broken, "SELECT norm FROM weights_x_instruct_instruct")["norm"].to_list() == [1.5]
     # naming the skipped table is a clear error, not "table does not exist"
     with pytest.raises(duckdb.Error, match=r"weights-x-instruct-instruct@\w+ table 'logit_lens' .*unreadable"):
@@ -93,6 +95,12 @@ def test_store_sql_cli_keeps_working_and_says_what_it_skipped(broken):
                          cwd=REPO, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     assert run.stdout.splitlines() == ["prompt_id", "x", "y"]
+    assert run.stderr.strip() == ""  # the broken tables are not named: not read
+    run = subprocess.run([sys.executable, "-m", "store", "--store", broken.location.root, "sql",
+                          "SELECT token FROM weights__logit_lens", "--format", "csv"],
+                         cwd=REPO, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.splitlines() == ["token", "happy"]
     lines = run.stderr.strip().splitlines()
     assert len(lines) == 2 and all("logit_lens" in line for line in lines), run.stderr
     run = subprocess.run([sys.executable, "-m", "store", "--store", broken.location.root, "sql",

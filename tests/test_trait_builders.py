@@ -77,3 +77,20 @@ def test_vectors_mean_diff_and_probe(mini):
     with pytest.raises(BuildError, match="no 'pca' vectors"):
         load_vectors(store, manifest, "pca")
     assert extract_vectors(store, catalog, config, val_fraction=0.25, quiet=True).built is False
+
+
+def test_vectors_gradient_marks_its_method_version(mini):
+    """The gradient method changed (closed form, issue 14) without a builder code-version bump:
+    its configs carry ``method_versions`` (a new id), the catalog's mean_diff/probe ones do not."""
+    store, catalog = mini
+    plain = extract_vectors(store, catalog, ExtractionConfig("syco", "instruct", "response[:]", ("mean_diff",)),
+                            val_fraction=0.25, quiet=True).manifest
+    assert "method_versions" not in plain.params
+    config = ExtractionConfig("syco", "instruct", "response[:]", ("mean_diff", "gradient"))
+    built = extract_vectors(store, catalog, config, val_fraction=0.25, quiet=True).manifest
+    assert built.params["method_versions"] == {"gradient": 2}
+    vectors, meta = load_vectors(store, built, "gradient")
+    info = json.loads(meta["info"])
+    assert set(info[0]) >= {"objective", "objective_mean_diff", "ridge"} and "steps_run" not in info[0]
+    assert vectors.shape == (30, 576) and np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)
+    assert np.isfinite(vectors).all()

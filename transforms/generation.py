@@ -24,9 +24,12 @@ class GenerationConfig:
     temperature: float = 0.0  # 0 = greedy
     top_p: float = 1.0
     seed: int = 0
-    batch_size: int = 8
+    batch_size: int | str = 8  # or "auto": resolved where the model is loaded (transforms.batching)
 
     def __post_init__(self) -> None:
+        from .batching import parse_batch_size
+
+        object.__setattr__(self, "batch_size", parse_batch_size(self.batch_size))  # "16" -> 16, "AUTO" -> "auto"
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
         if not 0 <= self.min_new_tokens <= self.max_new_tokens:
@@ -35,11 +38,15 @@ class GenerationConfig:
             raise ValueError(f"temperature must be >= 0, got {self.temperature}")
         if not 0 < self.top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def row_settings(self) -> dict[str, Any]:
+        """What each generated row records: every setting but the batch size, which is run
+        info (an out-of-memory retry lowers it; the size used is in the unit's metadata and
+        the manifest summary), so a retried run writes the rows of a small-batch run."""
+        return {k: v for k, v in asdict(self).items() if k != "batch_size"}
 
 
 @dataclass(frozen=True)

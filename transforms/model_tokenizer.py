@@ -28,6 +28,12 @@ chat template, padding side, ...) and the same ids on a few probe texts; otherwi
 records that this checkpoint loads the ordinary way. It is keyed on the names, sizes and
 mtimes of the checkpoint's files and on the transformers and tokenizers versions, so a
 change or an upgrade checks again. A read-only cache just means ordinary loads.
+
+Kept after measuring (issue 14, ``out/r7/time_tokenizer.py``: Gemma 3 270M, a fresh process
+per load, transformers import excluded, 4 runs each on a loaded 2-core machine): CPU time
+4.1-4.7 s ordinary vs 2.6-2.8 s from the memo, about 1.7 s saved per load (wall clock
+was too noisy there to quote). The transformers internals it touches stay in this module,
+behind :func:`load_checkpoint_tokenizer` (and :func:`write_tokenizer_memo` for the converter).
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from transforms.model_cache import models_cache_root
 from transforms.model_refs import (
@@ -68,6 +68,9 @@ from transforms.tokenizer_identity import (
     vocabulary_fingerprint,
 )
 
+if TYPE_CHECKING:
+    from transforms.quantization import QuantizationSpec
+
 logger = logging.getLogger(__name__)
 
 
@@ -93,6 +96,8 @@ class LoadedModel:
     #: where the weights live ("cpu", "cuda:0", ...); run info, never part of describe()
     #: or a version id (the same numbers come out of any device in a given dtype)
     device: str = "cpu"
+    #: the weight quantization's label (``torchao-int8``, ...; transforms.quantization), or None
+    quantization: str | None = None
 
     @property
     def ref(self) -> ModelRef:
@@ -103,7 +108,7 @@ class LoadedModel:
         import torch
         import transformers
 
-        return {
+        described = {
             "model_id": self.model_id,
             "revision": self.revision,
             "source": self.source,
@@ -118,6 +123,9 @@ class LoadedModel:
             "transformers_version": transformers.__version__,
             "torch_version": torch.__version__,
         }
+        if self.quantization is not None:  # only when set: unquantized descriptions stay as they were
+            described["quantization"] = self.quantization
+        return described
 
 
 # ------------------------------------------------------------------ fingerprints
@@ -204,6 +212,7 @@ def load_model(
     device: str = "cpu",
     device_map: Any = None,
     padding_side: str | None = None,
+    quantization: QuantizationSpec | None = None,
 ) -> LoadedModel:
     """Load ``ref`` in eval mode on ``device`` in ``dtype``, with its tokenizer (pad token
     set) and identity.
@@ -213,6 +222,11 @@ def load_model(
     (bfloat16 on accelerators, float32 on CPU) or a name / ``torch.dtype``.
     ``device_map`` (e.g. ``"auto"``, for a model larger than one device) is passed to
     ``from_pretrained`` as is, and then ``device`` is not applied.
+
+    ``quantization`` (:mod:`transforms.quantization`): bitsandbytes quantizes while loading
+    (placed with ``device_map``), torchao after the model is on its device; a method this
+    device cannot run is a one-line :class:`~transforms.quantization.QuantizationError` before
+    anything loads.
 
     ``revision``: for ``pkg:`` models the GGUF sha256 prefix, for local directories
     :func:`local_revision`; a ``ref.revision`` given for those must match (prefix) or it
@@ -226,6 +240,10 @@ def load_model(
     target = resolve_device(device)
     torch_dtype = _torch_dtype(dtype) if dtype is not None and not isinstance(dtype, str) \
         else _torch_dtype(resolve_dtype(dtype, target))
+    from transforms.quantization import check_supported, from_pretrained_kwargs, import_torchao_quietly, quantize
+
+    import_torchao_quietly()  # before transformers imports it, loudly, for any model
+    check_supported(quantization, target, str(torch_dtype).removeprefix("torch."))
     checkpoint, local_only = _resolve_for_load(ref)
 
     if kind == "pkg":
@@ -245,9 +263,12 @@ def load_model(
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ModelLoadError(f"could not load the tokenizer of {ref.id!r} {where}: {_short(exc)}") from None
     try:
+        quantized = from_pretrained_kwargs(quantization, torch_dtype)
+        if quantized and device_map is None:  # bitsandbytes weights are placed while loading; .to() refuses them
+            device_map = {"": target}
         placement = {} if device_map is None else {"device_map": device_map}
         model = AutoModelForCausalLM.from_pretrained(
-            checkpoint, revision=hub_rev, dtype=torch_dtype, local_files_only=local_only, **placement
+            checkpoint, revision=hub_rev, dtype=torch_dtype, local_files_only=local_only, **placement, **quantized
         )
     except (OSError, ValueError, KeyError) as exc:
         raise ModelLoadError(f"could not load model {ref.id!r} {where}: {_short(exc)}") from None
@@ -255,6 +276,8 @@ def load_model(
     model.eval()
     if device_map is None:
         model.to(target)
+    if quantization is not None and quantization.method == "torchao":
+        quantize(model, quantization)  # on the device: int4's packed layout is device-specific
     fingerprint, vocabulary = cached_fingerprints(tokenizer, Path(checkpoint) if kind == "pkg" else None)
     _prepare_tokenizer(tokenizer, padding_side)
     gen = getattr(model, "generation_config", None)
@@ -279,9 +302,11 @@ def load_model(
         dtype=str(torch_dtype).removeprefix("torch."),
         vocabulary_fingerprint=vocabulary,
         device=str(model.device),
+        quantization=None if quantization is None else quantization.label,
     )
-    logger.info("loaded %s (%s, %d layers, d_model %d, revision %s, %s on %s) in %.1fs", ref.id,
-                loaded.architecture, n_layers, d_model, revision, loaded.dtype, loaded.device,
+    logger.info("loaded %s (%s, %d layers, d_model %d, revision %s, %s%s on %s) in %.1fs", ref.id,
+                loaded.architecture, n_layers, d_model, revision, loaded.dtype,
+                f" {loaded.quantization}" if loaded.quantization else "", loaded.device,
                 time.perf_counter() - t0)
     return loaded
 
@@ -298,12 +323,28 @@ def _prepare(model_id: str) -> str:
     return f"{model_id}: {'converted' if converted else 'already cached'}: {path}"
 
 
+def _info_placement(args: argparse.Namespace) -> tuple[str, str]:
+    """``(device, dtype)`` for ``--info``, checked before anything loads (a DeviceError,
+    which is a ModelLoadError, for a bad name or a device this machine lacks)."""
+    from transforms.devices import DeviceError, resolve_device, resolve_dtype
+
+    if args.info is None:
+        if args.device or args.dtype:
+            raise DeviceError("--device and --dtype go with --info (--prepare converts files, it places nothing)")
+        return "cpu", "float32"  # unused: --prepare loads nothing
+    where = resolve_device(args.device)
+    return where, resolve_dtype(args.dtype, where)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Prepare (convert) packaged models ahead of time, or describe a model.
 
     ``python -m transforms.models --prepare [ID ...]`` (default: every packaged model)
     prints ``ID: converted|already cached: CHECKPOINT`` per model;
-    ``python -m transforms.models --info ID [--revision REV]`` prints describe() as JSON.
+    ``python -m transforms.models --info ID [--revision REV] [--device D] [--dtype T]`` loads
+    the model there (default auto: an accelerator in bfloat16 when there is one, else the
+    CPU in float32) and prints describe() plus ``device`` as JSON. Bad input: one line on
+    stderr, exit 2; a model that fails to load: exit 1.
     """
     parser = argparse.ArgumentParser(
         prog="python -m transforms.models",
@@ -315,16 +356,25 @@ def main(argv: list[str] | None = None) -> int:
                             "converted or already cached, and its checkpoint dir")
     group.add_argument("--info", metavar="ID", help="load a model and print its description as JSON")
     parser.add_argument("--revision", help="revision for --info")
+    parser.add_argument("--device", help="for --info: auto (cuda, then mps, then cpu), cpu, mps, cuda or cuda:N")
+    parser.add_argument("--dtype", help="for --info: float32, bfloat16 or float16 (default: bfloat16 on an "
+                                        "accelerator, float32 on the CPU)")
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(asctime)s %(name)s: %(message)s")
     try:
+        where, precision = _info_placement(args)
+    except ModelLoadError as exc:  # a misspelled or missing device / dtype: bad input
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
         if args.prepare is not None:
             for model_id in args.prepare or [PKG_PREFIX + n for n in PACKAGED_MODELS]:
                 print(_prepare(model_id), flush=True)
         else:
-            print(json.dumps(load_model(ModelRef(args.info, args.revision)).describe(), indent=2))
+            loaded = load_model(ModelRef(args.info, args.revision), precision, device=where)
+            print(json.dumps({**loaded.describe(), "device": loaded.device}, indent=2))
     except ModelLoadError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

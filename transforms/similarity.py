@@ -18,12 +18,7 @@ from typing import Any
 import numpy as np
 
 
-def _cos(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Cosine along the last axis (float64); 0-norm rows give NaN."""
-    a = a.astype(np.float64)
-    b = b.astype(np.float64)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return (a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))
+from transforms.stats import cosine as _cos  # along the last axis, float64; 0-norm rows give NaN
 
 
 def mean_cosine_L(a_TLD: np.ndarray, b_TLD: np.ndarray) -> np.ndarray:

@@ -13,13 +13,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from transforms.stats import cohens_d, cohens_d_paired, unit
 
-def unit(v: np.ndarray) -> np.ndarray:
-    v = np.asarray(v, dtype=np.float64)
-    norm = np.linalg.norm(v)
-    if norm == 0:
-        raise ValueError("zero vector has no direction")
-    return v / norm
+__all__ = ["cohens_d_paired", "cohens_d_unpaired", "diff_cosine", "projections", "random_directions",
+           "random_specificity", "unit"]
 
 
 def projections(acts_ND: np.ndarray, v: np.ndarray) -> np.ndarray:
@@ -33,20 +30,9 @@ def diff_cosine(a_ND: np.ndarray, b_ND: np.ndarray, v: np.ndarray) -> float:
     return float(diff @ unit(v) / norm) if norm > 0 else float("nan")
 
 
-def cohens_d_paired(a_proj: np.ndarray, b_proj: np.ndarray) -> float:
-    d = np.asarray(b_proj, np.float64) - np.asarray(a_proj, np.float64)
-    if d.size < 2:
-        return float("nan")
-    sd = d.std(ddof=1)
-    return float(d.mean() / sd) if sd > 0 else float("nan")
-
-
 def cohens_d_unpaired(a_proj: np.ndarray, b_proj: np.ndarray) -> float:
-    a, b = np.asarray(a_proj, np.float64), np.asarray(b_proj, np.float64)
-    if a.size < 2 or b.size < 2:
-        return float("nan")
-    pooled = np.sqrt(((a.size - 1) * a.var(ddof=1) + (b.size - 1) * b.var(ddof=1)) / (a.size + b.size - 2))
-    return float((b.mean() - a.mean()) / pooled) if pooled > 0 else float("nan")
+    """B over A: :func:`transforms.stats.cohens_d` ``(b, a)``."""
+    return cohens_d(b_proj, a_proj)
 
 
 def random_directions(n: int, d_model: int, seed: int = 0) -> np.ndarray:

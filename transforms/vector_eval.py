@@ -43,6 +43,7 @@ from typing import Any
 
 import numpy as np
 
+from transforms import stats
 from transforms.vector_methods import as_acts, as_labels, limit_threads
 
 logger = logging.getLogger(__name__)
@@ -63,16 +64,8 @@ def project(acts_NLD: np.ndarray, directions_LD: np.ndarray) -> np.ndarray:
 
 
 def cohens_d(proj_pos: np.ndarray, proj_neg: np.ndarray) -> float:
-    """Signed Cohen's d with the pooled (unbiased) standard deviation; NaN if undefined."""
-    n1, n0 = len(proj_pos), len(proj_neg)
-    if n1 == 0 or n0 == 0 or n1 + n0 < 3:
-        return math.nan
-    var1 = float(np.var(proj_pos, ddof=1)) if n1 > 1 else 0.0
-    var0 = float(np.var(proj_neg, ddof=1)) if n0 > 1 else 0.0
-    pooled = math.sqrt(((n1 - 1) * var1 + (n0 - 1) * var0) / (n1 + n0 - 2))
-    if pooled == 0:
-        return math.nan
-    return (float(np.mean(proj_pos)) - float(np.mean(proj_neg))) / pooled
+    """Signed Cohen's d (pooled ddof=1 sd; a single value counts as its group); NaN if undefined."""
+    return stats.cohens_d(proj_pos, proj_neg, min_per_group=1)
 
 
 def auroc(labels_N: np.ndarray, scores_N: np.ndarray) -> float:

@@ -1,6 +1,6 @@
 """Trait-vector extraction methods: pooled activations in, one vector per layer out.
 
-Pure functions (numpy / torch / scikit-learn, no store). Every method takes the whole
+Pure functions (numpy / scikit-learn, no store). Every method takes the whole
 ``acts_NLD`` array (float32 ``[sample, layer, d_model]``) and ``labels_N`` (1 = positive
 trait, 0 = negative) and returns ``(vectors_LD, info)``: a float32 ``[layer, d_model]``
 array and one JSON-friendly dict per layer. Use :func:`transforms.vectors.extract`, which
@@ -25,20 +25,14 @@ Definitions (all layers at once, float32 arithmetic, class means accumulated in 
   a random unit direction's projection). Equivalently ``J = dmu . v / sqrt(v' (S_w + ridge
   tau I) v)``: Fisher's criterion with the within-class covariance shrunk toward ``tau I``
   (``ridge=1`` = shrinkage intensity 1/2), whose unique maximiser is ``(S_w + ridge tau
-  I)^-1 dmu``. The ridge keeps the objective bounded when N < d_model (plain Fisher is then
-  infinite on directions with zero within-class spread). Parametrised as ``v = w / ||w||``,
-  ``w`` initialised seeded Gaussian (``torch.Generator().manual_seed(seed)``), maximised
-  with Adam (at most ``steps=300``, ``lr=0.02``, betas 0.9 / 0.999) on CPU, all layers
-  in one ``[L, d_model]`` tensor (the layers' objectives are summed; Adam is elementwise,
-  so each layer is optimised independently). Activations are centred and divided by
-  ``sqrt(tau)`` per layer first, which leaves ``J`` unchanged. When N + 1 < d_model the
-  ascent runs on the coordinates of an orthonormal basis of span(within-class deviations,
-  dmu), which contains the maximiser (see ``_SpanBasis``): same objective and optimum, a
-  fraction of the cost. Every 25 steps ``J`` is compared with its value 25 steps earlier; the run stops once every
-  layer moved less than ``tol=1e-6`` (relative), and a layer counts as converged when its
-  last such change was below ``tol``. ``info``: ``objective`` (final ``J``),
-  ``objective_mean_diff`` (``J`` of the mean-difference direction, for reference),
-  ``converged``, ``steps_run``, ``lr``, ``ridge``.
+  I)^-1 dmu``: computed in that closed form (float64, per layer; an N x N solve by the
+  Woodbury identity when N < d_model), not by ascent. The ridge keeps the objective
+  bounded when N < d_model (plain Fisher is then infinite on directions with zero
+  within-class spread). Until issue 14 this was an Adam ascent from a seeded start (300
+  steps at most); on the demo's SmolLM2 activations the two agree to cosine >= 0.9999 on
+  every layer (see ``tests/test_vectors.py``). Not seeded. ``info``: ``objective`` (``J`` of
+  the result), ``objective_mean_diff`` (``J`` of the mean-difference direction, for
+  reference), ``ridge``.
 - ``pca``: for each pair group holding both classes, ``delta = mean(pos of the group) -
   mean(neg of the group)``; stack ``[delta; -delta]`` (``[2G, d_model]``) and take the first
   right singular vector (uncentred PCA; the +-stacking makes the centred and uncentred
@@ -62,29 +56,24 @@ sign was fit on train", the right null for the signed methods).
 from __future__ import annotations
 
 import logging
+import math
 import sys
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
+from transforms.stats import unit_rows  # noqa: F401  (re-exported: part of this module's toolkit)
 from transforms.vector_probe import (  # noqa: F401  (re-exported: the method table lives here)
     PROBE_C, PROBE_C_GRID, PROBE_MAX_ITER, probe, row_normalize)
-
-if TYPE_CHECKING:
-    import torch
 
 logger = logging.getLogger(__name__)
 
 Info = list[dict[str, Any]]
 
-GRADIENT_STEPS = 300
-GRADIENT_LR = 0.02
 GRADIENT_RIDGE = 1.0
-GRADIENT_TOL = 1e-6
-GRADIENT_CHECK_EVERY = 25
 
 
 @contextmanager
@@ -166,12 +155,6 @@ def class_means(acts_NLD: np.ndarray, labels_N: np.ndarray) -> tuple[np.ndarray,
     )
 
 
-def unit_rows(vectors_LD: np.ndarray) -> np.ndarray:
-    """Each row divided by its L2 norm (all-zero rows stay zero)."""
-    norms = np.linalg.norm(vectors_LD, axis=-1, keepdims=True)
-    return vectors_LD / np.where(norms > 0, norms, 1.0)
-
-
 def mean_diff(acts_NLD: np.ndarray, labels_N: np.ndarray) -> tuple[np.ndarray, Info]:
     """``mean(pos) - mean(neg)`` per layer, unnormalised."""
     mu_pos, mu_neg = class_means(acts_NLD, labels_N)
@@ -179,154 +162,41 @@ def mean_diff(acts_NLD: np.ndarray, labels_N: np.ndarray) -> tuple[np.ndarray, I
     return vectors, [{} for _ in range(vectors.shape[0])]
 
 
-class _SpanBasis:
-    """An orthonormal basis of span(rows of ``dev_LND``, ``dmu_LD``) per layer, for N + 1 <
-    d_model. ``J`` depends on ``v`` only through ``dmu . v``, ``dev v`` and ``||v||``, and any
-    component outside that span only grows ``||v||``, so the maximiser lies in the span and
-    the optimisation can run on ``r <= N + 1`` coordinates instead of d_model (10x less work
-    per step for N=400, d_model=4096). With ``Z = [dev; dmu]`` (``[N+1, d]``) and ``Z Z' = Q
-    diag(lam) Q'``, the basis is ``B = Z' Q lam^-1/2`` (eigenvalues below ``1e-6 * max``
-    dropped: zero columns, whose coordinates get no gradient and stay 0)."""
-
-    def __init__(self, dev_LND: torch.Tensor, dmu_LD: torch.Tensor) -> None:
-        import torch
-
-        self.z_LMD = torch.cat([dev_LND, dmu_LD[:, None, :]], dim=1)  # M = N + 1
-        gram = torch.bmm(self.z_LMD, self.z_LMD.transpose(1, 2)).double()
-        lam, q = torch.linalg.eigh(gram)
-        keep = lam > lam[:, -1:].clamp_min(1e-300) * 1e-6
-        inv_sqrt = torch.where(keep, lam.clamp_min(1e-300).rsqrt(), torch.zeros_like(lam))
-        t_LMR = q * inv_sqrt[:, None, :]  # B = Z' T
-        coords_LMR = gram @ t_LMR  # rows of Z expressed in the basis: Z B = (Z Z') T
-        self.t_LMR = t_LMR.float()
-        self.dev_LNR = coords_LMR[:, :-1, :].float().contiguous()
-        self.dmu_LR = coords_LMR[:, -1, :].float().contiguous()
-
-    def coords(self, v_LD: torch.Tensor) -> torch.Tensor:
-        """``B' v``: the coordinates of the projection of ``v`` onto the span."""
-        return (self.t_LMR.transpose(1, 2) @ (self.z_LMD @ v_LD[:, :, None]))[..., 0]
-
-    def vectors(self, c_LR: torch.Tensor) -> torch.Tensor:
-        """``B c``: back to d_model coordinates."""
-        return (self.z_LMD.transpose(1, 2) @ (self.t_LMR @ c_LR[:, :, None]))[..., 0]
-
-
-class _Adam:
-    """Adam (Kingma & Ba; betas 0.9 / 0.999, eps 1e-8, bias-corrected), minimising. Written
-    out because ``torch.optim`` imports ``torch._dynamo`` on first use (seconds of import on
-    a loaded CPU, more than the whole optimisation here)."""
-
-    def __init__(self, param: torch.Tensor, lr: float, betas: tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-8) -> None:
-        import torch
-
-        self.param, self.lr, self.betas, self.eps, self.t = param, lr, betas, eps, 0
-        self.m = torch.zeros_like(param)
-        self.v = torch.zeros_like(param)
-
-    def step(self) -> None:
-        import torch
-
-        grad = self.param.grad
-        assert grad is not None
-        b1, b2 = self.betas
-        self.t += 1
-        with torch.no_grad():
-            self.m.mul_(b1).add_(grad, alpha=1 - b1)
-            self.v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
-            m_hat = self.m / (1 - b1**self.t)
-            v_hat = self.v / (1 - b2**self.t)
-            self.param.sub_(self.lr * m_hat / (v_hat.sqrt() + self.eps))
-
-
-def gradient(
-    acts_NLD: np.ndarray,
-    labels_N: np.ndarray,
-    *,
-    seed: int = 0,
-    steps: int = GRADIENT_STEPS,
-    lr: float = GRADIENT_LR,
-    ridge: float = GRADIENT_RIDGE,
-    tol: float = GRADIENT_TOL,
-) -> tuple[np.ndarray, Info]:
-    """Adam ascent of the ridge-regularised standardised separation (module docstring)."""
-    import torch
-
-    if steps < 1 or lr <= 0 or ridge <= 0:
-        raise ValueError(f"gradient: need steps >= 1, lr > 0, ridge > 0; got {steps}, {lr}, {ridge}")
+def gradient(acts_NLD: np.ndarray, labels_N: np.ndarray, *, ridge: float = GRADIENT_RIDGE) -> tuple[np.ndarray, Info]:
+    """The maximiser of the ridge-regularised standardised separation, in closed form:
+    ``unit((S_w + ridge tau I)^-1 dmu)`` per layer (shrinkage LDA; module docstring)."""
+    if ridge <= 0:
+        raise ValueError(f"gradient: need ridge > 0, got {ridge}")
     n, n_layers, d = acts_NLD.shape
     if n < 3:
         raise ValueError(f"gradient: need at least 3 samples for a pooled variance, got {n}")
     mu_pos, mu_neg = class_means(acts_NLD, labels_N)
-    pos = torch.as_tensor(labels_N == 1)
-    with torch.no_grad():
-        x = torch.as_tensor(acts_NLD, dtype=torch.float32)
-        centroids = torch.where(
-            pos[:, None, None],
-            torch.as_tensor(mu_pos, dtype=torch.float32),
-            torch.as_tensor(mu_neg, dtype=torch.float32),
-        )
-        dev_LND = (x - centroids).permute(1, 0, 2).contiguous()  # within-class deviations
-        del x, centroids
-        tau_L = dev_LND.pow(2).sum(dim=(1, 2), dtype=torch.float64) / (n - 2) / d
-        scale_L = tau_L.clamp_min(1e-30).sqrt().float()
-        # Scaled so that sum_n (dev . v)^2 = v' S_w v / tau and the ridge term is `ridge`.
-        dev_LND /= scale_L[:, None, None] * float(np.sqrt(n - 2))
-        dmu_LD = torch.as_tensor(mu_pos - mu_neg, dtype=torch.float32) / scale_L[:, None]
-        w0_LD = torch.randn(n_layers, d, generator=torch.Generator().manual_seed(seed))
-        basis = _SpanBasis(dev_LND, dmu_LD) if n + 1 < d else None
-        if basis is not None:  # optimise coordinates in span(dev rows, dmu) (see _SpanBasis)
-            dev_LNR, dmu_LR, w0_LR = basis.dev_LNR, basis.dmu_LR, basis.coords(w0_LD)
-        else:
-            dev_LNR, dmu_LR, w0_LR = dev_LND, dmu_LD, w0_LD
-
-    def objective(w_LR: torch.Tensor) -> torch.Tensor:
-        v = w_LR / w_LR.norm(dim=1, keepdim=True).clamp_min(1e-30)
-        proj_LN = torch.bmm(dev_LNR, v[:, :, None])[..., 0]
-        return (dmu_LR * v).sum(dim=1) / torch.sqrt(proj_LN.pow(2).sum(dim=1) + ridge)
-
-    w = (w0_LR / w0_LR.norm(dim=1, keepdim=True).clamp_min(1e-30)).requires_grad_(True)
-    optimizer = _Adam(w, lr)
-    j_prev: torch.Tensor | None = None
-    moved = torch.full((n_layers,), float("inf"))
-    steps_run = 0
-    for step in range(steps):
-        w.grad = None
-        j = objective(w)
-        if step % GRADIENT_CHECK_EVERY == 0:
-            j_now = j.detach()
-            if j_prev is not None:
-                moved = (j_now - j_prev).abs() / j_now.abs().clamp_min(1e-12)
-                if bool((moved < tol).all()):
-                    break
-            j_prev = j_now.clone()
-        (-j.sum()).backward()
-        optimizer.step()
-        steps_run = step + 1
-    with torch.no_grad():
-        j_final = objective(w)
-        j_md = objective(dmu_LR)
-        full = basis.vectors(w.detach()) if basis is not None else w.detach()
-        vectors = (full / full.norm(dim=1, keepdim=True).clamp_min(1e-30)).numpy().astype(np.float32)
+    pos = (labels_N == 1)[:, None]
+    vectors = np.zeros((n_layers, d), dtype=np.float32)
     info: Info = []
     for layer in range(n_layers):
-        converged = bool(moved[layer] < tol)
-        if not converged:
-            logger.warning(
-                "gradient: layer %d not converged after %d steps (objective moved %.2g relative "
-                "over the last %d steps; inf = too few steps to tell)",
-                layer, steps_run, float(moved[layer]), GRADIENT_CHECK_EVERY,
-            )
-        info.append(
-            {
-                "objective": float(j_final[layer]),
-                "objective_mean_diff": float(j_md[layer]),
-                "converged": converged,
-                "steps_run": int(steps_run),
-                "lr": float(lr),
-                "ridge": float(ridge),
-            }
-        )
+        x = acts_NLD[:, layer, :].astype(np.float64)
+        dev = x - np.where(pos, mu_pos[layer], mu_neg[layer])  # within-class deviations
+        dmu = mu_pos[layer] - mu_neg[layer]
+        tau = float((dev * dev).sum()) / (n - 2) / d
+        if tau <= 0:
+            raise ValueError(f"gradient: layer {layer} has no within-class variance (every sample equals its "
+                             "class mean): the objective is unbounded there")
+        # scaled so that z'z = S_w / tau and m = dmu / sqrt(tau): solve (z'z + ridge I) w = m
+        z = dev / math.sqrt(tau * (n - 2))
+        m = dmu / math.sqrt(tau)
+        if n < d:  # Woodbury: an n x n system instead of d x d
+            w = (m - z.T @ np.linalg.solve(z @ z.T + ridge * np.eye(n), z @ m)) / ridge
+        else:
+            w = np.linalg.solve(z.T @ z + ridge * np.eye(d), m)
+        v = unit_rows(w)
+
+        def objective(u: np.ndarray) -> float:
+            u = unit_rows(u)
+            return float(m @ u / math.sqrt(float((z @ u) @ (z @ u)) + ridge))
+
+        vectors[layer] = v
+        info.append({"objective": objective(w), "objective_mean_diff": objective(dmu), "ridge": float(ridge)})
     return vectors, info
 
 

@@ -53,8 +53,8 @@ __all__ = [
 METHODS: tuple[str, ...] = ("mean_diff", "probe", "gradient", "pca", "random")
 NEEDS_PAIRS: frozenset[str] = frozenset({"pca"})
 NEEDS_GROUPS: frozenset[str] = frozenset({"probe"})  # cross-validates over prompt groups
-SEEDED: frozenset[str] = frozenset({"probe", "gradient", "random"})
-TORCH_METHODS: frozenset[str] = frozenset({"gradient"})
+SEEDED: frozenset[str] = frozenset({"probe", "random"})
+TORCH_METHODS: frozenset[str] = frozenset()  # gradient was, until its closed form (issue 14)
 
 
 @dataclass(frozen=True)
@@ -100,7 +100,7 @@ def extract(
     """Extract one vector per layer with ``method`` (one of :data:`METHODS`).
 
     ``options`` go to the method (``probe``: ``C`` (default: chosen by grouped
-    cross-validation), ``max_iter``; ``gradient``: ``steps``, ``lr``, ``ridge``, ``tol``).
+    cross-validation), ``max_iter``; ``gradient``: ``ridge``).
     ``pair_ids`` is required by ``pca`` only. ``groups``: one prompt group per sample
     (e.g. the prompt id), for the probe's cross-validation; a sample's pair id, when it has
     one, takes precedence, and a sample with neither is its own group. ``threads``: BLAS

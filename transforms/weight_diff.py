@@ -182,17 +182,10 @@ def diff_norms(base: TensorReader, other: TensorReader | LoraAdapter, singular_k
 
 def cosine_by_layer(directions: Mapping[int, Any], vectors_LD: Any, layers: Sequence[int]) -> dict[int, float]:
     """``cos(direction_L, vector_L)`` for the layers both have (vectors rows in ``layers`` order)."""
-    import numpy as np
+    from transforms.stats import cosine
 
-    out = {}
-    for row, layer in enumerate(layers):
-        if layer not in directions:
-            continue
-        d = np.asarray(directions[layer], dtype=np.float64)
-        v = np.asarray(vectors_LD[row], dtype=np.float64)
-        denom = np.linalg.norm(d) * np.linalg.norm(v)
-        out[int(layer)] = float(d @ v / denom) if denom > 0 else float("nan")
-    return out
+    return {int(layer): float(cosine(directions[layer], vectors_LD[row]))
+            for row, layer in enumerate(layers) if layer in directions}
 
 
 def random_baseline(direction: Any, observed: float, n: int = 1000, seed: int = 0) -> dict[str, float]:

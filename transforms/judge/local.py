@@ -196,7 +196,7 @@ class LocalJudge:
     def __init__(
         self,
         model: LoadedModel | ModelRef | str = DEFAULT_LOCAL_JUDGE,
-        batch_size: int = 8,
+        batch_size: int | str = "auto",
         *,
         system: str | None = None,
         chat: bool | None = None,
@@ -205,8 +205,9 @@ class LocalJudge:
         method: str = "auto",
         byte_digits: bool = False,
     ) -> None:
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        from transforms.batching import parse_batch_size
+
+        batch_size = parse_batch_size(batch_size)
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
         if not hasattr(model, "tokenizer"):
@@ -214,7 +215,8 @@ class LocalJudge:
 
             model = load_model(model)  # type: ignore[arg-type]
         self.loaded: LoadedModel = model  # type: ignore[assignment]
-        self.batch_size = batch_size
+        self.batch_size = batch_size  # a request: an int, or "auto" resolved per call
+        self.batch_sizes: set[int] = set()  # the sizes used, for a builder's summary
         self.system = system
         self.chat = chat
         self.prefill = prefill
@@ -275,34 +277,47 @@ class LocalJudge:
     def number_probs(self, prompts: list[str], on_batch: Any = None) -> np.ndarray:
         """P(answer = n), ``[len(prompts), 101]`` float64, rows in prompt order.
 
-        ``on_batch(indices, probs_rows)`` is called after each batch."""
+        ``on_batch(indices, probs_rows)`` is called after each batch. Batches are consecutive
+        slices of the prompts sorted by length; one that runs out of memory is redone as
+        slices of half the size (:func:`transforms.batch_slices.run_slices`): the same
+        batches, shared prefixes included, as a judge with that batch size from the start."""
         import numpy as np
         import torch
 
+        from transforms.batch_slices import run_slices
+        from transforms.batching import CPU_BATCH, resolve_batch_size
         from transforms.generation import plan_batches
 
         ids = self.encode(prompts)
         tok = self.loaded.tokenizer
         pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
         result = np.zeros((len(prompts), 101), dtype=np.float64)
+        if not ids:
+            return result
         tree = self.tree
-        order = plan_batches([len(i) for i in ids], [f"{i:09d}" for i in range(len(ids))], self.batch_size)
+        order = plan_batches([len(i) for i in ids], [f"{i:09d}" for i in range(len(ids))], len(ids))[0]
+        # the tree pass reads prompt + every node and keeps logits for every node
+        size = resolve_batch_size(self.batch_size, self.loaded.model, len(ids[order[0]]) + tree.n_nodes,
+                                  cpu_batch=CPU_BATCH)
         t0 = time.perf_counter()
+
+        def score(lo: int, hi: int, size: int) -> None:
+            batch = order[lo:hi]
+            if self.method == "tree":
+                parts = tree_logprobs(self.loaded.model, tree, [ids[i] for i in batch], pad_id)
+                probs = number_probs(tree, *(p.cpu() for p in parts)).numpy()
+            else:
+                probs = np.concatenate([
+                    number_probs(tree, *brute_logprobs(self.loaded.model, tree, ids[i], pad_id, size * 2)).numpy()
+                    for i in batch])
+            if not np.isfinite(probs).all():
+                raise FloatingPointError(f"local judge produced non-finite probabilities for prompts {batch}")
+            result[batch] = probs
+            if on_batch is not None:
+                on_batch(batch, probs)
+
         with torch.inference_mode():
-            for batch in order:
-                if self.method == "tree":
-                    parts = tree_logprobs(self.loaded.model, tree, [ids[i] for i in batch], pad_id)
-                    probs = number_probs(tree, *(p.cpu() for p in parts)).numpy()
-                else:
-                    probs = np.concatenate([
-                        number_probs(tree, *brute_logprobs(self.loaded.model, tree, ids[i], pad_id,
-                                                           self.batch_size * 2)).numpy()
-                        for i in batch])
-                if not np.isfinite(probs).all():
-                    raise FloatingPointError(f"local judge produced non-finite probabilities for prompts {batch}")
-                result[batch] = probs
-                if on_batch is not None:
-                    on_batch(batch, probs)
+            self.batch_sizes.update(run_slices(len(order), size, score, what=f"local judge {self.model_id}"))
         logger.info("local judge %s: %d prompts in %.2fs (%s, %d tree nodes)", self.model_id, len(prompts),
                     time.perf_counter() - t0, self.method, tree.n_nodes)
         return result

@@ -41,6 +41,7 @@ FEATURES = ("nll", "pmi", "repeat3", "distinct2", "nonword", "loop", "log_len")
 FEATURE_VERSION = "2"
 PMI_CAP = 1.5  # nats/token; fluent answers sit at 0.5-1.4, answers to another question below 0.6
 LEN_CAP = 3.0  # log(1 + tokens)
+CPU_BATCH = 16  # ``batch_size="auto"`` off CUDA: the batch CPU runs always used
 _WORDLIKE = re.compile(r"[^\W_]")
 
 
@@ -75,11 +76,16 @@ class PerplexityFeaturizer:
 
     ``loaded``: a :class:`transforms.models.LoadedModel`; ``reference``: its identity (what
     names the model in version ids). Two forward passes per batch: answer given question,
-    and answer after only a BOS (or EOS) token, for ``pmi``.
+    and answer after only a BOS (or EOS) token, for ``pmi``. ``batch_size``: an int or
+    ``"auto"`` (:data:`CPU_BATCH` off CUDA, else from the free memory), halved for a batch
+    that runs out of memory and the rest of the call.
     """
 
-    def __init__(self, loaded: Any, reference: dict[str, Any], batch_size: int = 16) -> None:
-        self.loaded, self.reference, self.batch_size = loaded, reference, batch_size
+    def __init__(self, loaded: Any, reference: dict[str, Any], batch_size: int | str = "auto") -> None:
+        from transforms.batching import parse_batch_size
+
+        self.loaded, self.reference, self.batch_size = loaded, reference, parse_batch_size(batch_size)
+        self.batch_sizes: set[int] = set()  # the sizes used, for a builder's summary
 
     def identity(self) -> dict[str, Any]:
         return {"features": list(FEATURES), "feature_version": FEATURE_VERSION, "pmi_cap": PMI_CAP,
@@ -142,12 +148,19 @@ class PerplexityFeaturizer:
 
     def features(self, items: Sequence[tuple[str, str]]) -> list[dict[str, float] | None]:
         """One feature dict per item; ``None`` for an empty answer."""
+        from transforms.batch_slices import run_slices
+        from transforms.batching import resolve_batch_size
+
         encoded = [self._encode(q, a) for q, a in items]
         out: list[dict[str, float] | None] = [None] * len(items)
         todo = sorted((i for i, e in enumerate(encoded) if e[1]), key=lambda i: len(encoded[i][0]) + len(encoded[i][1]))
+        if not todo:
+            return out
         tok = self.loaded.tokenizer
-        for lo in range(0, len(todo), self.batch_size):
-            chunk = todo[lo:lo + self.batch_size]
+
+        def featurize(lo: int, hi: int, size: int) -> None:
+            # both passes of a batch are redone together on out-of-memory: nothing is kept before both finish
+            chunk = todo[lo:hi]
             cond = self._answer_logprobs([(encoded[i][0], encoded[i][1]) for i in chunk])
             bare = self._answer_logprobs([(encoded[i][2], encoded[i][1]) for i in chunk])
             for i, lp, lp_bare in zip(chunk, cond, bare):
@@ -155,6 +168,10 @@ class PerplexityFeaturizer:
                 feats = degeneracy_features(answer, tok.batch_decode([[t] for t in answer]))
                 pmi = (sum(lp) - sum(lp_bare)) / len(lp)
                 out[i] = {"nll": -sum(lp) / len(lp), "pmi": min(PMI_CAP, pmi), **feats}
+
+        longest = len(encoded[todo[-1]][0]) + len(encoded[todo[-1]][1])
+        size = resolve_batch_size(self.batch_size, self.loaded.model, longest, cpu_batch=CPU_BATCH)
+        self.batch_sizes.update(run_slices(len(todo), size, featurize, what="perplexity judge"))
         return out
 
 
