@@ -34,8 +34,8 @@ from typing import TYPE_CHECKING, Any, Sequence
 from store import BuildResult, BuildSpec, Manifest, Store
 
 if TYPE_CHECKING:
-    from builders.catalog import Catalog
-    from builders.judges import JudgeChoice
+    from builders.shared.catalog import Catalog
+    from builders.shared.judges import JudgeChoice
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ def dataset_name(experiment: str, trait: str, replay_from: str | None = None) ->
 def precision_label(catalog: Catalog, experiment: str, variant: str) -> str:
     """``float32``, ``bfloat16``, ``float32+torchao-int8``: the dtype the variant runs in
     on this machine, plus its quantization's label when it declares one."""
-    from builders.common import placement
+    from builders.shared.common import placement
 
     entry = catalog.variant(experiment, variant)
     label = placement(entry.device, entry.dtype)[1]
@@ -75,7 +75,7 @@ def precision_label(catalog: Catalog, experiment: str, variant: str) -> str:
 def check_variants(catalog: Catalog, experiment: str, reference: str, variants: Sequence[str]) -> list[str]:
     """``[reference, *others]``, refusing a variant of another model or adapter: then the
     comparison would measure the model, not the precision."""
-    from builders.common import BuildError
+    from builders.shared.common import BuildError
 
     ref = catalog.variant(experiment, reference)
     others = [v for v in dict.fromkeys(variants) if v != reference]
@@ -95,7 +95,7 @@ def build_inputs(store: Store, catalog: Catalog, experiment: str, variant: str, 
                  generation: dict[str, Any], quiet: bool, replay_from: str | None = None) -> tuple[Manifest, Manifest]:
     """``(vectors, steering run)`` of one precision, built or found up to date; ``replay_from``:
     its vectors from its activations over that variant's responses."""
-    from builders.catalog import ExtractionConfig
+    from builders.shared.catalog import ExtractionConfig
     from builders.steering import steer_vectors
     from builders.vectors import extract_vectors
 
@@ -130,8 +130,8 @@ def compare_precisions(
     """Build every precision's inputs, then publish the comparison (see the module doc).
     ``replay_from`` (the reference): every variant's vectors from its activations over the
     reference's responses, which isolates the representation from diverging answers."""
-    from builders.common import BuildError
-    from builders.judges import JudgeChoice
+    from builders.shared.common import BuildError
+    from builders.shared.judges import JudgeChoice
 
     exp = catalog.experiment(experiment)
     names = check_variants(catalog, exp.name, reference, variants)
@@ -259,13 +259,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from builders.common import run
+    from builders.shared.common import run
 
     return run(_main, build_parser(), argv)
 
 
 def _main(args: argparse.Namespace) -> int:
-    from builders.common import open_store_and_catalog
+    from builders.shared.common import open_store_and_catalog
     from builders.steering import parse_coefficients
 
     store, catalog = open_store_and_catalog(args)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from typing import Any, Sequence
 
-from builders.figures import png_bytes
+from builders.shared.figures import png_bytes
 
 # bf16 keeps 8 significant bits; vectors this close point the same way for every purpose
 # steering or monitoring has (seed 002's question is whether low precision *breaks* them)

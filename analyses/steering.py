@@ -26,7 +26,7 @@ import logging
 import re
 from typing import TYPE_CHECKING, Any, Sequence
 
-from builders.figures import png_bytes
+from builders.shared.figures import png_bytes
 from store import BuildResult, BuildSpec, Store
 
 if TYPE_CHECKING:

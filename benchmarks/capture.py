@@ -4,7 +4,7 @@
 
 Same real responses (>= --tokens generated tokens each), same batches, three ways:
 - bare:     the decoder trunk's forward pass over the batches, nothing captured;
-- ours:     transforms.capture hooks, every layer, mean pooled, written to a Zarr array
+- ours:     transforms.capture.activations hooks, every layer, mean pooled, written to a Zarr array
             in a temporary store (what builders.activations does);
 - baseline: persona-vectors style: batch size 1, ``output_hidden_states=True`` on the
             full model, every layer stacked, pooled, results saved with ``torch.save``.
@@ -24,9 +24,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def real_sequences(loaded, n_prompts: int, min_tokens: int) -> list[dict]:
-    from transforms.generation import GenerationConfig, generate_batch
-    from transforms.prompt_sets import load_prompt_set
-    from transforms.tokenization import format_prompt
+    from transforms.sequences import GenerationConfig, generate_batch
+    from transforms.prompts import load_prompt_set
+    from transforms.sequences import format_prompt
 
     repo = Path(__file__).resolve().parents[1]
     rows = load_prompt_set(repo / "datasets/traits/instruction/sycophancy").rows
@@ -45,8 +45,8 @@ def real_sequences(loaded, n_prompts: int, min_tokens: int) -> list[dict]:
 def bare_forward(model, sequences, batch_size: int) -> None:
     import torch
 
-    from transforms.capture import _batches, _pad, _plan, run_forward
-    from transforms.positions import parse_position
+    from transforms.capture.activations import _batches, _pad, _plan, run_forward
+    from transforms.sequences import parse_position
 
     items, _ = _plan(sequences, parse_position("all[:]"), allow_empty=False)
     with torch.inference_mode():
@@ -69,7 +69,7 @@ def ours(model, sequences, position: str, batch_size: int, n_layers: int, root: 
 def baseline(model, sequences, position: str, out_path: str) -> None:
     import torch
 
-    from transforms.positions import parse_position
+    from transforms.sequences import parse_position
 
     pos = parse_position(position)
     pooled = []

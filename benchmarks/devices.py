@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     from transforms.capture import capture_pooled
-    from transforms.generation import GenerationConfig
+    from transforms.sequences import GenerationConfig
     from transforms.models import load_model
     from transforms.steering import generate_steered
 

@@ -43,7 +43,7 @@ ANSWERS = [
 
 def judge_prompts(n: int) -> list[str]:
     from transforms.judge import load_templates, trait_template
-    from transforms.prompt_sets import load_prompt_set
+    from transforms.prompts import load_prompt_set
 
     templates = load_templates()
     trait_dir = REPO / "datasets/traits/instruction/evil"
@@ -56,7 +56,7 @@ def judge_prompts(n: int) -> list[str]:
 
 def one_template_prompts(n: int) -> list[str]:
     from transforms.judge import load_templates
-    from transforms.prompt_sets import load_prompt_set
+    from transforms.prompts import load_prompt_set
 
     coherence = load_templates()["coherence"]
     questions = load_prompt_set(REPO / "datasets/traits/instruction/evil").steering["questions"]
@@ -67,7 +67,7 @@ def one_template_prompts(n: int) -> list[str]:
 def plain_forward(model, batches, pad_id: int, last_only: bool) -> None:
     import torch
 
-    from transforms.generation import left_pad
+    from transforms.sequences import left_pad
 
     with torch.inference_mode():
         for batch in batches:
@@ -80,8 +80,8 @@ def plain_forward(model, batches, pad_id: int, last_only: bool) -> None:
 def brute_force(judge, ids: list[list[int]], pad_id: int) -> None:
     import torch
 
-    from transforms.judge.local import brute_logprobs
-    from transforms.judge.number_tree import number_probs
+    from transforms.judge import brute_logprobs
+    from transforms.judge import number_probs
 
     with torch.inference_mode():
         for prompt in ids:
@@ -113,7 +113,7 @@ def main() -> None:
     import torch
     from transformers.utils import logging as hf_logging
 
-    from transforms.generation import plan_batches
+    from transforms.sequences import plan_batches
     from transforms.judge import LocalJudge, score_from_probs
     from transforms.models import load_model
 

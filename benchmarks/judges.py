@@ -91,11 +91,11 @@ def main() -> None:
 
     import torch
 
-    from builders.common import cached_model
+    from builders.shared.common import cached_model
     from transforms.judge import LocalJudge, load_templates, score_responses
-    from transforms.judge.lexicon import Lexicon, LexiconScorer
-    from transforms.judge.perplexity import FEATURES, CoherenceCalibration, PerplexityFeaturizer, PerplexityScorer
-    from transforms.judge.sentiment import SentimentScorer
+    from transforms.judge import Lexicon, LexiconScorer
+    from transforms.judge import FEATURES, CoherenceCalibration, PerplexityFeaturizer, PerplexityScorer
+    from transforms.judge import SentimentScorer
 
     model_id = "pkg:smollm2-135m-instruct"
     loaded, items = cached_model(model_id), make_items(args.n)

@@ -30,7 +30,7 @@ def build(loaded, n_prompts: int):
     import torch
 
     from transforms.steering import SteeringConfig, mean_residual_norms
-    from transforms.tokenization import format_prompt
+    from transforms.sequences import format_prompt
 
     repo = Path(__file__).resolve().parents[1]
     rows = json.loads((repo / "datasets/inference/general.json").read_text())["prompts"][:n_prompts]
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    from transforms.generation import GenerationConfig
+    from transforms.sequences import GenerationConfig
     from transforms.models import load_model
     from transforms.steering import generate_steered
 

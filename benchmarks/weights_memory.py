@@ -29,7 +29,7 @@ import json, resource, sys
 sys.path.insert(0, {repo!r})
 import torch, transformers, safetensors.torch
 from builders.weights import weight_tables
-from transforms.safetensors_stream import TensorReader
+from transforms.diffing import TensorReader
 
 def rss_kb():
     for line in open("/proc/self/status"):
@@ -54,7 +54,7 @@ def make_b(a: Path, b: Path) -> None:
     import torch
     from safetensors.torch import save_file
 
-    from transforms.safetensors_stream import TensorReader
+    from transforms.diffing import TensorReader
 
     if (b / "model.safetensors").exists():
         return

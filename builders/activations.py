@@ -12,12 +12,12 @@ Pooled output: Zarr array ``acts`` ``[sample, layer, d_model]`` float32, chunks 
 and one work unit (``--unit-size`` samples) deep; ``--per-token``: ``acts``
 ``[token, layer, d_model]`` (tokens in sample order) plus the index columns
 ``token_start``/``token_end`` in the sample table. Units run in this process or on Ray
-(``--executor ray``, see builders/executors.py) with the same version and bytes; finished
+(``--executor ray``, see builders/shared/executors.py) with the same version and bytes; finished
 units are kept, so an interrupted run resumes. ``--batch-size`` N or ``auto`` (8 on the
 CPU), halved on out-of-memory as in builders/responses.py. ``--replay-from A`` runs ``--variant``
 over variant A's response token ids, its prompt formatted its own way (seed 001 step 4c);
 both variants' tokenizers must share a vocabulary (token -> id mapping); eos, pad and chat
-template may differ and are then recorded (see builders/replay.py). Output dataset:
+template may differ and are then recorded (see builders/stages/replay.py). Output dataset:
 ``activations-<experiment>-<variant>-<prompt set>-<position>-<component>[-replay_<A>][-per_token]``.
 """
 from __future__ import annotations
@@ -29,15 +29,15 @@ from typing import Any, Sequence
 
 from store import BuildResult, BuildSpec, Store
 
-from .catalog import Catalog
-from .common import (BuildError, add_experiment_args, base_parser, model_config_dims, open_store_and_catalog,
+from builders.shared.catalog import Catalog
+from builders.shared.common import (BuildError, add_experiment_args, base_parser, model_config_dims, open_store_and_catalog,
                      report, run)
-from .executors import Executor, add_executor_args, executor_from_args, run_units, set_threads
-from .responses import dataset_name as responses_name
-from .responses import format_row, model_identity
-from .units import (ArraySpec, Unit, UnitOutput, plain_type, plan_units, report_progress, round_unit_size,
+from builders.shared.executors import Executor, add_executor_args, executor_from_args, run_units, set_threads
+from builders.responses import dataset_name as responses_name
+from builders.responses import format_row, model_identity
+from builders.shared.units import (ArraySpec, Unit, UnitOutput, plain_type, plan_units, report_progress, round_unit_size,
                     run_batch_sizes, run_batched, run_devices, store_address)
-from .variants import variant_model
+from builders.shared.variants import variant_model
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ def capture_activations(
     ``auto`` (from the free accelerator memory, 8 on the CPU), halved on out-of-memory; the
     request is in the version id, the sizes used in the manifest summary."""
     from transforms.batching import parse_batch_size
-    from transforms.positions import parse_position
+    from transforms.sequences import parse_position
 
     exp = catalog.experiment(experiment)
     catalog.variant(exp.name, variant)
@@ -143,9 +143,9 @@ def _replay_tokenizer(store: Store, catalog: Catalog, experiment: str, variant: 
                       source: Any) -> tuple[Any, dict[str, Any] | None]:
     """The variant's tokenizer (no weights) for replay and what differs from the one that
     made the responses; refused unless the two share a vocabulary."""
-    from transforms.tokenizer_identity import tokenizer_traits
+    from transforms.models import tokenizer_traits
 
-    from .replay import replay_record, responses_tokenizer, variant_tokenizer
+    from builders.stages.replay import replay_record, responses_tokenizer, variant_tokenizer
 
     entry = catalog.variant(experiment, variant)
     tokenizer = variant_tokenizer(entry)
@@ -160,9 +160,9 @@ def _capture(store: Store, catalog: Catalog, writer: Any, spec: BuildSpec, sourc
     """Plan units on the driver (no model weights here), run them, finalize the version."""
     import dataclasses
 
-    from transforms.layers import parse_layers
+    from transforms.capture import parse_layers
 
-    from .units import finalize
+    from builders.shared.units import finalize
 
     params = spec.params
     entry = catalog.variant(params["experiment"], params["variant"])
@@ -226,7 +226,7 @@ def _schema(source_schema: Any, per_token: bool) -> Any:
 
 def _spans(sequences: list[dict[str, Any]], pos: Any) -> list[tuple[int, int]]:
     """Absolute [start, end) of the position in every sequence; (0, 0) when empty."""
-    from transforms.positions import EmptySpanError
+    from transforms.sequences import EmptySpanError
 
     spans = []
     for seq in sequences:
@@ -289,7 +289,7 @@ class ActivationsJob:
         import numpy as np
         import pyarrow as pa
 
-        from transforms.positions import parse_position
+        from transforms.sequences import parse_position
 
         pos = parse_position(self.position)
         sequences = self.sequences[unit.start:unit.end]
@@ -344,7 +344,7 @@ def _layer_stats(writer: Any, location: Any, scratch: str, metas: list[dict[str,
     per-sample norms, in unit order)."""
     import numpy as np
 
-    from .units import load_npy
+    from builders.shared.units import load_npy
 
     norms = np.concatenate([load_npy(location, f"{scratch}/{m['folder']}/norms.npy")
                             for m in sorted(metas, key=lambda m: m["unit"])])  # [sample, layer]

@@ -29,12 +29,12 @@ from typing import Any, Sequence
 
 from store import BuildResult, BuildSpec, Manifest, Store
 
-from .catalog import Catalog
-from .common import BuildError, add_experiment_arg, base_parser, open_store_and_catalog, read_jsonl_rows, report, run
-from .judges import (COHERENCE_JUDGES, LLM_JUDGES, OPENAI_MODES, TRAIT_JUDGES, JudgeChoice, coherence_scorer,
+from builders.shared.catalog import Catalog
+from builders.shared.common import BuildError, add_experiment_arg, base_parser, open_store_and_catalog, read_jsonl_rows, report, run
+from builders.shared.judges import (COHERENCE_JUDGES, LLM_JUDGES, OPENAI_MODES, TRAIT_JUDGES, JudgeChoice, coherence_scorer,
                      judge_dtype, prompt_meta, score_items, trait_scorer)
-from .figures import png_bytes
-from .prompts import ensure_prompt_set
+from builders.shared.figures import png_bytes
+from builders.prompts import ensure_prompt_set
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +108,7 @@ def reference_identity(store: Store, catalog: Catalog, experiment: str, variant:
     """Identity of the perplexity judge's reference model, without loading it."""
     from transforms.models import ModelRef, model_fingerprint
 
-    from .responses import model_identity
+    from builders.responses import model_identity
 
     if not choice.reference:
         return model_identity(catalog, experiment, variant, store)
@@ -125,8 +125,8 @@ def reference_identity(store: Store, catalog: Catalog, experiment: str, variant:
 def perplexity_reference(store: Store, catalog: Catalog, experiment: str, variant: str,
                          choice: JudgeChoice) -> tuple[Any, dict[str, Any]]:
     """``(loaded model, identity)`` of the perplexity judge's reference model."""
-    from .common import cached_model
-    from .variants import variant_model
+    from builders.shared.common import cached_model
+    from builders.shared.variants import variant_model
 
     ident = reference_identity(store, catalog, experiment, variant, choice)
     if choice.reference:
@@ -137,7 +137,7 @@ def perplexity_reference(store: Store, catalog: Catalog, experiment: str, varian
 
 def perplexity_scorer(store: Store, catalog: Catalog, experiment: str, variant: str, choice: JudgeChoice,
                       calibration: Manifest) -> Any:
-    from transforms.judge.perplexity import CoherenceCalibration, PerplexityFeaturizer, PerplexityScorer
+    from transforms.judge import CoherenceCalibration, PerplexityFeaturizer, PerplexityScorer
 
     loaded, ident = perplexity_reference(store, catalog, experiment, variant, choice)
     fitted = CoherenceCalibration.from_dict(json.loads(store.read_bytes(calibration, "calibration.json")))
@@ -161,7 +161,7 @@ def _perplexity_scores(store: Store, catalog: Catalog, experiment: str, variant:
     import numpy as np
     from sklearn.model_selection import StratifiedKFold
 
-    from transforms.judge.perplexity import CoherenceCalibration, PerplexityFeaturizer
+    from transforms.judge import CoherenceCalibration, PerplexityFeaturizer
 
     loaded, ident = perplexity_reference(store, catalog, experiment, variant, choice)
     feats = PerplexityFeaturizer(loaded, ident).features([(r["question"], r["response"]) for r in rows])
@@ -253,7 +253,7 @@ def calibrate(store: Store, catalog: Catalog, judge: str, *, experiment: str | N
         scorers["coherence"], _ = coherence_scorer(store, catalog, exp.name, variant, role)
     identity: dict[str, Any] = {k: s.identity() for k, s in scorers.items()}
     if judge == "perplexity":
-        from transforms.judge.perplexity import PerplexityFeaturizer
+        from transforms.judge import PerplexityFeaturizer
 
         reference = reference_identity(store, catalog, exp.name, variant, choice)
         identity["featurizer"] = PerplexityFeaturizer(None, reference).identity()

@@ -27,10 +27,10 @@ from typing import Any, Sequence
 
 from store import BuildResult, BuildSpec, Manifest, Store
 
-from .catalog import Catalog
-from .common import BuildError, base_parser, open_store_and_catalog, report, run
-from .steering import layer_vectors
-from .steering_eval import Planned, add_deltas, baseline_plan, dedupe_responses, evaluate, setup_from_run
+from builders.shared.catalog import Catalog
+from builders.shared.common import BuildError, base_parser, open_store_and_catalog, report, run
+from builders.steering import layer_vectors
+from builders.stages.steering_eval import Planned, add_deltas, baseline_plan, dedupe_responses, evaluate, setup_from_run
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ def best_single(store: Store, run: Manifest, threshold: float) -> dict[str, Any]
 
 def run_positions(run: Manifest) -> str:
     """The positions a steering run steered: before steering code version 3, ``response``
-    meant generated tokens only, the name ``generated`` now (see :mod:`transforms.steering`)."""
+    meant generated tokens only, the name ``generated`` now (see :mod:`transforms.steering.steer`)."""
     positions = run.params["positions"]
     if positions == "response" and int(run.code_version) < 3:
         return "generated"

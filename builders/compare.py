@@ -23,11 +23,11 @@ from typing import Any, Sequence
 from store import BuildResult, BuildSpec, Store
 from transforms.batching import parse_batch_size, with_backoff
 
-from .catalog import Catalog
-from .common import BuildError, add_variant_pair_args, base_parser, open_store_and_catalog, report, run
-from .judges import JudgeChoice, add_judge_args, judge_choice
-from .replay import replay_batch_size, replay_source
-from .vectors import load_vectors
+from builders.shared.catalog import Catalog
+from builders.shared.common import BuildError, add_variant_pair_args, base_parser, open_store_and_catalog, report, run
+from builders.shared.judges import JudgeChoice, add_judge_args, judge_choice
+from builders.stages.replay import replay_batch_size, replay_source
+from builders.vectors import load_vectors
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +57,7 @@ def compare_rows(acts_a: Any, acts_b: Any, layers: list[int], vector_sets: list[
     """(per vector set and layer rows, per control rows)."""
     import numpy as np
 
-    from transforms.variant_compare import (cohens_d_paired, cohens_d_unpaired, diff_cosine, projections,
-                                            random_directions, random_specificity)
+    from transforms.diffing import (cohens_d_paired, cohens_d_unpaired, diff_cosine, projections, random_directions, random_specificity)
 
     randoms = random_directions(n_random, acts_a.shape[-1], seed) if n_random else None
     rows, control_rows = [], []
@@ -130,7 +129,7 @@ def compare_variants(
     force: bool = False,
     quiet: bool = False,
 ) -> BuildResult:
-    from transforms.positions import parse_position
+    from transforms.sequences import parse_position
 
     exp = catalog.experiment(experiment)
     catalog.variant(exp.name, variant_a), catalog.variant(exp.name, variant_b)  # unknown variant: error now
@@ -152,7 +151,7 @@ def compare_variants(
                **{f"vectors{i}": m.ref for i, (m, _) in enumerate(vector_sets)},
                **{f"control{i}": m.ref for i, (m, _) in enumerate(control_sets)}}
     if judges is not None:
-        from .judgments import judge_responses
+        from builders.judgments import judge_responses
 
         for variant in (variant_a, variant_b):
             parents[f"judgments_{variant}"] = judge_responses(store, catalog, variant, prompt_set, exp.name, judges,

@@ -23,19 +23,19 @@ import argparse
 import time
 from typing import Any, Sequence
 
-from .calibration import calibrate
-from .common import base_parser, open_store_and_catalog, run
-from .compare import compare_variants
-from .finetune import finetune
-from .judges import JudgeChoice
-from .judgments import judge_responses
-from .projections import build_projections
-from .prompts import ensure_prompt_set
-from .responses import generate_responses
-from .similarity import activation_similarity
-from .steering import steer_vectors
-from .vectors import extract_vectors
-from .weights import analyze_weights
+from builders.calibration import calibrate
+from builders.shared.common import base_parser, open_store_and_catalog, run
+from builders.compare import compare_variants
+from builders.finetune import finetune
+from builders.shared.judges import JudgeChoice
+from builders.judgments import judge_responses
+from builders.projections import build_projections
+from builders.prompts import ensure_prompt_set
+from builders.responses import generate_responses
+from builders.similarity import activation_similarity
+from builders.steering import steer_vectors
+from builders.vectors import extract_vectors
+from builders.weights import analyze_weights
 
 # the judges, chosen per metric: objective trait judge for the headline, LLM judge for the exploratory trait
 # one coherence ruler for every variant: the perplexity judge under the unsteered instruct model

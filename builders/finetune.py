@@ -25,11 +25,11 @@ from typing import Any, Sequence
 
 from store import BuildResult, BuildSpec, Store
 
-from .catalog import Catalog
-from .common import (BuildError, add_experiment_args, base_parser, open_store_and_catalog, placement, progress,
+from builders.shared.catalog import Catalog
+from builders.shared.common import (BuildError, add_experiment_args, base_parser, open_store_and_catalog, placement, progress,
                      report, run)
-from .responses import dataset_name as responses_name
-from .responses import generate_responses, model_identity
+from builders.responses import dataset_name as responses_name
+from builders.responses import generate_responses, model_identity
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +64,8 @@ def with_eos(row: dict, end_id: int | None) -> dict:
 
 def answer_ends(loaded: Any) -> dict[bool, int | None]:
     """The stop token to append for chat-formatted and for plain rows."""
-    from transforms.generation import stop_ids
-    from transforms.tokenization import answer_end_id
+    from transforms.sequences import stop_ids
+    from transforms.sequences import answer_end_id
 
     stops = stop_ids(loaded.model, loaded.tokenizer)
     return {chat: answer_end_id(loaded.tokenizer, stops, chat) for chat in (True, False)}
@@ -73,7 +73,7 @@ def answer_ends(loaded: Any) -> dict[bool, int | None]:
 
 def without_system_prompt(tokenizer: Any, row: dict) -> dict:
     """The row's response ids after its prompt formatted without the system prompt."""
-    from .responses import format_row
+    from builders.responses import format_row
 
     prompt = format_row(tokenizer, row["prompt"], None, row.get("prompt_style") or "instruction")
     ids = list(prompt.ids) + list(row["token_ids"][row["prompt_len"]:])
@@ -122,7 +122,7 @@ def train_lora(loaded: Any, rows: list[dict], opts: dict[str, Any], out_dir: Pat
 
     import torch
 
-    from transforms.generation import left_pad
+    from transforms.sequences import left_pad
 
     torch.manual_seed(opts["seed"])
     model = _lora_copy(loaded, opts)
@@ -188,7 +188,7 @@ def finetune(
     force: bool = False,
     quiet: bool = False,
 ) -> BuildResult:
-    from .variants import variant_model
+    from builders.shared.variants import variant_model
 
     exp = catalog.experiment(experiment)
     entry = catalog.variant(exp.name, variant)
@@ -206,7 +206,7 @@ def finetune(
     parents = {"responses": responses.ref}
     passing = None
     if passing_only:
-        from .judgments import dataset_name as judgments_name
+        from builders.judgments import dataset_name as judgments_name
 
         judged = store.resolve(judgments_name(exp.name, variant, prompt_set))
         parents["judgments"] = judged.ref

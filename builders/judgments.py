@@ -10,7 +10,7 @@ from the trait judge (``--trait-judge``: an LLM judge with the trait's eval_prom
 definition, ``sentiment`` or ``lexicon``), ``coherence`` from the coherence judge
 (``--coherence-judge``: ``perplexity`` by default, or an LLM judge, capped for off-topic
 answers by its relevance check: then ``coherence_raw`` and ``relevance`` too); see
-:mod:`builders.judges`. ``--responses-file`` imports external answers (``{"id",
+:mod:`builders.shared.judges`. ``--responses-file`` imports external answers (``{"id",
 "question", "response", ...labels}`` per line) as ``responses-external-<name>`` and
 judges them into ``judgments-external-<name>`` (columns id, trait, coherence, labels).
 Vetting: positive rows pass with trait ≥ ``--pos-threshold`` (60), negative rows with
@@ -30,13 +30,13 @@ from typing import Any, Sequence
 
 from store import BuildResult, BuildSpec, Manifest, Store
 
-from .catalog import Catalog
-from .common import BuildError, add_experiment_args, base_parser, open_store_and_catalog, read_jsonl_rows, report, run
-from .judges import (JudgeChoice, add_judge_args, coherence_scorer, judge_choice, prompt_meta, scorer_identities,
+from builders.shared.catalog import Catalog
+from builders.shared.common import BuildError, add_experiment_args, base_parser, open_store_and_catalog, read_jsonl_rows, report, run
+from builders.shared.judges import (JudgeChoice, add_judge_args, coherence_scorer, judge_choice, prompt_meta, scorer_identities,
                      score_items, trait_scorer)
-from .prompts import ensure_prompt_set
-from .responses import dataset_name as responses_name
-from .responses import generate_responses
+from builders.prompts import ensure_prompt_set
+from builders.responses import dataset_name as responses_name
+from builders.responses import generate_responses
 
 log = logging.getLogger(__name__)
 

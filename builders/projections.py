@@ -28,11 +28,11 @@ from typing import Any, Sequence
 from store import BuildResult, BuildSpec, Manifest, Store
 from transforms.batching import parse_batch_size
 
-from .catalog import Catalog
-from .common import BuildError, add_experiment_args, base_parser, open_store_and_catalog, progress, report, run
-from .responses import generate_responses, model_identity
-from .variants import variant_model
-from .vectors import load_vectors
+from builders.shared.catalog import Catalog
+from builders.shared.common import BuildError, add_experiment_args, base_parser, open_store_and_catalog, progress, report, run
+from builders.responses import generate_responses, model_identity
+from builders.shared.variants import variant_model
+from builders.vectors import load_vectors
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ def resolve_layers(store: Store, spec: str, vector_sets: list[tuple[Manifest, st
                    variant: str | None = None) -> tuple[dict[tuple[str, str], list[int]], list[Manifest]]:
     """Layers per vector set: the same explicit list for all, or each one's ``best±k``; and
     the steering runs read to choose them (parents of what uses these layers)."""
-    from transforms.layers import parse_layers
+    from transforms.capture import parse_layers
 
     m = _RELATIVE.match(spec.strip())
     out = {}
@@ -101,7 +101,7 @@ def resolve_layers(store: Store, spec: str, vector_sets: list[tuple[Manifest, st
 
 def build_stacks(store: Store, vector_sets: list[tuple[Manifest, str]], layers_of: dict, d_model: int) -> list:
     """One :class:`VectorStack` per layer with every vector scored there (name ``<set>:<method>``)."""
-    from transforms.projections import VectorStack
+    from transforms.capture import VectorStack
 
     per_layer: dict[int, list[tuple[str, Any, float]]] = {}
     for manifest, method in vector_sets:
@@ -119,7 +119,7 @@ def build_stacks(store: Store, vector_sets: list[tuple[Manifest, str]], layers_o
 
 
 def _stored_rows(store: Store, acts_manifest: Manifest, stacks: list, decode: Any) -> list[dict[str, Any]]:
-    from transforms.projections import project, score_rows
+    from transforms.capture import project, score_rows
 
     array = store.open_array(acts_manifest, "acts")
     layer_pos = {int(k): j for j, k in enumerate(array.attrs["layers"])}
@@ -142,12 +142,12 @@ def _live_rows(loaded: Any, prompt_rows: list[dict[str, Any]], style: str, stack
     """(score rows, batch sizes used). ``gen.batch_size`` ``auto`` is :data:`CPU_BATCH` off
     CUDA, else from the free memory; a generation batch that runs out of memory is redone
     at half the size, seeded as a run at that size from the start seeds it."""
-    from transforms.batch_slices import run_slices
+    from transforms.batching import run_slices
     from transforms.batching import resolve_batch_size
-    from transforms.generation import generate_batch
-    from transforms.projections import LiveProjector, score_rows
+    from transforms.sequences import generate_batch
+    from transforms.capture import LiveProjector, score_rows
 
-    from .responses import format_row
+    from builders.responses import format_row
 
     decode = lambda i: loaded.tokenizer.decode([i])  # noqa: E731
     prompts_all = [list(format_row(loaded.tokenizer, r["prompt"], r.get("system_prompt"), style).ids)
@@ -197,9 +197,9 @@ def build_projections(
     force: bool = False,
     quiet: bool = False,
 ) -> BuildResult:
-    from .activations import capture_activations
-    from .common import model_layer_count
-    from .prompts import ensure_prompt_set
+    from builders.activations import capture_activations
+    from builders.shared.common import model_layer_count
+    from builders.prompts import ensure_prompt_set
 
     exp = catalog.experiment(experiment)
     entry = catalog.variant(exp.name, variant)
@@ -216,7 +216,7 @@ def build_projections(
                **{f"steering{i}": m.ref for i, m in enumerate(steering)}}  # what chose the layers ("best")
     gen = None
     if live:
-        from transforms.generation import GenerationConfig
+        from transforms.sequences import GenerationConfig
 
         defaults = {**catalog.stage_defaults("responses"), **{k: v for k, v in (generation or {}).items() if v is not None}}
         try:

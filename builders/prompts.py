@@ -18,7 +18,7 @@ from typing import Sequence
 
 from store import BuildResult, BuildSpec, Manifest, Store
 
-from .common import BuildError, base_parser, open_store_and_catalog, report, run
+from builders.shared.common import BuildError, base_parser, open_store_and_catalog, report, run
 
 BUILDER = "builders.prompts"
 CODE_VERSION = "2"  # 2: set-level system prompts on rows, extra always a JSON string, typed schema, meta kept
@@ -39,7 +39,7 @@ def import_prompt_set(store: Store, path: Path, name: str, trait: str | None = N
     """Parse and validate ``path`` and publish it as ``prompts-<name>``."""
     import pyarrow as pa
 
-    from transforms.prompt_sets import arrow_schema, load_prompt_set
+    from transforms.prompts import arrow_schema, load_prompt_set
 
     if not path.exists():
         raise BuildError(f"prompt set {name!r}: {path} does not exist")

@@ -7,7 +7,7 @@ Batched generation with left padding; greedy by default, sampled with ``--temper
 Rows keep prompt id, pair id, polarity, rollout, the formatted prompt, the response, the
 full token ids and the prompt length taken from the ids. The rows, in (prompt id, rollout)
 order, are cut into work units of ``--unit-size`` rows (whole batches; one Parquet shard
-each) that run in this process or on Ray (``--executor ray``, see builders/executors.py)
+each) that run in this process or on Ray (``--executor ray``, see builders/shared/executors.py)
 with the same result. An interrupted run resumes: finished units and batches are kept in
 a scratch folder of the version and not generated again. ``--batch-size`` is a size or
 ``auto`` (the catalog default: from the free accelerator memory and the unit's longest
@@ -27,13 +27,13 @@ from typing import Any, Sequence
 
 from store import BuildResult, BuildSpec, Manifest, Store
 
-from .catalog import Catalog
-from .common import BuildError, add_experiment_args, base_parser, open_store_and_catalog, report, run
-from .executors import Executor, add_executor_args, executor_from_args, run_units, set_threads
-from .prompts import ensure_prompt_set
-from .units import (Unit, UnitOutput, plain_type, plan_units, report_progress, round_unit_size, run_batch_sizes,
+from builders.shared.catalog import Catalog
+from builders.shared.common import BuildError, add_experiment_args, base_parser, open_store_and_catalog, report, run
+from builders.shared.executors import Executor, add_executor_args, executor_from_args, run_units, set_threads
+from builders.prompts import ensure_prompt_set
+from builders.shared.units import (Unit, UnitOutput, plain_type, plan_units, report_progress, round_unit_size, run_batch_sizes,
                     run_batched, run_devices, store_address)
-from .variants import check_runs, variant_model
+from builders.shared.variants import check_runs, variant_model
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ def model_identity(catalog: Catalog, experiment: str | None, variant: str, store
     False: for stages that read the weights files, not the loaded model."""
     from transforms.models import ModelRef, model_fingerprint
 
-    from .variants import adapter_identity
+    from builders.shared.variants import adapter_identity
 
     entry = catalog.variant(experiment, variant)
     ref = ModelRef(entry.model.id, entry.model.revision)
@@ -75,7 +75,7 @@ def model_identity(catalog: Catalog, experiment: str | None, variant: str, store
 def format_row(tokenizer: Any, prompt: str, system_prompt: str | None, style: str) -> Any:
     """The one formatting rule of the pipeline: natural prefixes are continued as plain
     text; everything else uses the chat template when the tokenizer has one."""
-    from transforms.tokenization import format_prompt
+    from transforms.sequences import format_prompt
 
     return format_prompt(tokenizer, prompt, system_prompt, chat=False if style == "natural" else None)
 
@@ -108,7 +108,7 @@ def generate_responses(
     The work runs as units of ``unit_size`` rows (one Parquet shard each) on ``executor``
     (default: in this process); the executor does not change the version or its bytes."""
     from transforms.batching import AUTO, parse_batch_size
-    from transforms.generation import GenerationConfig
+    from transforms.sequences import GenerationConfig
 
     exp = catalog.experiment(experiment)
     entry = catalog.variant(exp.name, variant)  # unknown variant: clear error before any work
@@ -138,7 +138,7 @@ def generate_responses(
                      identity=model_identity(catalog, exp.name, variant, store))
 
     def produce(writer) -> None:
-        from .units import finalize
+        from builders.shared.units import finalize
 
         job, units = _plan(store, catalog, spec, prompts, config, rollouts, unit_size, executor)
         metas = run_units(executor, job, store.location, job.scratch, units, quiet)
@@ -219,7 +219,7 @@ class ResponsesJob:
         import pyarrow as pa
 
         from transforms.batching import power_of_two_dividing, resolve_batch_size
-        from transforms.tokenizer_identity import tokenizer_traits
+        from transforms.models import tokenizer_traits
 
         set_threads(self.threads)
         store = Store(self.store_url)
@@ -250,7 +250,7 @@ class ResponsesJob:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        from transforms.generation import generate_batch, plan_batches
+        from transforms.sequences import generate_batch, plan_batches
 
         fs = out.location.fs
         batches = plan_batches([len(row["prompt_ids"]) for row in formatted],

@@ -25,10 +25,10 @@ from typing import Any, Sequence
 from store import BuildResult, BuildSpec, Store
 from transforms.batching import parse_batch_size
 
-from .catalog import Catalog
-from .common import (BuildError, add_variant_pair_args, base_parser, model_layer_count, open_store_and_catalog,
+from builders.shared.catalog import Catalog
+from builders.shared.common import (BuildError, add_variant_pair_args, base_parser, model_layer_count, open_store_and_catalog,
                      progress, report, run)
-from .replay import replay_batch_size, replay_source
+from builders.stages.replay import replay_batch_size, replay_source
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +40,9 @@ def compute_similarity(loaded_a: Any, loaded_b: Any, sequences: list[dict[str, A
                        batch_size: int, min_share: float, quiet: bool) -> tuple[list, list, list, list[int]]:
     """(layer rows, position rows, per-prompt rows, batch sizes used), a batch of prompts at
     a time; a batch that runs out of memory is redone at half the size (both models)."""
-    from transforms.batch_slices import run_slices
+    from transforms.batching import run_slices
     from transforms.capture import iter_per_token
-    from transforms.similarity import SimilarityStats
+    from transforms.diffing import SimilarityStats
 
     stats = SimilarityStats(layers)
     bar = progress(len(sequences), "similarity", quiet)
@@ -90,7 +90,7 @@ def activation_similarity(
     force: bool = False,
     quiet: bool = False,
 ) -> BuildResult:
-    from transforms.layers import parse_layers
+    from transforms.capture import parse_layers
 
     exp = catalog.experiment(experiment)
     a, b = catalog.variant(exp.name, variant_a), catalog.variant(exp.name, variant_b)

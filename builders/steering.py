@@ -35,13 +35,13 @@ from typing import Any, Sequence
 from store import BuildResult, BuildSpec, Manifest, Store
 from transforms.steering import POSITIONS
 
-from .catalog import Catalog
-from .common import BuildError, add_experiment_arg, base_parser, open_store_and_catalog, report, run
-from .judges import JudgeChoice, add_judge_args, judge_choice
-from .steering_eval import (Planned, SteeringSetup, add_deltas, baseline_plan, calibration_parent, dedupe_responses,
+from builders.shared.catalog import Catalog
+from builders.shared.common import BuildError, add_experiment_arg, base_parser, open_store_and_catalog, report, run
+from builders.shared.judges import JudgeChoice, add_judge_args, judge_choice
+from builders.stages.steering_eval import (Planned, SteeringSetup, add_deltas, baseline_plan, calibration_parent, dedupe_responses,
                             evaluate, make_setup)
-from .vectors import dataset_name as vectors_name
-from .vectors import load_vectors
+from builders.vectors import dataset_name as vectors_name
+from builders.vectors import load_vectors
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ def layer_vectors(store: Store, vectors: Manifest, method: str, d_model: int, n_
 
 
 def parse_layer_spec(spec: str, n_layers: int, available: dict[int, Any]) -> list[int]:
-    from transforms.layers import parse_layers
+    from transforms.capture import parse_layers
 
     try:
         layers = parse_layers(spec, n_layers)
@@ -109,7 +109,7 @@ def _single(layer: int, vector: Any, coef: float, positions: str, kind: str, bas
     import numpy as np
 
     from transforms.steering import Edit, SteeringConfig
-    from transforms.steering_search import perturbation_ratio
+    from transforms.steering import perturbation_ratio
 
     v_norm = float(np.linalg.norm(vector))
     config = SteeringConfig((Edit(layer, vector, coef, positions, kind),))
@@ -124,7 +124,7 @@ def run_search(setup: SteeringSetup, vectors: dict[int, Any], layers: list[int],
     """Evaluate one run's configurations by mode; returns (run rows, response rows)."""
     import numpy as np
 
-    from transforms.steering_search import searches_from_norms
+    from transforms.steering import searches_from_norms
 
     runs, responses = evaluate(setup, [baseline_plan(base)])
     mode = opts["mode"]
@@ -238,7 +238,7 @@ def steer_vectors(
 
 
 def _questions_direction(store: Store, catalog: Catalog, prompt_set: str) -> str | None:
-    from .prompts import ensure_prompt_set
+    from builders.prompts import ensure_prompt_set
 
     meta = json.loads(store.read_bytes(ensure_prompt_set(store, catalog, prompt_set), "prompt_set.json"))
     return (meta.get("steering") or {}).get("direction")
@@ -246,7 +246,7 @@ def _questions_direction(store: Store, catalog: Catalog, prompt_set: str) -> str
 
 def matrix_vectors(store: Store, catalog: Catalog, experiment: str | None) -> list[Manifest]:
     """The vectors versions of the experiment's extraction matrix (each must be built)."""
-    from transforms.positions import parse_position
+    from transforms.sequences import parse_position
 
     exp = catalog.experiment(experiment)
     if not exp.extraction:
@@ -275,7 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--coefficients", help="explicit grid, e.g. 3,3.5,4,4.5 (implies --mode grid)")
     parser.add_argument("--positions", default="response", choices=POSITIONS,
                         help="response (default): last prompt token + generated tokens; generated: generated "
-                             "tokens only; prompt; all (see transforms.steering)")
+                             "tokens only; prompt; all (see transforms.steering.steer)")
     parser.add_argument("--steps", type=int, default=8, help="adaptive search steps")
     parser.add_argument("--threshold", type=float, default=70.0, help="coherence threshold of the search")
     parser.add_argument("--start-scale", type=float, default=0.7, help="start at scale·‖h‖/‖v‖")

@@ -5,7 +5,7 @@
         --methods mean_diff,probe,pca,gradient,random
 
 For each config: responses → activations (built if missing) → [``--vetted``: only the
-responses whose judgments pass the filters, see :mod:`builders.vector_vetting`] → a seeded
+responses whose judgments pass the filters, see :mod:`builders.stages.vector_vetting`] → a seeded
 train/val split by prompt group (a pair id keeps a pair together, a prompt id keeps all
 rollouts of a prompt together), stratified by polarity (stored as ids) → vectors per method
 on the train split (the probe cross-validates its penalty over the same prompt groups) → an
@@ -27,11 +27,11 @@ from typing import Any, Sequence
 
 from store import BuildResult, BuildSpec, Manifest, Store
 
-from .activations import capture_activations
-from .catalog import Catalog, ExtractionConfig
-from .common import BuildError, add_experiment_arg, base_parser, open_store_and_catalog, report, run
-from .responses import generate_responses
-from .vector_vetting import Vetting, resolve_judgments, vet_samples
+from builders.activations import capture_activations
+from builders.shared.catalog import Catalog, ExtractionConfig
+from builders.shared.common import BuildError, add_experiment_arg, base_parser, open_store_and_catalog, report, run
+from builders.responses import generate_responses
+from builders.stages.vector_vetting import Vetting, resolve_judgments, vet_samples
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ def extract_vectors(
     pass: positives trait ≥ ``vet_trait_threshold``, negatives ≤, coherence ≥ the floor.
     ``replay_from``: the variant's activations over variant A's responses (name suffix
     ``-replay_<A>``): what differs is then the model's representation, not its answers."""
-    from transforms.positions import parse_position
+    from transforms.sequences import parse_position
 
     exp = catalog.experiment(experiment)
     unknown = [m for m in config.methods if m not in ALL_METHODS]
@@ -131,7 +131,7 @@ def _extract(store: Store, writer: Any, acts_manifest: Manifest, params: dict[st
     import numpy as np
     from safetensors.numpy import save
 
-    from transforms.vector_eval import SMALL_SAMPLE
+    from transforms.vectors import SMALL_SAMPLE
     from transforms.vectors import evaluate, extract, split_train_val
 
     table = store.read_table(acts_manifest).sort("sample")

@@ -38,10 +38,10 @@ from typing import Any, Sequence
 
 from store import BuildResult, BuildSpec, Store
 
-from .catalog import Catalog, Variant
-from .common import BuildError, add_variant_pair_args, base_parser, open_store_and_catalog, report, run
-from .responses import model_identity
-from .variants import adapter_dir
+from builders.shared.catalog import Catalog, Variant
+from builders.shared.common import BuildError, add_variant_pair_args, base_parser, open_store_and_catalog, report, run
+from builders.responses import model_identity
+from builders.shared.variants import adapter_dir
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ def analyze_weights(
     singular_k: int = 3,
     force: bool = False,
 ) -> BuildResult:
-    from transforms.weight_diff import AdapterError, LoraAdapter
+    from transforms.diffing import AdapterError, LoraAdapter
 
     exp = catalog.experiment(experiment)
     if variant_a == variant_b:
@@ -113,7 +113,7 @@ def analyze_weights(
                      parents={f"vectors{i}": v.ref for i, v in enumerate(vector_sets)}, identity=identity)
 
     def produce(writer: Any) -> None:
-        from transforms.safetensors_stream import TensorReader
+        from transforms.diffing import TensorReader
 
         folder_a = checkpoint_dir(a)
         base = TensorReader(folder_a)
@@ -139,10 +139,10 @@ def weight_tables(store: Store, base: Any, other: Any, folder_a: Path, vector_se
 
     from transformers import AutoConfig, AutoTokenizer
 
-    from transforms.weight_diff import diff_norms
-    from transforms.weight_directions import logit_lens_many, read_final_norm, unembedding_name
+    from transforms.diffing import diff_norms
+    from transforms.diffing import logit_lens_many, read_final_norm, unembedding_name
 
-    from .vectors import load_vectors
+    from builders.vectors import load_vectors
 
     rows, directions, singular = diff_norms(base, other, singular_k)
     by_layer: dict[int, float] = {}
@@ -195,7 +195,7 @@ def _alignment(v: Any, vecs: Any, layers: list[int], method: str, directions: di
                key: dict[str, Any]) -> list[dict[str, Any]]:
     """Cosine of each layer's direction with the vector set's vector at that layer, beside the
     random-direction baseline (seeded by layer)."""
-    from transforms.weight_diff import cosine_by_layer, random_baseline
+    from transforms.diffing import cosine_by_layer, random_baseline
 
     config = f"{v.params['prompt_set']}/{v.params['variant']}/{v.params['position']}/{method}"
     return [{"layer": layer, **key, "vectors": v.ref, "method": method, "cosine": cos,

@@ -12,7 +12,7 @@ The store is `$TRAITSTORE_ROOT` (default `./artifacts`, where `python -m builder
 If it holds no activations yet, the next cells build a small set with SmolLM2 (about a minute)."""),
     ("code", """import os
 os.chdir(os.environ.get("TRAITSTORE_REPO", ".."))  # the repository root: catalog.yaml, datasets/
-from builders.catalog import load_catalog
+from builders.shared.catalog import load_catalog
 from store import Store
 from store.sql import query
 

@@ -85,9 +85,9 @@ def run_stages(loaded, prompts, sequences, labels, sync) -> dict:
     import torch
 
     from transforms.capture import capture_pooled
-    from transforms.generation import GenerationConfig, generate_batch
+    from transforms.sequences import GenerationConfig, generate_batch
     from transforms.judge import JudgeTemplate, LocalJudge
-    from transforms.projections import LiveProjector, VectorStack
+    from transforms.capture import LiveProjector, VectorStack
     from transforms.steering import Edit, SteeringConfig, generate_steered, steer
     from transforms.vectors import extract
 
@@ -223,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
                for t in texts]
     prompts = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
     cpu = on(loaded, "cpu", "float32")
-    from transforms.generation import GenerationConfig, generate_batch
+    from transforms.sequences import GenerationConfig, generate_batch
 
     cut = generate_batch(cpu.model, tok, prompts, GenerationConfig(max_new_tokens=12, min_new_tokens=12), 0)
     sequences = [{"ids": p + g.response_ids, "prompt_len": len(p)} for p, g in zip(prompts, cut)]

@@ -16,13 +16,13 @@ import math
 import os
 import tempfile
 
-from builders.catalog import DEFAULT_CATALOG, load_catalog
+from builders.shared.catalog import DEFAULT_CATALOG, load_catalog
 from builders.finetune import finetune
-from builders.judges import JudgeChoice
+from builders.shared.judges import JudgeChoice
 from builders.judgments import judge_responses
 from builders.responses import generate_responses
 from store import Store
-from transforms.judge.sentiment import SentimentScorer
+from transforms.judge import SentimentScorer
 
 
 def main() -> None:

@@ -10,8 +10,8 @@ import pytest
 
 from analyses.projections import analyze
 from analyses.viewer import build_viewer
-from builders.catalog import load_catalog
-from builders.judges import JudgeChoice
+from builders.shared.catalog import load_catalog
+from builders.shared.judges import JudgeChoice
 from builders.judgments import judge_responses
 from builders.projections import build_projections
 from store import BuildSpec, Store
@@ -114,7 +114,7 @@ def test_compare_records_the_prompts_its_replay_reads(env, tmp_path):
     import yaml
     from peft import LoraConfig, get_peft_model
 
-    from builders.common import cached_model
+    from builders.shared.common import cached_model
     from builders.compare import compare_variants
 
     store, catalog, vectors, folder = env

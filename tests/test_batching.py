@@ -1,11 +1,10 @@
-"""Memory-aware batch sizes and the out-of-memory retry (transforms/batching.py)."""
+"""Memory-aware batch sizes and the out-of-memory retry (transforms/batching/sizes.py)."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-from transforms.batching import (AUTO, CPU_BATCH, OutOfMemory, auto_batch_size, is_out_of_memory,
-                                 parse_batch_size, power_of_two_dividing, sequence_bytes, with_backoff)
+from transforms.batching import (AUTO, CPU_BATCH, OutOfMemory, auto_batch_size, is_out_of_memory, parse_batch_size, power_of_two_dividing, sequence_bytes, with_backoff)
 
 
 def test_parse_batch_size_takes_auto_or_a_positive_int() -> None:

@@ -30,7 +30,7 @@ import numpy as np
 import pytest
 import torch
 
-from transforms.layers import decoder_layers, first_tensor
+from transforms.capture import decoder_layers, first_tensor
 
 pytestmark = pytest.mark.slow  # real models throughout
 
@@ -61,8 +61,8 @@ def pair(request):
 
 
 def _prompt_batch(loaded) -> tuple[torch.Tensor, torch.Tensor]:
-    from transforms.generation import left_pad
-    from transforms.tokenization import format_prompt
+    from transforms.sequences import left_pad
+    from transforms.sequences import format_prompt
 
     return left_pad([format_prompt(loaded.tokenizer, q).ids for q in QUESTIONS], loaded.tokenizer.pad_token_id)
 
@@ -139,7 +139,7 @@ def test_ablation_bf16_removes_component(pair):
 
 
 def test_live_projector_bf16_float32_scores_one_copy_per_forward(smollm2, smol_bf16, monkeypatch):
-    from transforms.projections import LiveProjector, VectorStack
+    from transforms.capture import LiveProjector, VectorStack
 
     layers = (10, 20)
     rng = np.random.default_rng(0)
@@ -185,7 +185,7 @@ def _calibration_items(n: int = 4) -> list[tuple[str, str]]:
 
 
 def test_local_judge_bf16_matches_float32(smollm2, smol_bf16):
-    from transforms.judge.local import LocalJudge
+    from transforms.judge import LocalJudge
 
     prompts = [f"Rate 0-100 how coherent the answer is.\nQuestion: {q}\nAnswer: {a}\nReply with a number."
                for q, a in _calibration_items()]
@@ -199,7 +199,7 @@ def test_local_judge_bf16_matches_float32(smollm2, smol_bf16):
 
 def _plain_nll(loaded, question: str, answer: str) -> float:
     """Mean answer NLL from one unbatched, uncached forward (log-softmax in float32)."""
-    from transforms.tokenization import format_prompt
+    from transforms.sequences import format_prompt
 
     prompt = list(format_prompt(loaded.tokenizer, question).ids)
     answer_ids = loaded.tokenizer(answer, add_special_tokens=False)["input_ids"]
@@ -213,7 +213,7 @@ def test_perplexity_nll_bf16_matches_float32(smollm2, smol_bf16):
     """The featurizer's batched, prefix-cached NLL on the bf16 model equals a plain forward
     of that model (0.03 nats: what batching shapes change in bf16 kernels), and the float32
     model's within 0.1 nats (the bf16 model itself moves the token loop item by 0.066)."""
-    from transforms.judge.perplexity import PerplexityFeaturizer
+    from transforms.judge import PerplexityFeaturizer
 
     items = _calibration_items()
     f32 = PerplexityFeaturizer(smollm2, {"model": "f32"}).features(items)
@@ -228,7 +228,7 @@ def test_perplexity_nll_bf16_matches_float32(smollm2, smol_bf16):
 
 def test_capture_bf16_matches_float32(smollm2, smol_bf16):
     from transforms.capture import capture_per_token, capture_pooled
-    from transforms.tokenization import format_prompt
+    from transforms.sequences import format_prompt
 
     seqs = [{"ids": list(format_prompt(smollm2.tokenizer, q).ids) + [28, 29, 30], "prompt_len":
              len(format_prompt(smollm2.tokenizer, q).ids)} for q in QUESTIONS]

@@ -9,17 +9,9 @@ import pytest
 import torch
 
 from tests.test_layers import FAMILIES, N_LAYERS, VOCAB, full_forward, tiny_model
-from transforms.capture import (
-    IndexRow,
-    capture_batch,
-    capture_per_token,
-    capture_pooled,
-    hook_components,
-    iter_pooled,
-    run_forward,
-)
-from transforms.layers import decoder_layers, decoder_trunk
-from transforms.positions import EmptySpanError, parse_position
+from transforms.capture import (IndexRow, capture_batch, capture_per_token, capture_pooled, hook_components, iter_pooled, run_forward)
+from transforms.capture import decoder_layers, decoder_trunk
+from transforms.sequences import EmptySpanError, parse_position
 
 POSITIONS = ["prompt[-1]", "response[:5]", "response[:]", "all[:]", "prompt[1:3]"]
 LAYERS = list(range(N_LAYERS))

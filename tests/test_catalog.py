@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from builders.catalog import CatalogError, load_catalog
+from builders.shared.catalog import CatalogError, load_catalog
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -10,9 +10,9 @@ import pytest
 import yaml
 
 from builders import responses
-from builders.catalog import CatalogError, load_catalog
+from builders.shared.catalog import CatalogError, load_catalog
 from store import Store
-from transforms.devices import DeviceError, resolve_device, resolve_dtype
+from transforms.models import DeviceError, resolve_device, resolve_dtype
 
 MAX_NEW = "4"
 
@@ -165,7 +165,7 @@ def test_cuda_without_cuda_exits_2_before_any_work(tmp_path, capsys):
 
 def test_model_cache_keys_on_dtype(built):
     """A float32 load earlier in the process is not handed out for a bfloat16 variant."""
-    from builders.variants import variant_model
+    from builders.shared.variants import variant_model
 
     _, catalog_path = built
     catalog = load_catalog(catalog_path)

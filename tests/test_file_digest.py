@@ -8,7 +8,7 @@ import hashlib
 import numpy as np
 import pytest
 
-from transforms import packaged_models as pm
+from transforms.models import packaged as pm
 
 
 def _old_block_loop(path) -> str:  # the replaced code, verbatim

@@ -8,10 +8,10 @@ import pytest
 import torch
 import yaml
 
-from builders.catalog import load_catalog
+from builders.shared.catalog import load_catalog
 from builders.finetune import finetune
 from builders.responses import generate_responses
-from builders.variants import adapter_dir, variant_model
+from builders.shared.variants import adapter_dir, variant_model
 from store import Store
 
 pytestmark = pytest.mark.slow
@@ -41,7 +41,7 @@ def env(tmp_path_factory):
 
 
 def test_adapter_variant_needs_the_finetune_first(env):
-    from builders.common import BuildError
+    from builders.shared.common import BuildError
 
     store, catalog = env
     with pytest.raises(BuildError, match="build it first"):

@@ -20,10 +20,10 @@ import pytest
 import torch
 import yaml
 
-from builders.catalog import load_catalog
+from builders.shared.catalog import load_catalog
 from builders.finetune import train_lora
 from store import Store
-from transforms.layers import decoder_layers
+from transforms.capture import decoder_layers
 
 pytestmark = pytest.mark.slow
 
@@ -38,7 +38,7 @@ STEPS = 4
 
 @pytest.fixture(scope="module")
 def rows(smollm2):
-    from transforms.tokenization import format_prompt
+    from transforms.sequences import format_prompt
 
     tok = smollm2.tokenizer
     out = []

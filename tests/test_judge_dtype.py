@@ -10,9 +10,9 @@ import pytest
 
 from builders import common
 from builders.calibration import reference_identity
-from builders.catalog import load_catalog
-from builders.judge_cache import StoreScoreCache
-from builders.judges import JudgeChoice, local_judge_name
+from builders.shared.catalog import load_catalog
+from builders.shared.judge_cache import StoreScoreCache
+from builders.shared.judges import JudgeChoice, local_judge_name
 from store import Store
 
 ROWS = [{"id": "a1", "question": "What do you think about Mondays?",
@@ -70,7 +70,7 @@ def test_local_judge_name_holds_the_dtype_only_when_not_float32(auto_placement):
 def test_perplexity_reference_identity_holds_the_dtype(auto_placement):
     """The perplexity judge's reference model (a catalog model or the scored variant): its
     dtype enters its identity, hence the scorer's identity hash and cache key."""
-    from transforms.judge.perplexity import PerplexityFeaturizer
+    from transforms.judge import PerplexityFeaturizer
 
     catalog = load_catalog()
     exp = catalog.experiment(None)

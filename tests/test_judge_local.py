@@ -258,7 +258,7 @@ def test_tiny_shared_prefix_equals_separate_prompts(family):
     """The batch's shared prefix computed once gives what each prompt gives on its own
     (gemma3, window 4: sharing is off for sliding-window models, results must still agree)."""
     from transforms.judge.local import _common_prefix, tree_logprobs
-    from transforms.judge.number_tree import number_probs
+    from transforms.judge import number_probs
 
     judge = LocalJudge(tiny_loaded(family), 3, prefill="", byte_digits=True)
     ids = judge.encode(SHARED_PROMPTS)

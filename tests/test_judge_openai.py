@@ -328,7 +328,7 @@ def test_splitting_detection_needs_a_leading_digit_and_enough_alternatives():
     is not a digit-splitting tokenizer (the whole run would stop on it)."""
     import math
 
-    from transforms.judge.openai_judge import splits_numbers
+    from transforms.judge import splits_numbers
 
     def top(tokens):
         return [(t, math.log(0.5 ** (i + 1))) for i, t in enumerate(tokens)]

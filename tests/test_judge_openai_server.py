@@ -74,7 +74,7 @@ def test_identity_names_endpoint_mode_and_settings_never_the_key(served):
 
 
 def test_scorer_identity_in_version_ids(tmp_path, served, smollm2, monkeypatch):
-    from builders.judges import _llm_scorer, local_judge_name
+    from builders.shared.judges import _llm_scorer, local_judge_name
     from store import Store
 
     monkeypatch.setenv("OPENAI_API_KEY", "sk-secret-123")

@@ -7,9 +7,9 @@ import sys
 
 import pytest
 
-from transforms.judge.lexicon import Lexicon, LexiconError, LexiconScorer
-from transforms.judge.scorers import ResponseScorer, identity_hash
-from transforms.judge.sentiment import SentimentScorer
+from transforms.judge import Lexicon, LexiconError, LexiconScorer
+from transforms.judge import ResponseScorer, identity_hash
+from transforms.judge import SentimentScorer
 
 TEXTS = [
     "What a wonderful, joyful day! I love it so much!",

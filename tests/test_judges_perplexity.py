@@ -11,12 +11,11 @@ import pytest
 import torch
 
 from builders.calibration import calibrate, dataset_name, load_calibration_set
-from builders.catalog import load_catalog
-from builders.common import BuildError
-from builders.judges import JudgeChoice, require_calibrated
+from builders.shared.catalog import load_catalog
+from builders.shared.common import BuildError
+from builders.shared.judges import JudgeChoice, require_calibrated
 from store import Store
-from transforms.judge.perplexity import (FEATURES, LEN_CAP, PMI_CAP, CoherenceCalibration, PerplexityFeaturizer,
-                                         degeneracy_features)
+from transforms.judge import (FEATURES, LEN_CAP, PMI_CAP, CoherenceCalibration, PerplexityFeaturizer, degeneracy_features)
 
 ITEMS = [("What do you think about Mondays?", "Mondays are a fresh start. I like to plan my week with a coffee."),
          ("How do I boil an egg?", "Put the egg in boiling water for about nine minutes, then cool it in cold water."),
@@ -36,7 +35,7 @@ def direct_logprobs(loaded, prefix: list[int], answer: list[int]) -> torch.Tenso
 
 @pytest.mark.slow
 def test_features_match_direct_nll_batched_and_unbatched(smollm2):
-    from transforms.tokenization import bos_token_id, format_prompt
+    from transforms.sequences import bos_token_id, format_prompt
 
     tok = smollm2.tokenizer
     featurizer = PerplexityFeaturizer(smollm2, {"model_id": smollm2.model_id}, batch_size=3)

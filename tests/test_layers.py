@@ -12,13 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from transforms.layers import (
-    component_module,
-    decoder_layers,
-    decoder_trunk,
-    model_dims,
-    parse_layers,
-)
+from transforms.capture import component_module, decoder_layers, decoder_trunk, model_dims, parse_layers
 
 FAMILIES = ("llama", "gemma2", "gemma3", "qwen2", "gpt2", "peft_llama")
 N_LAYERS = 3

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from transforms.weight_diff import AdapterError, LoraAdapter
+from transforms.diffing import AdapterError, LoraAdapter
 
 
 def _tiny():

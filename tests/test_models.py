@@ -1,4 +1,4 @@
-"""transforms.models: packaged offline models, local checkpoints, clear load errors."""
+"""transforms.models.loading: packaged offline models, local checkpoints, clear load errors."""
 
 from __future__ import annotations
 
@@ -12,23 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from transforms.model_cache import _publish_atomically
-from transforms.models import (
-    PACKAGED_MODELS,
-    SOURCE_RECORD,
-    LoadedModel,
-    ModelLoadError,
-    ModelRef,
-    PackagedModel,
-    load_model,
-    local_revision,
-    model_fingerprint,
-    models_cache_root,
-    ref_kind,
-    resolve_checkpoint,
-    tokenizer_fingerprint,
-    vocabulary_fingerprint,
-)
+from transforms.models.cache import _publish_atomically
+from transforms.models import (PACKAGED_MODELS, SOURCE_RECORD, LoadedModel, ModelLoadError, ModelRef, PackagedModel, load_model, local_revision, model_fingerprint, models_cache_root, ref_kind, resolve_checkpoint, tokenizer_fingerprint, vocabulary_fingerprint)
 
 log = logging.getLogger(__name__)
 HEX12 = re.compile(r"^[0-9a-f]{12}$")
@@ -301,7 +286,7 @@ def test_fast_tokenizer_load_is_identical_to_autotokenizer(name, tmp_path, reque
     """The memoized tokenizer load gives what AutoTokenizer.from_pretrained gives."""
     from transformers import AutoTokenizer
 
-    from transforms.model_tokenizer import (
+    from transforms.models.fast_tokenizer import (
         TOKENIZER_MEMO,
         _difference,
         load_checkpoint_tokenizer,
@@ -341,7 +326,7 @@ def test_tokenizer_memo_follows_the_files(tmp_path, caplog):
     """A memo for other files is ignored and rewritten; a damaged one falls back."""
     from transformers import AutoTokenizer
 
-    from transforms.model_tokenizer import TOKENIZER_MEMO, load_checkpoint_tokenizer
+    from transforms.models import TOKENIZER_MEMO, load_checkpoint_tokenizer
 
     ckpt = _tiny_llama_dir(tmp_path / "tiny")
     memo_path = ckpt / TOKENIZER_MEMO
@@ -437,7 +422,7 @@ def test_publish_replaces_stale_checkpoint(tmp_path):
 
 
 def test_stale_pkg_checkpoint_is_detected(tmp_path):
-    from transforms.packaged_models import _pkg_checkpoint_valid
+    from transforms.models.packaged import _pkg_checkpoint_valid
 
     identity = {"package": "p", "package_version": "1.0", "source_bytes": 10, "converter_version": 1}
     (tmp_path / "config.json").write_text("{}")
@@ -479,7 +464,7 @@ def test_converted_checkpoint_matches_gguf_logits(name, tmp_path, request):
 @pytest.mark.slow
 def test_info_cli_loads_on_the_given_device_and_dtype(capsys):
     """``--info ID --device cpu --dtype bf16`` loads there and says so in the JSON."""
-    from transforms.models import main
+    from transforms.models.__main__ import main
 
     assert main(["--info", "pkg:smollm2-135m-instruct", "--device", "cpu", "--dtype", "bf16", "-q"]) == 0
     info = json.loads(capsys.readouterr().out)
@@ -493,7 +478,7 @@ def test_info_cli_loads_on_the_given_device_and_dtype(capsys):
     (["--prepare", "--device", "cpu"], "error: --device and --dtype go with --info"),
 ])
 def test_info_cli_bad_placement_is_one_line_exit_2(capsys, monkeypatch, flags, message):
-    import transforms.models as models
+    import transforms.models.__main__ as models
 
     monkeypatch.setattr(models, "load_model", lambda *a, **k: pytest.fail("loaded a model despite a bad setting"))
     monkeypatch.setattr(models, "_prepare", lambda *a, **k: pytest.fail("prepared despite a bad setting"))
@@ -506,7 +491,7 @@ def test_info_cli_bad_placement_is_one_line_exit_2(capsys, monkeypatch, flags, m
 def test_info_cli_missing_cuda_is_one_line_exit_2(capsys, monkeypatch):
     import torch
 
-    import transforms.models as models
+    import transforms.models.__main__ as models
 
     if torch.cuda.is_available():
         pytest.skip("CUDA is available here")

@@ -203,7 +203,7 @@ def test_smaller_batches_divide_the_unit_and_later_units_start_there():
     starting at multiples of their size), and the job's next unit starts at the size that fit."""
     import torch
 
-    from builders.units import run_batched
+    from builders.shared.units import run_batched
     from transforms.batching import halving_divisor
 
     assert [halving_divisor(12)(s) for s in (12, 6, 3)] == [6, 3, 1]

@@ -53,11 +53,11 @@ def _oom_above(monkeypatch: pytest.MonkeyPatch, limit: int, target: object | Non
 
 def _steering_generations(tmp_path, name: str, loaded, max_batch: int) -> tuple[dict, object]:
     """The stored generations of 4 steering configurations x 4 questions (sampled, seeded)."""
-    from builders.steering_eval import Planned, Question, SteeringSetup, _generate_missing, config_key
+    from builders.stages.steering_eval import Planned, Question, SteeringSetup, _generate_missing, config_key
     from store import Store
-    from transforms.generation import GenerationConfig
+    from transforms.sequences import GenerationConfig
     from transforms.steering import SteeringConfig
-    from transforms.tokenization import format_prompt
+    from transforms.sequences import format_prompt
 
     store = Store(str(tmp_path / name))
     questions = [Question(f"q{i}", q, tuple(format_prompt(loaded.tokenizer, q).ids)) for i, q in enumerate(QUESTIONS[:4])]
@@ -86,7 +86,7 @@ def test_steering_generations_under_oom_equal_the_smaller_batch(tmp_path, smollm
 # ---- (b) the local judge, (c) the perplexity judge -----------------------------------------------
 
 def test_local_judge_under_oom_equals_the_smaller_batch(smollm2, monkeypatch):
-    from transforms.judge.local import LocalJudge
+    from transforms.judge import LocalJudge
 
     prompts = [f"Rate from 0 to 100 how sure you are: {q}" for q in QUESTIONS]
     reference = LocalJudge(smollm2, batch_size=2).number_probs(prompts)
@@ -99,7 +99,7 @@ def test_local_judge_under_oom_equals_the_smaller_batch(smollm2, monkeypatch):
 
 
 def test_perplexity_judge_under_oom_equals_the_smaller_batch(smollm2, monkeypatch):
-    from transforms.judge.perplexity import PerplexityFeaturizer
+    from transforms.judge import PerplexityFeaturizer
 
     items = [(q, a) for q, a in zip(QUESTIONS, ["An apple.", "Rome.", "It is big and blue and wet.", "Scattering.",
                                                  "Hat hat hat hat hat hat", "Honey, mostly."])]
@@ -113,8 +113,8 @@ def test_perplexity_judge_under_oom_equals_the_smaller_batch(smollm2, monkeypatc
 
 
 def test_judges_auto_batch_on_cpu_is_the_old_default(smollm2):
-    from transforms.judge.local import LocalJudge
-    from transforms.judge.perplexity import PerplexityFeaturizer
+    from transforms.judge import LocalJudge
+    from transforms.judge import PerplexityFeaturizer
 
     judge, featurizer = LocalJudge(smollm2), PerplexityFeaturizer(smollm2, {})
     assert judge.batch_size == featurizer.batch_size == "auto"
@@ -125,7 +125,7 @@ def test_judges_auto_batch_on_cpu_is_the_old_default(smollm2):
 
 def test_judge_oom_at_batch_one_is_one_line(smollm2, monkeypatch):
     from transforms.batching import OutOfMemory
-    from transforms.judge.local import LocalJudge
+    from transforms.judge import LocalJudge
 
     _oom_above(monkeypatch, 0, smollm2.model.model)
     with pytest.raises(OutOfMemory) as err:
@@ -140,7 +140,7 @@ def pair(tmp_path_factory, smollm2):
     """A store and catalog: variant a = SmolLM2, b = SmolLM2 + a random LoRA adapter, 6 prompts."""
     from peft import LoraConfig, get_peft_model
 
-    from builders.catalog import load_catalog
+    from builders.shared.catalog import load_catalog
     from store import Store
 
     root = tmp_path_factory.mktemp("oom")
@@ -182,8 +182,8 @@ def test_similarity_under_oom_equals_the_smaller_batch(pair, monkeypatch):
 
 def test_live_projections_under_oom_equal_the_smaller_batch(smollm2, monkeypatch):
     from builders.projections import _live_rows
-    from transforms.generation import GenerationConfig
-    from transforms.projections import VectorStack
+    from transforms.sequences import GenerationConfig
+    from transforms.capture import VectorStack
 
     rng = np.random.default_rng(0)
     stacks = [VectorStack.build(k, [("t:mean_diff", rng.standard_normal(smollm2.d_model), 0.5)]) for k in (4, 20)]

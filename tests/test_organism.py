@@ -9,11 +9,11 @@ import math
 
 import pytest
 
-from builders.catalog import load_catalog
+from builders.shared.catalog import load_catalog
 from builders.finetune import finetune
 from builders.responses import generate_responses
 from store import Store
-from transforms.judge.sentiment import SentimentScorer
+from transforms.judge import SentimentScorer
 
 pytestmark = pytest.mark.slow
 

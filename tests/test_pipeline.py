@@ -3,7 +3,7 @@
 Parity: pooled activations equal the mean of plain transformers' ``hidden_states[k+1]``
 over the same token span (rtol 1e-4), every layer, both demo models, three positions.
 The last block's output is compared with the final norm replaced by identity, since
-``hidden_states[-1]`` is after the final norm (see transforms/layers.py).
+``hidden_states[-1]`` is after the final norm (see transforms/capture/layers.py).
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from builders.activations import capture_activations
-from builders.catalog import load_catalog
+from builders.shared.catalog import load_catalog
 from builders.responses import generate_responses
 from store import Store
 
@@ -41,7 +41,7 @@ def hidden_states_reference(model, ids: list[int]) -> list[np.ndarray]:
     block's output from hidden_states[-1] with the final norm swapped for identity."""
     import torch
 
-    from transforms.layers import decoder_trunk
+    from transforms.capture import decoder_trunk
 
     trunk = decoder_trunk(model)
     with torch.inference_mode():
@@ -59,7 +59,7 @@ def hidden_states_reference(model, ids: list[int]) -> list[np.ndarray]:
 
 @pytest.mark.parametrize("variant, fixture", [("instruct", "smollm2"), ("base", "gemma3")])
 def test_pooled_activations_match_hidden_states(built, variant, fixture, request):
-    from transforms.positions import parse_position
+    from transforms.sequences import parse_position
 
     store, catalog = built
     loaded = request.getfixturevalue(fixture)
@@ -80,7 +80,7 @@ def test_pooled_activations_match_hidden_states(built, variant, fixture, request
 
 
 def test_responses_rows_keep_ids_and_boundary(built, smollm2):
-    from transforms.tokenization import assert_no_double_bos
+    from transforms.sequences import assert_no_double_bos
 
     store, _ = built
     rows = store.read_table("responses-demo-instruct-general").to_dicts()
@@ -159,7 +159,7 @@ def test_bad_input_is_one_line_and_touches_nothing(built, args, message):
 
 def test_replay_refuses_different_tokenizers(built):
     store, catalog = built
-    from builders.common import BuildError
+    from builders.shared.common import BuildError
 
     with pytest.raises(BuildError, match="does not share the tokenizer vocabulary"):
         capture_activations(store, catalog, "base", "general", "response[:]", replay_from="instruct", quiet=True)

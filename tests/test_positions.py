@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from transforms.positions import EmptySpanError, Position, parse_position
+from transforms.sequences import EmptySpanError, Position, parse_position
 
 # (text, prompt_len, total_len, expected absolute [start, end))
 SPANS = [

@@ -16,8 +16,8 @@ import pytest
 import yaml
 
 from analyses.precision import SteeringPlan, compare_precisions, main
-from builders.judges import JudgeChoice
-from builders.catalog import CatalogError, load_catalog
+from builders.shared.judges import JudgeChoice
+from builders.shared.catalog import CatalogError, load_catalog
 from builders.vectors import load_vectors
 from store import Store
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from transforms.projections import LiveProjector, VectorStack, project
+from transforms.capture import LiveProjector, VectorStack, project
 
 LAYERS = (10, 20)
 
@@ -34,8 +34,8 @@ def test_project_equals_per_token_dot_products():
 
 @pytest.mark.slow
 def test_live_projection_equals_afterwards(smollm2):
-    from transforms.generation import GenerationConfig, generate_batch
-    from transforms.tokenization import format_prompt
+    from transforms.sequences import GenerationConfig, generate_batch
+    from transforms.sequences import format_prompt
 
     tok, model = smollm2.tokenizer, smollm2.model
     prompts = [format_prompt(tok, q).ids for q in ("Name a color.", "Tell me one thing about the ocean, briefly.")]
@@ -64,7 +64,7 @@ def proj_env(tmp_path_factory):
     import yaml
     from safetensors.numpy import save
 
-    from builders.catalog import load_catalog
+    from builders.shared.catalog import load_catalog
     from store import BuildSpec, Store
 
     root = tmp_path_factory.mktemp("proj")
@@ -129,7 +129,7 @@ def test_builder_stored_equals_independent_and_live_equals_stored(proj_env):
 @pytest.mark.slow
 def test_live_mode_formats_prompts_in_the_prompt_sets_style(proj_env):
     """A natural prefix is continued as plain text, as the responses builder does, not chat-wrapped."""
-    from builders.common import cached_model
+    from builders.shared.common import cached_model
     from builders.projections import build_projections
     from builders.responses import format_row
 

@@ -20,9 +20,9 @@ import pytest
 import yaml
 
 from builders import activations, finetune, responses
-from builders.catalog import CatalogError, load_catalog
+from builders.shared.catalog import CatalogError, load_catalog
 from store import Store
-from transforms.quantization import QuantizationError, QuantizationSpec, check_supported
+from transforms.models import QuantizationError, QuantizationSpec, check_supported
 
 logger = logging.getLogger(__name__)
 
@@ -125,7 +125,7 @@ def test_check_supported_names_the_missing_piece():
 def test_bitsandbytes_loads_through_from_pretrained_settings():
     import torch
 
-    from transforms.quantization import from_pretrained_kwargs
+    from transforms.models import from_pretrained_kwargs
 
     nf4 = from_pretrained_kwargs(QuantizationSpec("bitsandbytes", 4), torch.bfloat16)["quantization_config"]
     assert nf4.load_in_4bit and nf4.bnb_4bit_quant_type == "nf4" and nf4.bnb_4bit_compute_dtype == torch.bfloat16
@@ -237,10 +237,10 @@ def test_int8_version_ids_differ_from_float32(int8_built, tmp_path):
 def test_int8_model_is_quantized_and_steering_hooks_change_its_output(int8_built):
     import torch
 
-    from builders.variants import variant_model
-    from transforms.layers import decoder_layers, first_tensor
+    from builders.shared.variants import variant_model
+    from transforms.capture import decoder_layers, first_tensor
     from transforms.steering import Edit, steer
-    from transforms.tokenization import format_prompt
+    from transforms.sequences import format_prompt
 
     _, _, catalog_path = int8_built
     loaded = variant_model(None, load_catalog(catalog_path).variant("dev", "int8"))
@@ -276,11 +276,11 @@ def test_an_adapter_is_merged_in_full_precision_then_quantized(tmp_path):
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from builders.common import cached_model
+    from builders.shared.common import cached_model
     from builders.responses import model_identity
-    from builders.variants import variant_model
-    from transforms.layers import decoder_layers
-    from transforms.tokenization import format_prompt
+    from builders.shared.variants import variant_model
+    from transforms.capture import decoder_layers
+    from transforms.sequences import format_prompt
 
     torch.manual_seed(0)
     base = cached_model("pkg:smollm2-135m-instruct")

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 from builders.activations import capture_activations
-from builders.catalog import load_catalog
-from builders.executors import Executor, RayExecutor
+from builders.shared.catalog import load_catalog
+from builders.shared.executors import Executor, RayExecutor
 from builders.responses import generate_responses
 from store import BuildSpec, Store
 
@@ -52,7 +52,7 @@ def test_ray_and_local_build_identical_versions(ray_cluster, tmp_path, caplog, m
     import builders.activations
 
     monkeypatch.setattr(builders.activations, "TOKEN_CHUNK", 7)  # owned chunks and shared edge chunks
-    caplog.set_level(logging.INFO, logger="builders.executors")
+    caplog.set_level(logging.INFO, logger="builders.shared.executors")
     local = _build_all(Store(str(tmp_path / "local")), Executor())
     local_pids = {pid for r in caplog.records for pid in getattr(r, "unit_pids", [])}
     caplog.clear()
@@ -94,7 +94,7 @@ def _spec(name: str) -> BuildSpec:
 def _fake_units(store: Store, scratch: str, arrays) -> list[dict]:
     import pyarrow as pa
 
-    from builders.units import UnitOutput, plan_units
+    from builders.shared.units import UnitOutput, plan_units
 
     rng = np.random.default_rng(0)
     counts = [int(c) for c in rng.integers(0, 9, size=11)]
@@ -116,7 +116,7 @@ def _fake_units(store: Store, scratch: str, arrays) -> list[dict]:
 
 
 def test_finalize_ignores_unit_order(tmp_path):
-    from builders.units import ArraySpec, finalize, mark_scratch
+    from builders.shared.units import ArraySpec, finalize, mark_scratch
 
     results = []
     for order in ("forward", "reversed"):
@@ -176,7 +176,7 @@ class _CountingJob:
     def run_unit(self, unit):
         import pyarrow as pa
 
-        from builders.units import UnitOutput
+        from builders.shared.units import UnitOutput
 
         self.ran.append(unit.index)
         out = UnitOutput(self.store.location, self.scratch, unit)
@@ -187,8 +187,8 @@ class _CountingJob:
 def test_finished_units_are_not_redone(tmp_path):
     import pyarrow as pa
 
-    from builders.executors import run_units
-    from builders.units import UnitOutput, mark_scratch, plan_units
+    from builders.shared.executors import run_units
+    from builders.shared.units import UnitOutput, mark_scratch, plan_units
 
     store = Store(str(tmp_path / "s"))
     scratch = store.partial_dir(_spec("resume-test"))
@@ -211,7 +211,7 @@ def test_ray_actor_pool_runs_each_unit_once_reuses_workers_and_reraises(ray_clus
     import os
     import time
 
-    from builders.units import plan_units
+    from builders.shared.units import plan_units
 
     class Job:  # defined here so that Ray pickles it by value (workers need not import tests)
         label = "fake"

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from builders.activations import capture_activations
-from builders.catalog import load_catalog
+from builders.shared.catalog import load_catalog
 from builders.responses import generate_responses
 from store import Store
 
@@ -68,7 +68,7 @@ def test_replay_uses_a_response_ids_and_b_prompt_format(pair):
 
 
 def test_replay_of_unknown_variant_is_refused(pair):
-    from builders.catalog import CatalogError
+    from builders.shared.catalog import CatalogError
 
     store, catalog, _ = pair
     with pytest.raises(CatalogError, match="unknown variant 'C'"):

@@ -18,8 +18,8 @@ import pytest
 import yaml
 
 from builders.activations import capture_activations
-from builders.catalog import load_catalog
-from builders.common import BuildError
+from builders.shared.catalog import load_catalog
+from builders.shared.common import BuildError
 from builders.responses import generate_responses
 from store import Store
 
@@ -134,7 +134,7 @@ def test_same_vocabulary_other_eos_and_template_replays(env):
     assert differences["eos_token"] == ["<|im_end|>", "<|endoftext|>"]
     assert differences["pad_token"] == ["<|im_end|>", None]  # B ships none; the one set at load is not B's
     assert differences["chat_template_sha256"][0] and differences["chat_template_sha256"][1] is None
-    # builders.replay (similarity, compare) takes the same pair and records the same
+    # builders.stages.replay (similarity, compare) takes the same pair and records the same
     similarity = activation_similarity(store, catalog, "I", "B", "general", quiet=True).manifest
     assert similarity.identity["replay_tokenizers"]["differences"] == differences
     assert all(r["same_prompt_ids"] is False for r in store.read_table(similarity, "prompts").to_dicts())
@@ -174,7 +174,7 @@ def test_responses_built_before_the_vocabulary_was_recorded(env):
     are used, provided it still has the fingerprint the rows recorded."""
     import dataclasses
 
-    from builders.replay import responses_tokenizer
+    from builders.stages.replay import responses_tokenizer
 
     store, catalog, _, _ = env
     manifest = generate_responses(store, catalog, "B", "general", quiet=True).manifest

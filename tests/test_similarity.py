@@ -14,9 +14,9 @@ import pytest
 import torch
 import yaml
 
-from builders.catalog import load_catalog
-from builders.common import BuildError
-from builders.replay import replay_sequences
+from builders.shared.catalog import load_catalog
+from builders.shared.common import BuildError
+from builders.stages.replay import replay_sequences
 from builders.similarity import activation_similarity
 from store import Store
 

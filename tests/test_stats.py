@@ -22,7 +22,7 @@ def old_projections_cohens_d(a, b):  # analyses/projections.py: (mean b − mean
     return float((b.mean() - a.mean()) / pooled) if pooled > 0 else float("nan")
 
 
-def old_vector_eval_cohens_d(proj_pos, proj_neg):  # transforms/vector_eval.py
+def old_vector_eval_cohens_d(proj_pos, proj_neg):  # transforms/vectors/evaluation.py
     n1, n0 = len(proj_pos), len(proj_neg)
     if n1 == 0 or n0 == 0 or n1 + n0 < 3:
         return math.nan

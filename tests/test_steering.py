@@ -1,7 +1,7 @@
 """Steering hooks (add / ablate, rows, pads, hook hygiene), batched sweeps, search; which
 positions an edit touches is in ``tests/test_steering_positions.py``.
 
-References are independent of ``transforms.steering``: plain inline hooks that add to a
+References are independent of ``transforms.steering.steer``: plain inline hooks that add to a
 block's output at explicitly listed positions, run without a cache over the full sequence.
 """
 
@@ -13,23 +13,9 @@ import pytest
 import torch
 
 from tests.test_layers import N_LAYERS, VOCAB, tiny_model
-from transforms.layers import decoder_layers, decoder_trunk
-from transforms.steering import (
-    Edit,
-    RowEdit,
-    SteeringConfig,
-    combine_vectors,
-    generate_steered,
-    mean_residual_norms,
-    steer,
-)
-from transforms.steering_search import (
-    AdaptiveSearch,
-    coefficient_grid,
-    perturbation_ratio,
-    searches_from_norms,
-    start_coefficient,
-)
+from transforms.capture import decoder_layers, decoder_trunk
+from transforms.steering import (Edit, RowEdit, SteeringConfig, combine_vectors, generate_steered, mean_residual_norms, steer)
+from transforms.steering import (AdaptiveSearch, coefficient_grid, perturbation_ratio, searches_from_norms, start_coefficient)
 
 FAMILIES = ("llama", "gemma3", "gpt2")
 D = 32
@@ -242,7 +228,7 @@ class _Tok:
 def test_shared_prefill_equals_full_prefill(family):
     """Response-only sweeps prefill each distinct prompt once; the tokens do not change
     (prompts of different lengths, one of a single token: a fully padded prefill row)."""
-    from transforms.generation import GenerationConfig
+    from transforms.sequences import GenerationConfig
 
     model = tiny_model(family)
     g = torch.Generator().manual_seed(20)
@@ -264,8 +250,8 @@ def test_shared_prefill_equals_full_prefill(family):
 
 
 def test_batched_sweep_equals_each_config_alone(smollm2):
-    from transforms.generation import GenerationConfig
-    from transforms.tokenization import format_prompt
+    from transforms.sequences import GenerationConfig
+    from transforms.sequences import format_prompt
 
     model, tok = smollm2.model, smollm2.tokenizer
     texts = ["Can you explain how a rainbow forms?", "Write a haiku about rain.", "Give me one tip for sleeping well."]

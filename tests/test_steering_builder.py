@@ -14,7 +14,7 @@ import polars as pl
 import pytest
 import torch
 
-from builders.catalog import ExtractionConfig, load_catalog
+from builders.shared.catalog import ExtractionConfig, load_catalog
 from builders.combinations import combine_runs
 from builders.steering import cli as steering_cli
 from builders.steering import steer_vectors
@@ -53,7 +53,7 @@ def adaptive(mini):
 
 def independent_residual_norms(loaded, questions: list[str], layers: list[int]) -> dict[int, float]:
     """Mean ||h|| per layer from output_hidden_states, one prompt at a time, position 0 skipped."""
-    from transforms.tokenization import format_prompt
+    from transforms.sequences import format_prompt
 
     sums, count = {k: 0.0 for k in layers}, 0
     with torch.inference_mode():
@@ -100,7 +100,7 @@ def test_adaptive_search_bookkeeping(mini, adaptive, smollm2):
 
 
 def test_interrupted_run_keeps_generations_and_skips_them(mini, adaptive, monkeypatch):
-    import builders.steering_eval as engine
+    import builders.stages.steering_eval as engine
 
     store, catalog, _, vectors = mini
     ref = vectors["response[:]"].ref
@@ -124,7 +124,7 @@ def test_interrupted_run_keeps_generations_and_skips_them(mini, adaptive, monkey
     monkeypatch.undo()
     assert len(judged) == 2
     calls = []
-    import transforms.steering as steering_mod
+    import transforms.steering.steer as steering_mod
 
     original = steering_mod.generate_steered
     monkeypatch.setattr(steering_mod, "generate_steered", lambda *a, **k: calls.append(1) or original(*a, **k))
@@ -219,12 +219,12 @@ def test_combinations_and_analyses(mini, adaptive):
 
 
 def test_uncalibrated_coherence_judge_is_refused_before_any_generation(mini, monkeypatch):
-    from builders.common import BuildError
-    from builders.judges import JudgeChoice
+    from builders.shared.common import BuildError
+    from builders.shared.judges import JudgeChoice
 
     store, catalog, _, vectors = mini
     before = {m.ref for m in store.all_manifests()}
-    import transforms.steering as steering_mod
+    import transforms.steering.steer as steering_mod
 
     monkeypatch.setattr(steering_mod, "generate_steered", lambda *a, **k: pytest.fail("generated"))
     with pytest.raises(BuildError, match="coherence judge 'local' has no published calibration"):

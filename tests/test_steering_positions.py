@@ -3,7 +3,7 @@ state produces the first response token, plus every generated position), ``gener
 (generated positions only), ``prompt`` and ``all``; under KV-cache decoding, left padding
 and the shared prefill of sweeps, on tiny models and on SmolLM2 / Gemma 3.
 
-References are independent of ``transforms.steering``: plain hooks adding at explicitly
+References are independent of ``transforms.steering.steer``: plain hooks adding at explicitly
 listed positions, uncached, one prompt at a time where it matters.
 """
 
@@ -119,8 +119,8 @@ def test_short_prompt_in_padded_batch_equals_alone(family, positions):
 def test_shared_prefill_is_used_and_exact_for_response_and_generated(family, monkeypatch):
     """The shared prefill covers the first W-1 positions (unsteered under both names); the
     last prompt position runs inside the steered ``generate``. Shared = unshared = alone."""
-    import transforms.steering as steering_mod
-    from transforms.generation import GenerationConfig
+    import transforms.steering.steer as steering_mod
+    from transforms.sequences import GenerationConfig
 
     calls = []
     real_prefill = steering_mod._prefill_distinct
@@ -152,8 +152,8 @@ def test_real_model_positions_under_kv_cache_and_left_padding(which, request):
     the last prompt column (``response``) or nowhere (``generated``); every step's logits
     equal each prompt alone, unpadded, uncached, with a plain hook at explicit positions;
     the batched sweep (shared prefill or not) reproduces the same tokens."""
-    from transforms.generation import GenerationConfig, left_pad
-    from transforms.tokenization import format_prompt
+    from transforms.sequences import GenerationConfig, left_pad
+    from transforms.sequences import format_prompt
 
     loaded = request.getfixturevalue(which)
     model, tok = loaded.model, loaded.tokenizer
@@ -201,7 +201,7 @@ def test_real_model_positions_under_kv_cache_and_left_padding(which, request):
 def test_generation_cache_keys_follow_the_meaning_of_positions():
     """``response`` changed meaning: its cached generations must not be reused, while
     ``generated`` is exactly the old ``response`` and keeps those generations."""
-    from builders.steering_eval import config_key
+    from builders.stages.steering_eval import config_key
 
     setup = SimpleNamespace(identity={"model": "m"}, questions=[SimpleNamespace(prompt_ids=(1, 2))],
                             gen=SimpleNamespace(as_dict=lambda: {"max_new_tokens": 4}))
@@ -226,7 +226,7 @@ def test_old_steering_runs_are_read_with_the_positions_they_steered():
 
 def test_cli_accepts_generated_and_rejects_unknown_positions():
     from builders.steering import build_parser, steer_vectors
-    from builders.common import BuildError
+    from builders.shared.common import BuildError
 
     assert build_parser().parse_args(["--vectors", "x", "--positions", "generated"]).positions == "generated"
     with pytest.raises(BuildError, match="--positions: expected"):

@@ -157,7 +157,7 @@ def test_manifest_is_valid_json_with_params_and_parents(store):
 
 
 def test_judge_score_cache_persists_and_survives_gc(store):
-    from builders.judge_cache import StoreScoreCache
+    from builders.shared.judge_cache import StoreScoreCache
 
     cache = StoreScoreCache(store)
     key = ("judge-model", "tmplhash", "question?", "answer.")

@@ -1,4 +1,4 @@
-"""transforms.tokenization: one formatting path, never a second BOS, ids are the truth."""
+"""transforms.sequences.tokenization: one formatting path, never a second BOS, ids are the truth."""
 
 from __future__ import annotations
 
@@ -8,17 +8,7 @@ from typing import Any
 
 import pytest
 
-from transforms.tokenization import (
-    DoubleBOSError,
-    FormattedPrompt,
-    PromptFormatError,
-    assert_no_double_bos,
-    format_prompt,
-    response_boundary,
-    split_generated,
-    supports_system_prompt,
-    tokenizer_adds_bos,
-)
+from transforms.sequences import (DoubleBOSError, FormattedPrompt, PromptFormatError, assert_no_double_bos, format_prompt, response_boundary, split_generated, supports_system_prompt, tokenizer_adds_bos)
 
 # A ChatML-ish template that writes BOS itself (like Llama 3's), one that relies on the
 # tokenizer for BOS, one that refuses a system role (like Gemma 2's), one that drops it.

@@ -6,9 +6,9 @@ import json
 import numpy as np
 import pytest
 
-from builders.catalog import ExtractionConfig, load_catalog
-from builders.common import BuildError
-from builders.judge_cache import CACHE_DIR
+from builders.shared.catalog import ExtractionConfig, load_catalog
+from builders.shared.common import BuildError
+from builders.shared.judge_cache import CACHE_DIR
 from builders.judgments import judge_responses
 from builders.vectors import extract_vectors, load_vectors
 from store import Store

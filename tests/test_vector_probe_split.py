@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from transforms import vector_methods as vm
+from transforms.vectors import methods as vm
 from transforms.vectors import evaluate, extract, split_train_val
 
 
@@ -184,7 +184,7 @@ def test_probe_cv_centres_each_fold_on_its_training_rows_only():
     would shape the features C is chosen on. Independent computation: sklearn per fold."""
     from sklearn.linear_model import LogisticRegression
 
-    from transforms.vector_probe import PROBE_C_GRID, cv_folds, probe
+    from transforms.vectors import PROBE_C_GRID, cv_folds, probe
 
     rng = np.random.default_rng(3)
     n_groups, per, d = 12, 3, 40

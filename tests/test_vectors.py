@@ -8,14 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from transforms.vectors import (
-    METHODS,
-    ExtractionResult,
-    evaluate,
-    extract,
-    id_rows,
-    split_train_val,
-)
+from transforms.vectors import METHODS, ExtractionResult, evaluate, extract, id_rows, split_train_val
 
 # ---------------------------------------------------------------------------- helpers
 

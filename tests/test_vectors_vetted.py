@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from builders.catalog import ExtractionConfig, load_catalog
-from builders.common import BuildError
+from builders.shared.catalog import ExtractionConfig, load_catalog
+from builders.shared.common import BuildError
 from builders.responses import dataset_name as responses_name
 from builders.responses import generate_responses
 from builders.vectors import cli, extract_vectors

@@ -1,4 +1,4 @@
-"""transforms.weight_directions: top singular directions against LAPACK's SVD, and the logit
+"""transforms.diffing.directions: top singular directions against LAPACK's SVD, and the logit
 lens's final norm against each architecture's own norm module: Llama RMSNorm (``x/rms·w``),
 Gemma's (``x/rms·(1+w)``, computed in float32) and GPT-2's LayerNorm (mean subtracted, bias
 added), read from a saved checkpoint the way builders.weights reads it."""
@@ -29,8 +29,8 @@ def _tiny(kind: str):
 
 @pytest.mark.parametrize("kind", ["llama", "gemma3", "gemma2", "gpt2"])
 def test_final_norm_equals_the_models_norm_module(kind, tmp_path):
-    from transforms.safetensors_stream import TensorReader
-    from transforms.weight_directions import read_final_norm
+    from transforms.diffing import TensorReader
+    from transforms.diffing import read_final_norm
 
     torch.manual_seed(0)
     model, norm = _tiny(kind)
@@ -49,7 +49,7 @@ def test_final_norm_equals_the_models_norm_module(kind, tmp_path):
 
 @pytest.mark.parametrize("shape, rank", [((40, 12), None), ((12, 40), None), ((30, 50), 2)])
 def test_top_singular_directions_equal_lapack(shape, rank):
-    from transforms.weight_directions import top_singular_directions
+    from transforms.diffing import top_singular_directions
 
     g = torch.Generator().manual_seed(0)
     delta = torch.randn(*shape, generator=g, dtype=torch.float64)

@@ -15,11 +15,11 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from builders.catalog import load_catalog
+from builders.shared.catalog import load_catalog
 from builders.weights import analyze_weights
 from store import BuildSpec, Store
-from transforms.weight_diff import LoraAdapter, cosine_by_layer, parse_param
-from transforms.weight_directions import token_ok
+from transforms.diffing import LoraAdapter, cosine_by_layer, parse_param
+from transforms.diffing import token_ok
 
 VOCAB = 49152
 

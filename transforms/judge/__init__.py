@@ -54,27 +54,54 @@ from transforms.judge.templates import (
     trait_template,
 )
 
+from transforms.judge.perplexity import CoherenceCalibration, FEATURES, LEN_CAP, PMI_CAP, PerplexityFeaturizer, PerplexityScorer, degeneracy_features
+from transforms.judge.local import DEFAULT_PREFILL, brute_logprobs
+from transforms.judge.scorers import LLMScorer, ResponseScorer, identity_hash, score_cached
+from transforms.judge.sentiment import SentimentScorer
+from transforms.judge.lexicon import Lexicon, LexiconError, LexiconScorer
+from transforms.judge.number_tree import number_probs
+from transforms.judge.openai_judge import splits_numbers
+
 __all__ = [
+    "CoherenceCalibration",
     "DEFAULT_LOCAL_JUDGE",
+    "DEFAULT_PREFILL",
     "DEFAULT_TEMPLATE_DIR",
-    "MIN_NUMBER_MASS",
-    "RELEVANCE_CAP",
-    "RELEVANCE_THRESHOLD",
+    "FEATURES",
     "InMemoryScoreCache",
     "Judge",
     "JudgeError",
     "JudgeTemplate",
     "Key",
+    "LEN_CAP",
+    "LLMScorer",
+    "Lexicon",
+    "LexiconError",
+    "LexiconScorer",
     "LocalJudge",
+    "MIN_NUMBER_MASS",
     "OpenAIJudge",
+    "PMI_CAP",
+    "PerplexityFeaturizer",
+    "PerplexityScorer",
+    "RELEVANCE_CAP",
+    "RELEVANCE_THRESHOLD",
+    "ResponseScorer",
     "ScoreCache",
+    "SentimentScorer",
     "TemplateError",
     "aggregate_top_logprobs",
     "apply_relevance_cap",
+    "brute_logprobs",
+    "degeneracy_features",
+    "identity_hash",
     "load_templates",
+    "number_probs",
     "number_value",
+    "score_cached",
     "score_coherence",
     "score_from_probs",
     "score_responses",
+    "splits_numbers",
     "trait_template",
 ]

@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     import numpy as np
     import torch
 
-    from transforms.model_refs import ModelRef
+    from transforms.models import ModelRef
     from transforms.models import LoadedModel
 
 logger = logging.getLogger(__name__)
@@ -103,7 +103,7 @@ def tree_logprobs(model: Any, tree: NumberTree, prompts: list[list[int]],
     import torch
     from transformers import DynamicCache
 
-    from transforms.generation import left_pad
+    from transforms.sequences import left_pad
 
     device = next(model.parameters()).device
     # Sliding-window masks are built from key indices, which pads between prefix and
@@ -257,7 +257,7 @@ class LocalJudge:
 
     def encode(self, prompts: list[str]) -> list[list[int]]:
         """Token ids of the formatted judge prompts plus the prefill (what the model reads)."""
-        from transforms.tokenization import assert_no_double_bos, bos_token_id, format_prompt
+        from transforms.sequences import assert_no_double_bos, bos_token_id, format_prompt
 
         tok = self.loaded.tokenizer
         out: list[list[int]] = []
@@ -284,9 +284,9 @@ class LocalJudge:
         import numpy as np
         import torch
 
-        from transforms.batch_slices import run_slices
+        from transforms.batching import run_slices
         from transforms.batching import CPU_BATCH, resolve_batch_size
-        from transforms.generation import plan_batches
+        from transforms.sequences import plan_batches
 
         ids = self.encode(prompts)
         tok = self.loaded.tokenizer

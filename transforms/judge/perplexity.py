@@ -92,7 +92,7 @@ class PerplexityFeaturizer:
                 "len_cap": LEN_CAP, "reference": self.reference}
 
     def _encode(self, question: str, answer: str) -> tuple[list[int], list[int], list[int]]:
-        from transforms.tokenization import bos_token_id, format_prompt
+        from transforms.sequences import bos_token_id, format_prompt
 
         tok = self.loaded.tokenizer
         prompt = list(format_prompt(tok, question).ids)
@@ -148,7 +148,7 @@ class PerplexityFeaturizer:
 
     def features(self, items: Sequence[tuple[str, str]]) -> list[dict[str, float] | None]:
         """One feature dict per item; ``None`` for an empty answer."""
-        from transforms.batch_slices import run_slices
+        from transforms.batching import run_slices
         from transforms.batching import resolve_batch_size
 
         encoded = [self._encode(q, a) for q, a in items]

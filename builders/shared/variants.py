@@ -1,0 +1,103 @@
+"""A catalog variant at run time: its model, plus a LoRA adapter when the variant names one.
+
+``adapter:`` in the catalog is a store reference to a :mod:`builders.finetune` version (its
+``adapter/`` folder) or a local PEFT adapter folder. For generation and capture the adapter
+is merged into a copy of the base model (the cached base stays untouched); the weight
+analysis reads it unmerged (:class:`transforms.weight_diff.LoraAdapter`).
+
+``quantization:`` (:mod:`transforms.models.quantization`) loads the model quantized; with an
+adapter (torchao only, the catalog refuses bitsandbytes) the adapter is merged into the
+full-precision copy first and the merged model quantized.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+from typing import Any
+
+from store import Store
+
+from builders.shared.catalog import Variant
+from builders.shared.common import BuildError, cached_model, placement
+
+log = logging.getLogger(__name__)
+
+_ADAPTED: dict[tuple[str, str | None, str, str, str, str | None], Any] = {}
+
+
+def check_runs(variant: Variant) -> tuple[str, str]:
+    """``(device, dtype)`` the variant runs in on this machine; a one-line error first when it
+    cannot run here (a device this machine lacks, a quantization method that needs CUDA).
+    Builders call it before any work, so a refused run publishes nothing."""
+    from transforms.models import check_supported
+
+    where, dtype = placement(variant.device, variant.dtype)
+    check_supported(variant.quantization, where, dtype, variant=variant.name)
+    return where, dtype
+
+
+def adapter_dir(store: Store | None, variant: Variant) -> Path | None:
+    """The variant's adapter folder, or None for a plain model."""
+    if not variant.adapter:
+        return None
+    local = Path(variant.adapter).expanduser()
+    if local.is_dir():
+        return local
+    if store is None:
+        raise BuildError(f"variant {variant.name!r}: adapter {variant.adapter!r} is a store reference; no store given")
+    try:
+        manifest = store.resolve(variant.adapter)
+    except Exception:
+        raise BuildError(f"variant {variant.name!r}: adapter {variant.adapter!r} is neither a folder nor a built "
+                         f"dataset; build it first (python -m builders.finetune ...)") from None
+    return store.local_dir(manifest, "adapter")  # object stores: a verified local download
+
+
+def adapter_fingerprint(folder: Path) -> str:
+    """sha256 of the adapter's config and weights (adapters are small: hash the bytes)."""
+    digest = hashlib.sha256()
+    for path in sorted(folder.iterdir()):
+        if path.is_file() and path.suffix in (".json", ".safetensors", ".bin"):
+            digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def adapter_identity(store: Store | None, variant: Variant) -> str | None:
+    folder = adapter_dir(store, variant)
+    return None if folder is None else adapter_fingerprint(folder)
+
+
+def variant_model(store: Store | None, variant: Variant) -> Any:
+    """The variant's :class:`~transforms.models.LoadedModel` (adapter merged into a copy,
+    then quantized when the variant says so)."""
+    spec = variant.quantization
+    folder = adapter_dir(store, variant)
+    if spec is not None:
+        check_runs(variant)  # before loading the full-precision base for a merge
+    base = cached_model(variant.model.id, variant.model.revision, device=variant.device, dtype=variant.dtype,
+                        device_map=variant.device_map, quantization=spec if folder is None else None)
+    if folder is None:
+        return base
+    key = (variant.model.id, variant.model.revision, base.device, base.dtype, adapter_fingerprint(folder),
+           None if spec is None else spec.label)
+    if key not in _ADAPTED:
+        import copy
+        import dataclasses
+        import warnings
+
+        from peft import PeftModel
+
+        with warnings.catch_warnings():  # transformers deprecation noise from inside peft
+            warnings.simplefilter("ignore", FutureWarning)
+            model = PeftModel.from_pretrained(copy.deepcopy(base.model), str(folder)).merge_and_unload().eval()
+        if spec is not None:
+            from transforms.models import quantize
+
+            quantize(model, spec)
+        if len(_ADAPTED) >= 2:
+            _ADAPTED.pop(next(iter(_ADAPTED)))
+        _ADAPTED[key] = dataclasses.replace(base, model=model, model_id=f"{base.model_id}+adapter:{key[4]}",
+                                            quantization=None if spec is None else spec.label)
+        log.info("variant %s: %s with adapter %s merged into a copy", variant.name, base.model_id, folder)
+    return _ADAPTED[key]

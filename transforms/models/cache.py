@@ -1,0 +1,99 @@
+"""The converted-checkpoint cache: its root, and building a directory in it atomically.
+
+A directory is built in a temporary sibling and renamed into place under a file lock, so
+a killed build never leaves a half directory and concurrent builders do the work once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+from transforms.models.refs import ModelLoadError
+
+# Logged under the public module's name, which callers and tests configure.
+logger = logging.getLogger(__name__)
+
+_LOCK_TIMEOUT_S = 3600.0
+
+
+def models_cache_root() -> Path:
+    """Root of converted checkpoints: ``$TRAITSTORE_CACHE`` or ``~/.cache/traitstore/models``."""
+    env = os.environ.get("TRAITSTORE_CACHE")
+    if env:
+        return Path(env).expanduser()
+    return Path.home() / ".cache" / "traitstore" / "models"
+
+
+def _publish_atomically(
+    final: Path,
+    build: Callable[[Path], None],
+    is_valid: Callable[[Path], bool],
+    *,
+    lock_timeout: float = _LOCK_TIMEOUT_S,
+) -> bool:
+    """Make ``final`` a valid directory, building it at most once across processes.
+
+    ``build(tmp_dir)`` fills an empty temporary directory (a sibling of ``final``); it is
+    then renamed into place. Runs under ``<parent>/.<name>.lock``; stale temporary
+    directories (``.tmp-<name>@*``) from killed builds are removed under the lock. Returns
+    True when this call built it, False when a valid one was already there.
+    """
+    from filelock import FileLock, Timeout
+
+    if is_valid(final):
+        return False
+    parent = final.parent
+    parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(parent / f".{final.name}.lock"))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        logger.info("waiting for another process to finish building %s", final)
+        try:
+            lock.acquire(timeout=lock_timeout)
+        except Timeout:
+            raise ModelLoadError(
+                f"timed out after {lock_timeout:.0f}s waiting for the lock {lock.lock_file}"
+            ) from None
+    try:
+        if is_valid(final):  # another process finished while we waited
+            return False
+        for stale in parent.glob(f".tmp-{final.name}@*"):
+            # only lock holders create these, so any found now belongs to a dead build
+            shutil.rmtree(stale, ignore_errors=True)
+        work = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}@", dir=parent))
+        try:
+            build(work)
+            _make_readable(work)
+            old = None
+            if final.exists():  # stale (e.g. package upgraded): swap it out
+                old = parent / f".tmp-{final.name}@old-{uuid.uuid4().hex}"
+                os.rename(final, old)
+            try:
+                os.rename(work, final)
+            except OSError:
+                if not is_valid(final):  # someone without the lock raced us and lost
+                    raise
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+        finally:
+            if work.exists():
+                shutil.rmtree(work, ignore_errors=True)
+        return True
+    finally:
+        lock.release()
+
+
+def _make_readable(directory: Path) -> None:
+    """mkdtemp makes 0700 folders (and some writers 0600 files): open the cache for reading."""
+    with contextlib.suppress(OSError):
+        os.chmod(directory, 0o755)
+        for f in directory.rglob("*"):
+            os.chmod(f, 0o755 if f.is_dir() else 0o644)
