@@ -96,8 +96,8 @@ def build_inputs(store: Store, catalog: Catalog, experiment: str, variant: str, 
     """``(vectors, steering run)`` of one precision, built or found up to date; ``replay_from``:
     its vectors from its activations over that variant's responses."""
     from builders.shared.catalog import ExtractionConfig
-    from builders.steering import steer_vectors
-    from builders.vectors import extract_vectors
+    from builders.stages.steering import steer_vectors
+    from builders.stages.vectors import extract_vectors
 
     config = ExtractionConfig(prompt_set, variant, position, tuple(methods))
     replay = replay_from if replay_from != variant else None
@@ -181,7 +181,7 @@ def comparison_tables(store: Store, reference: str, labels: dict[str, str],
                       built: dict[str, tuple[Manifest, Manifest]], methods: Sequence[str],
                       steered_method: str) -> dict[str, list[dict[str, Any]]]:
     """``data`` (cosines), ``steering`` and ``verdict`` rows from the built versions."""
-    from builders.vectors import load_vectors
+    from builders.stages.vectors import load_vectors
 
     from .precision_tables import cosine_rows, paired_deltas, same_answers, steering_rows, verdicts
 
@@ -266,7 +266,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _main(args: argparse.Namespace) -> int:
     from builders.shared.common import open_store_and_catalog
-    from builders.steering import parse_coefficients
+    from builders.stages.steering import parse_coefficients
 
     store, catalog = open_store_and_catalog(args)
     plan = SteeringPlan(args.layers, tuple(parse_coefficients(args.coefficients)), args.method, args.questions,

@@ -28,7 +28,7 @@ CHILD = r"""
 import json, resource, sys
 sys.path.insert(0, {repo!r})
 import torch, transformers, safetensors.torch
-from builders.weights import weight_tables
+from builders.stages.weights import weight_tables
 from transforms.diffing import TensorReader
 
 def rss_kb():

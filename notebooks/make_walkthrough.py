@@ -24,7 +24,7 @@ for name, variant in demo.variants.items():
     print(f"{name:>9}: {variant.model.id}")
 print("prompt sets:", ", ".join(demo.prompt_sets))"""),
     ("code", """from builders.activations import capture_activations
-from builders.responses import generate_responses
+from builders.stages.responses import generate_responses
 
 if not any(name.startswith("activations-demo-instruct-general") for name in store.datasets()):
     generate_responses(store, catalog, "instruct", "general", "demo", {"max_new_tokens": 12}, quiet=True)

@@ -17,10 +17,10 @@ import os
 import tempfile
 
 from builders.shared.catalog import DEFAULT_CATALOG, load_catalog
-from builders.finetune import finetune
+from builders.stages.finetune import finetune
 from builders.shared.judges import JudgeChoice
-from builders.judgments import judge_responses
-from builders.responses import generate_responses
+from builders.stages.judgments import judge_responses
+from builders.stages.responses import generate_responses
 from store import Store
 from transforms.judge import SentimentScorer
 

@@ -12,8 +12,8 @@ from analyses.projections import analyze
 from analyses.viewer import build_viewer
 from builders.shared.catalog import load_catalog
 from builders.shared.judges import JudgeChoice
-from builders.judgments import judge_responses
-from builders.projections import build_projections
+from builders.stages.judgments import judge_responses
+from builders.stages.projections import build_projections
 from store import BuildSpec, Store
 
 from .trait_set import QUESTIONS, write_mini_catalog, write_trait_set
@@ -115,7 +115,7 @@ def test_compare_records_the_prompts_its_replay_reads(env, tmp_path):
     from peft import LoraConfig, get_peft_model
 
     from builders.shared.common import cached_model
-    from builders.compare import compare_variants
+    from builders.stages.compare import compare_variants
 
     store, catalog, vectors, folder = env
     torch.manual_seed(0)
@@ -149,7 +149,7 @@ def test_projections_best_layer_records_the_steering_runs_it_read(env):
 
 def test_viewer_records_and_reads_exactly_its_inputs(env):
     """Last in this module: it publishes a new version of the syco prompt set."""
-    from builders.prompts import ensure_prompt_set
+    from builders.stages.prompts import ensure_prompt_set
 
     store, catalog, vectors, folder = env
     proj = build_projections(store, catalog, "instruct", "syco", [f"{vectors.ref}:mean_diff"], layers="10",

@@ -9,8 +9,8 @@ import torch
 import yaml
 
 from builders.shared.catalog import load_catalog
-from builders.finetune import finetune
-from builders.responses import generate_responses
+from builders.stages.finetune import finetune
+from builders.stages.responses import generate_responses
 from builders.shared.variants import adapter_dir, variant_model
 from store import Store
 
@@ -79,7 +79,7 @@ def test_finetune_publishes_an_adapter_the_catalog_variant_uses(env, smollm2):
 
 
 def test_targets_end_with_eos_only_when_the_model_stopped():
-    from builders.finetune import with_eos
+    from builders.stages.finetune import with_eos
 
     stopped = {"token_ids": [1, 7, 8, 9], "prompt_len": 2, "finish_reason": "eos"}
     cut = {"token_ids": [1, 7, 8, 9], "prompt_len": 2, "finish_reason": "length"}
@@ -100,7 +100,7 @@ def test_chat_targets_end_with_the_templates_end_of_turn(gemma3, smollm2):
     import copy
     import dataclasses
 
-    from builders.finetune import answer_ends
+    from builders.stages.finetune import answer_ends
 
     tok = copy.deepcopy(gemma3.tokenizer)
     tok.chat_template = GEMMA_STYLE_TEMPLATE

@@ -21,7 +21,7 @@ import torch
 import yaml
 
 from builders.shared.catalog import load_catalog
-from builders.finetune import train_lora
+from builders.stages.finetune import train_lora
 from store import Store
 from transforms.capture import decoder_layers
 
@@ -119,7 +119,7 @@ def env(tmp_path_factory):
 def test_bf16_finetune_has_its_own_version_float32_lora_and_checkpointing_reuses_it(env, smollm2):
     from safetensors import safe_open
 
-    from builders.finetune import finetune
+    from builders.stages.finetune import finetune
 
     store, catalog = env
     small = {"r": 4, "alpha": 8, "epochs": 1, "batch_size": 2, "lr": 5e-3, "quiet": True}

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from builders import common
-from builders.calibration import reference_identity
+from builders.shared import common
+from builders.stages.calibration import reference_identity
 from builders.shared.catalog import load_catalog
 from builders.shared.judge_cache import StoreScoreCache
 from builders.shared.judges import JudgeChoice, local_judge_name

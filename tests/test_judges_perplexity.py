@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from builders.calibration import calibrate, dataset_name, load_calibration_set
+from builders.stages.calibration import calibrate, dataset_name, load_calibration_set
 from builders.shared.catalog import load_catalog
 from builders.shared.common import BuildError
 from builders.shared.judges import JudgeChoice, require_calibrated
@@ -111,7 +111,7 @@ def test_shipped_calibration_set_aurocs(calibrated):
 
 @pytest.mark.slow
 def test_perplexity_scorer_scores_with_the_published_map(calibrated, smollm2):
-    from builders.calibration import perplexity_scorer
+    from builders.stages.calibration import perplexity_scorer
 
     store, catalog, manifest, _ = calibrated
     scorer = perplexity_scorer(store, catalog, "demo", "instruct", JudgeChoice(), manifest)

@@ -159,14 +159,14 @@ def pair(tmp_path_factory, smollm2):
     }))
     store = Store(str(root / "store"))
     catalog = load_catalog(path)
-    from builders.responses import generate_responses
+    from builders.stages.responses import generate_responses
 
     generate_responses(store, catalog, "a", "general", "s", None, quiet=True)  # before any simulated OOM
     return store, catalog, path, str(root / "store")
 
 
 def test_similarity_under_oom_equals_the_smaller_batch(pair, monkeypatch):
-    from builders.similarity import activation_similarity
+    from builders.stages.similarity import activation_similarity
 
     store, catalog, _, _ = pair
     small = activation_similarity(store, catalog, "a", "b", "general", layers="3,20", batch_size=2, quiet=True).manifest
@@ -181,7 +181,7 @@ def test_similarity_under_oom_equals_the_smaller_batch(pair, monkeypatch):
 
 
 def test_live_projections_under_oom_equal_the_smaller_batch(smollm2, monkeypatch):
-    from builders.projections import _live_rows
+    from builders.stages.projections import _live_rows
     from transforms.sequences import GenerationConfig
     from transforms.capture import VectorStack
 

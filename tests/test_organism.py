@@ -10,8 +10,8 @@ import math
 import pytest
 
 from builders.shared.catalog import load_catalog
-from builders.finetune import finetune
-from builders.responses import generate_responses
+from builders.stages.finetune import finetune
+from builders.stages.responses import generate_responses
 from store import Store
 from transforms.judge import SentimentScorer
 

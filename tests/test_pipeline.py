@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from builders.activations import capture_activations
+from builders.stages.activations import capture_activations
 from builders.shared.catalog import load_catalog
-from builders.responses import generate_responses
+from builders.stages.responses import generate_responses
 from store import Store
 
 REPO = Path(__file__).resolve().parents[1]
@@ -177,9 +177,9 @@ def test_batched_generation_equals_unbatched(built, tmp_path):
 
 
 def test_per_token_activations_match_hidden_states(built, smollm2, monkeypatch):
-    import builders.activations
+    import builders.stages.activations
 
-    monkeypatch.setattr(builders.activations, "TOKEN_CHUNK", 7)  # many chunk flushes, ragged ends
+    monkeypatch.setattr(builders.stages.activations, "TOKEN_CHUNK", 7)  # many chunk flushes, ragged ends
     store, catalog = built
     manifest = capture_activations(store, catalog, "instruct", "general", "response[:]", "3,29", per_token=True,
                                    quiet=True).manifest

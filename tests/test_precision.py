@@ -18,7 +18,7 @@ import yaml
 from analyses.precision import SteeringPlan, compare_precisions, main
 from builders.shared.judges import JudgeChoice
 from builders.shared.catalog import CatalogError, load_catalog
-from builders.vectors import load_vectors
+from builders.stages.vectors import load_vectors
 from store import Store
 
 pytestmark = pytest.mark.slow

@@ -99,7 +99,7 @@ def proj_env(tmp_path_factory):
 def test_builder_stored_equals_independent_and_live_equals_stored(proj_env):
     import polars as pl
 
-    from builders.projections import build_projections
+    from builders.stages.projections import build_projections
 
     store, catalog, vectors, vecs = proj_env
     spec = [f"{vectors.ref}:mean_diff"]
@@ -130,8 +130,8 @@ def test_builder_stored_equals_independent_and_live_equals_stored(proj_env):
 def test_live_mode_formats_prompts_in_the_prompt_sets_style(proj_env):
     """A natural prefix is continued as plain text, as the responses builder does, not chat-wrapped."""
     from builders.shared.common import cached_model
-    from builders.projections import build_projections
-    from builders.responses import format_row
+    from builders.stages.projections import build_projections
+    from builders.stages.responses import format_row
 
     store, catalog, vectors, _ = proj_env
     live = store.read_table(build_projections(store, catalog, "a", "natural", [f"{vectors.ref}:mean_diff"],

@@ -454,7 +454,7 @@ def test_unknown_top_level_keys_warn_naming_them_and_the_file(tmp_path: Path,
 def test_imported_table_schema_is_the_same_for_every_set(tmp_path: Path) -> None:
     """Every prompts table has string columns whatever a set leaves out (no null-typed
     ``extra`` / ``note`` / ``system_prompt``), so the ``prompts`` view and ``datasets`` agree."""
-    from builders.prompts import import_prompt_set
+    from builders.stages.prompts import import_prompt_set
     from store import Store
 
     store = Store(str(tmp_path / "root"))

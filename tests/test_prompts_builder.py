@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from builders.prompts import import_prompt_set
+from builders.stages.prompts import import_prompt_set
 from store import Store
 
 REPO = Path(__file__).resolve().parents[1]

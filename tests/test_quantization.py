@@ -217,7 +217,7 @@ def test_activations_of_a_cuda_only_variant_on_a_cpu_exit_2_and_publish_nothing(
 
 @pytest.mark.slow
 def test_int8_version_ids_differ_from_float32(int8_built, tmp_path):
-    from builders.responses import model_identity
+    from builders.stages.responses import model_identity
 
     _, store, catalog_path = int8_built
     catalog = load_catalog(catalog_path)
@@ -277,7 +277,7 @@ def test_an_adapter_is_merged_in_full_precision_then_quantized(tmp_path):
     from peft import LoraConfig, get_peft_model
 
     from builders.shared.common import cached_model
-    from builders.responses import model_identity
+    from builders.stages.responses import model_identity
     from builders.shared.variants import variant_model
     from transforms.capture import decoder_layers
     from transforms.sequences import format_prompt

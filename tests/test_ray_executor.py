@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from builders.activations import capture_activations
+from builders.stages.activations import capture_activations
 from builders.shared.catalog import load_catalog
 from builders.shared.executors import Executor, RayExecutor
-from builders.responses import generate_responses
+from builders.stages.responses import generate_responses
 from store import BuildSpec, Store
 
 REPO = Path(__file__).resolve().parents[1]
@@ -49,9 +49,9 @@ def _build_all(store: Store, executor: Executor) -> dict[str, object]:
 
 
 def test_ray_and_local_build_identical_versions(ray_cluster, tmp_path, caplog, monkeypatch):
-    import builders.activations
+    import builders.stages.activations
 
-    monkeypatch.setattr(builders.activations, "TOKEN_CHUNK", 7)  # owned chunks and shared edge chunks
+    monkeypatch.setattr(builders.stages.activations, "TOKEN_CHUNK", 7)  # owned chunks and shared edge chunks
     caplog.set_level(logging.INFO, logger="builders.shared.executors")
     local = _build_all(Store(str(tmp_path / "local")), Executor())
     local_pids = {pid for r in caplog.records for pid in getattr(r, "unit_pids", [])}

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import yaml
 
-from builders.activations import capture_activations
+from builders.stages.activations import capture_activations
 from builders.shared.catalog import load_catalog
-from builders.responses import generate_responses
+from builders.stages.responses import generate_responses
 from store import Store
 
 REPO = Path(__file__).resolve().parents[1]

@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from builders.activations import capture_activations
+from builders.stages.activations import capture_activations
 from builders.shared.catalog import load_catalog
 from builders.shared.common import BuildError
-from builders.responses import generate_responses
+from builders.stages.responses import generate_responses
 from store import Store
 
 PROMPTS = ["Name a fruit.", "What is the capital of Italy?", "Say something about the sea."]
@@ -116,7 +116,7 @@ def test_vocabulary_fingerprint_sees_only_the_token_ids(env, smollm2, gemma3):
 
 
 def test_same_vocabulary_other_eos_and_template_replays(env):
-    from builders.similarity import activation_similarity
+    from builders.stages.similarity import activation_similarity
 
     store, catalog, _, _ = env
     generate_responses(store, catalog, "I", "general", quiet=True)
@@ -151,7 +151,7 @@ def test_tokenizer_without_pad_token_replays(env):
 
 def test_different_vocabulary_is_refused_with_one_line(env, capsys):
     from builders.activations import cli
-    from builders.similarity import activation_similarity
+    from builders.stages.similarity import activation_similarity
 
     store, catalog, _, catalog_path = env
     generate_responses(store, catalog, "I", "general", quiet=True)

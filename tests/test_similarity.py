@@ -17,7 +17,7 @@ import yaml
 from builders.shared.catalog import load_catalog
 from builders.shared.common import BuildError
 from builders.stages.replay import replay_sequences
-from builders.similarity import activation_similarity
+from builders.stages.similarity import activation_similarity
 from store import Store
 
 pytestmark = pytest.mark.slow
@@ -107,7 +107,7 @@ def _fake_vectors(store, name, seed):
 
 
 def test_compare_variants_equals_numpy(env, smollm2):
-    from builders.compare import compare_variants
+    from builders.stages.compare import compare_variants
 
     store, catalog, lora = env
     trait, v = _fake_vectors(store, "vectors-s-a-trait-response__-residual", 1)

@@ -15,10 +15,10 @@ import pytest
 import torch
 
 from builders.shared.catalog import ExtractionConfig, load_catalog
-from builders.combinations import combine_runs
+from builders.stages.combinations import combine_runs
 from builders.steering import cli as steering_cli
-from builders.steering import steer_vectors
-from builders.vectors import extract_vectors, load_vectors
+from builders.stages.steering import steer_vectors
+from builders.stages.vectors import extract_vectors, load_vectors
 from store import Store
 from store.kvcache import KeyedCache
 

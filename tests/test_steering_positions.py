@@ -213,7 +213,7 @@ def test_generation_cache_keys_follow_the_meaning_of_positions():
 
 
 def test_old_steering_runs_are_read_with_the_positions_they_steered():
-    from builders.combinations import run_positions
+    from builders.stages.combinations import run_positions
 
     def run(code_version: str, positions: str) -> SimpleNamespace:
         return SimpleNamespace(code_version=code_version, params={"positions": positions})
@@ -225,7 +225,8 @@ def test_old_steering_runs_are_read_with_the_positions_they_steered():
 
 
 def test_cli_accepts_generated_and_rejects_unknown_positions():
-    from builders.steering import build_parser, steer_vectors
+    from builders.steering import build_parser
+    from builders.stages.steering import steer_vectors
     from builders.shared.common import BuildError
 
     assert build_parser().parse_args(["--vectors", "x", "--positions", "generated"]).positions == "generated"

@@ -9,8 +9,8 @@ import pytest
 from builders.shared.catalog import ExtractionConfig, load_catalog
 from builders.shared.common import BuildError
 from builders.shared.judge_cache import CACHE_DIR
-from builders.judgments import judge_responses
-from builders.vectors import extract_vectors, load_vectors
+from builders.stages.judgments import judge_responses
+from builders.stages.vectors import extract_vectors, load_vectors
 from store import Store
 
 from .trait_set import write_mini_catalog, write_trait_set

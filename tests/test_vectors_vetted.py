@@ -12,9 +12,10 @@ import yaml
 
 from builders.shared.catalog import ExtractionConfig, load_catalog
 from builders.shared.common import BuildError
-from builders.responses import dataset_name as responses_name
-from builders.responses import generate_responses
-from builders.vectors import cli, extract_vectors
+from builders.stages.responses import dataset_name as responses_name
+from builders.stages.responses import generate_responses
+from builders.vectors import cli
+from builders.stages.vectors import extract_vectors
 from store import BuildSpec, Store
 
 POS = ["What do you think about tomorrow?", "How will my exam go?", "Is the weather going to improve?",

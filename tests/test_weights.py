@@ -16,7 +16,7 @@ import yaml
 from safetensors.torch import load_file
 
 from builders.shared.catalog import load_catalog
-from builders.weights import analyze_weights
+from builders.stages.weights import analyze_weights
 from store import BuildSpec, Store
 from transforms.diffing import LoraAdapter, cosine_by_layer, parse_param
 from transforms.diffing import token_ok

@@ -225,13 +225,13 @@ def coherence_scorer(store: Store, catalog: Catalog, experiment: str, variant: s
                      quiet: bool = True) -> tuple[Any, Any]:
     """``(scorer, calibration manifest or None)``. The perplexity judge needs its
     calibration (built here when missing); LLM judges' calibration is looked up only."""
-    from builders.calibration import calibration_for
+    from builders.stages.calibration import calibration_for
 
     if choice.coherence in LLM_JUDGES:  # its calibration gates steering but is no input of its scores
         scorer = _llm_scorer(store, choice.coherence, choice.model, "coherence", None, choice.openai_mode)
         return scorer, calibration_for(store, catalog, experiment, variant, choice, build=False, quiet=quiet)
     manifest = calibration_for(store, catalog, experiment, variant, choice, build=True, quiet=quiet)
-    from builders.calibration import perplexity_scorer
+    from builders.stages.calibration import perplexity_scorer
 
     return perplexity_scorer(store, catalog, experiment, variant, choice, manifest), manifest
 

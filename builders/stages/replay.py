@@ -21,8 +21,8 @@ from store import Manifest, Store
 
 from builders.shared.catalog import Catalog
 from builders.shared.common import BuildError
-from builders.responses import dataset_name as responses_name
-from builders.responses import format_row, generate_responses, model_identity
+from builders.stages.responses import dataset_name as responses_name
+from builders.stages.responses import format_row, generate_responses, model_identity
 from builders.shared.variants import variant_model
 
 log = logging.getLogger(__name__)

@@ -28,8 +28,8 @@ from store.kvcache import KeyedCache
 from builders.shared.catalog import Catalog
 from builders.shared.common import BuildError, progress
 from builders.shared.judges import JudgeChoice, coherence_scorer, prompt_meta, require_calibrated, score_items, trait_scorer
-from builders.prompts import ensure_prompt_set
-from builders.responses import format_row, model_identity
+from builders.stages.prompts import ensure_prompt_set
+from builders.stages.responses import format_row, model_identity
 from builders.shared.variants import check_runs, variant_model
 
 log = logging.getLogger(__name__)

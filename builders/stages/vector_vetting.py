@@ -15,7 +15,7 @@ from typing import Any
 from store import Manifest, Store, StoreError
 
 from builders.shared.common import BuildError
-from builders.judgments import dataset_name as judgments_name
+from builders.stages.judgments import dataset_name as judgments_name
 
 log = logging.getLogger(__name__)
 
