@@ -23,6 +23,7 @@ import argparse
 import math
 from typing import Any, Sequence
 
+from builders.shared import names
 from store import Store
 
 
@@ -80,8 +81,8 @@ def calibration_lines(store: Store) -> list[str]:
 
 
 def steering_finding(store: Store, exp: str, variant: str, short: str, method: str, floor: float) -> dict[str, Any]:
-    base = f"steering-{exp}-{variant}-{short}-{method}"
-    search, grid = _rows(store, f"{base}-adaptive"), _rows(store, f"{base}-grid")
+    search = _rows(store, names.steering(exp, variant, short, method, "adaptive"))
+    grid = _rows(store, names.steering(exp, variant, short, method, "grid"))
     best = _best(search + [r for r in grid if r["mode"] != "baseline"], floor)
     out: dict[str, Any] = {"baseline_trait": None if best is None else best["baseline_trait"], "best": best}
     ladder = sorted((r for r in grid if r["mode"] == "grid"), key=lambda r: r["perturbation_ratio"])
@@ -103,7 +104,7 @@ def projection_finding(store: Store, exp: str, variant: str, trait_set: str, vec
         return {}
     val = {r["sample_id"] for r in store.read_table(store.latest(vectors), "split").to_dicts() if r["split"] == "val"}
     per_sample: dict[str, list[float]] = {}
-    for r in _rows(store, f"projections-{exp}-{variant}-{trait_set}"):
+    for r in _rows(store, names.projections(exp, variant, trait_set)):
         if r["layer"] == layer and r["vector"].endswith(f":{method}") and r["is_response"] and r["sample"] in val:
             per_sample.setdefault(r["sample"], []).append(r["score"])
     pos = [_mean(v) for s, v in per_sample.items() if s.startswith("pos-")]
@@ -124,7 +125,7 @@ def _judged(store: Store, ref: str | None) -> dict[str, float]:
 def behaviour_finding(store: Store, exp: str, a: str, b: str, prompt_set: str) -> dict[str, Any]:
     """Paired per question, on the judgments the comparison of ``a`` and ``b`` recorded as parents
     (so both sides were scored by the same judges)."""
-    name = f"compare-{exp}-{a}-{b}-{prompt_set}"
+    name = names.compare(exp, a, b, prompt_set)
     parents = store.latest(name).parents if name in store.datasets() else {}
     score = {v: _judged(store, parents.get(f"judgments_{v}")) for v in (a, b)}
     shared = sorted(set(score[a]) & set(score[b]))
@@ -135,7 +136,7 @@ def behaviour_finding(store: Store, exp: str, a: str, b: str, prompt_set: str) -
 
 def shift_finding(store: Store, exp: str, a: str, b: str, prompt_set: str, vectors_ref_prefix: str,
                   n_layers: int, plant: int = 1) -> dict[str, Any]:
-    rows = [r for r in _rows(store, f"compare-{exp}-{a}-{b}-{prompt_set}") if r["vectors"].startswith(vectors_ref_prefix)]
+    rows = [r for r in _rows(store, names.compare(exp, a, b, prompt_set)) if r["vectors"].startswith(vectors_ref_prefix)]
     mid = [r for r in rows if 0.3 * n_layers <= r["layer"] <= 0.7 * n_layers]
     return {"layers": len(rows), "mid_layers": len(mid), "mid_planted": sum(plant * r["shift"] > 0 for r in mid),
             "mid_shift": _mean([r["shift"] for r in mid]), "mid_d_paired": _mean([r["d_paired"] for r in mid]),
@@ -143,9 +144,9 @@ def shift_finding(store: Store, exp: str, a: str, b: str, prompt_set: str, vecto
 
 
 def weight_finding(store: Store, exp: str, a: str, b: str) -> dict[str, Any]:
-    rows = _rows(store, f"weights-{exp}-{a}-{b}", "alignment")
+    rows = _rows(store, names.weights(exp, a, b), "alignment")
     above = [r for r in rows if abs(r["cosine"]) > r["random_abs_cos_p95"]]
-    manifest = store.latest(f"weights-{exp}-{a}-{b}") if rows else None
+    manifest = store.latest(names.weights(exp, a, b)) if rows else None
     top = ([r for r in store.read_table(manifest, "directions_alignment").to_dicts() if r["index"] == 0]
            if manifest is not None and "directions_alignment" in manifest.tables else [])
     singular = {m: {"layers": len(rs), "above_p95": sum(abs(r["cosine"]) > r["random_abs_cos_p95"] for r in rs),
@@ -166,8 +167,9 @@ def finding_report(store: Store, experiment: str = "demo", trait_set: str = "opt
                    n_layers: int = 30, plant: int = 1) -> str:
     """The finding as text, every number read from published versions. ``plant``: the
     direction the organism was trained in along the trait (+1 the trait, -1 its opposite)."""
-    short = f"{application}-{trait_set}-response__-residual"
-    vectors = f"vectors-{experiment}-{short}"
+    # the demo's headline vectors: response tokens (slug ``response__``), residual stream
+    short = names.vectors_short(application, trait_set, "response__", "residual")
+    vectors = names.vectors(experiment, application, trait_set, "response__", "residual")
     s = steering_finding(store, experiment, application, short, method, floor)
     best = s["best"]
     layer = None if best is None else best["layer"]

@@ -7,6 +7,7 @@ import dataclasses
 import logging
 from typing import TYPE_CHECKING
 
+from builders.shared import names
 from store import Manifest, Store
 
 if TYPE_CHECKING:
@@ -43,7 +44,7 @@ def ancestor(store: Store, manifest: Manifest, name: str) -> Manifest | None:
 def prompts_of(store: Store, projections: Manifest) -> Manifest | None:
     """The prompt set version the projections' tokens came from (its lineage); for a
     projections version without lineage, the latest version of its prompt set, if any."""
-    name = f"prompts-{projections.params.get('prompt_set')}"
+    name = names.prompts(str(projections.params.get("prompt_set")))
     found = ancestor(store, projections, name)
     if found is None and name in store.datasets():
         found = store.latest(name)
@@ -58,8 +59,9 @@ def judgments_of(store: Store, projections: Manifest) -> Manifest | None:
     p = projections.params
     if p.get("live"):
         return None
-    name = f"judgments-{p.get('experiment')}-{p.get('variant')}-{p.get('prompt_set')}"
-    responses = ancestor(store, projections, f"responses-{p.get('experiment')}-{p.get('variant')}-{p.get('prompt_set')}")
+    of = (str(p.get("experiment")), str(p.get("variant")), str(p.get("prompt_set")))
+    name = names.judgments(*of)
+    responses = ancestor(store, projections, names.responses(*of))
     if responses is None or name not in store.datasets():
         return None
     latest = store.latest(name)

@@ -21,6 +21,7 @@ import math
 import re
 from typing import TYPE_CHECKING, Any, Sequence
 
+from builders.shared import names
 from builders.shared.figures import png_bytes
 from store import BuildResult, BuildSpec, Store
 
@@ -32,7 +33,7 @@ log = logging.getLogger(__name__)
 
 BUILDER = "analyses.model_diff"
 CODE_VERSION = "2"  # 2: r and p from scipy.stats.pearsonr (were DuckDB corr + a hand-written t test; p equal to 1e-9)
-DATASET = "analysis-model-diff"
+DATASET = names.analysis("model-diff")
 
 
 def transfer_sql(floor: float) -> str:

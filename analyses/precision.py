@@ -31,6 +31,7 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Sequence
 
+from builders.shared import names
 from store import BuildResult, BuildSpec, Manifest, Store
 
 if TYPE_CHECKING:
@@ -53,10 +54,6 @@ class SteeringPlan:
     questions: str | None = None  # None: the trait set's steering questions
     subset: int = 0
     positions: str = "response"
-
-
-def dataset_name(experiment: str, trait: str, replay_from: str | None = None) -> str:
-    return f"analysis-precision-{experiment}-{trait}" + (f"-replay_{replay_from}" if replay_from else "")
 
 
 def precision_label(catalog: Catalog, experiment: str, variant: str) -> str:
@@ -134,7 +131,7 @@ def compare_precisions(
     from builders.shared.judges import JudgeChoice
 
     exp = catalog.experiment(experiment)
-    names = check_variants(catalog, exp.name, reference, variants)
+    ordered = check_variants(catalog, exp.name, reference, variants)
     if replay_from is not None and replay_from != reference:
         raise BuildError(f"--replay-from {replay_from}: replay the reference's responses ({reference})")
     methods = list(dict.fromkeys(methods))
@@ -148,18 +145,18 @@ def compare_precisions(
     # the demo's objective judges for optimism; coherence under the reference's model for all
     judges = judges or JudgeChoice(trait="sentiment", coherence="perplexity",
                                    reference=catalog.variant(exp.name, reference).model.name)
-    labels = {v: precision_label(catalog, exp.name, v) for v in names}
+    labels = {v: precision_label(catalog, exp.name, v) for v in ordered}
     generation = {"max_new_tokens": max_new_tokens}
     built = {v: build_inputs(store, catalog, exp.name, v, prompt_set, position, methods, plan, judges, generation,
-                             quiet, replay_from) for v in names}
+                             quiet, replay_from) for v in ordered}
     tables = comparison_tables(store, reference, labels, built, methods, plan.method)
-    params = {"experiment": exp.name, "reference": reference, "variants": names[1:], "precisions": labels,
+    params = {"experiment": exp.name, "reference": reference, "variants": ordered[1:], "precisions": labels,
               "prompt_set": prompt_set, "position": position, "methods": methods, "trait": trait,
               "steering": {"layers": plan.layers, "coefficients": list(plan.coefficients), "method": plan.method,
                            "questions": plan.questions, "subset": plan.subset, "positions": plan.positions},
               "judges": judges.as_dict(), "max_new_tokens": max_new_tokens, "replay_from": replay_from}
     parents = {f"{kind}-{v}": m.ref for v, pair in built.items() for kind, m in zip(("vectors", "steering"), pair)}
-    spec = BuildSpec(name=dataset_name(exp.name, trait, replay_from), kind="analysis", builder=BUILDER,
+    spec = BuildSpec(name=names.precision_analysis(exp.name, trait, replay_from), kind="analysis", builder=BUILDER,
                      code_version=CODE_VERSION, params=params, parents=parents, identity={})
     text = report_text(tables, reference, labels, plan, exp.name, prompt_set, replay_from)
 

@@ -27,6 +27,8 @@ def cosine_rows(variant: str, precision: str, method: str, layers: Sequence[int]
     """Per layer: ``cosine`` with the reference's vector and ``norm_ratio`` = ‖v‖ / ‖v_ref‖."""
     import numpy as np
 
+    from transforms.stats import cosine
+
     a = np.asarray(vectors_LD, dtype=np.float64)
     b = np.asarray(reference_LD, dtype=np.float64)
     if a.shape != b.shape:
@@ -34,9 +36,9 @@ def cosine_rows(variant: str, precision: str, method: str, layers: Sequence[int]
     rows = []
     for i, layer in enumerate(layers):
         na, nb = float(np.linalg.norm(a[i])), float(np.linalg.norm(b[i]))
-        cosine = float(a[i] @ b[i] / (na * nb)) if na > 0 and nb > 0 else None
+        cos = float(cosine(a[i], b[i])) if na > 0 and nb > 0 else None  # a zero vector has no direction
         rows.append({"variant": variant, "precision": precision, "method": method, "layer": int(layer),
-                     "cosine": None if cosine is None else max(-1.0, min(1.0, cosine)),
+                     "cosine": None if cos is None else max(-1.0, min(1.0, cos)),
                      "norm": na, "reference_norm": nb, "norm_ratio": na / nb if nb > 0 else None})
     return rows
 

@@ -23,11 +23,11 @@ import logging
 import re
 from typing import TYPE_CHECKING, Any, Sequence
 
-import numpy as np
-
+from builders.shared import names
 from store import BuildResult, BuildSpec, Store
 
 if TYPE_CHECKING:
+    import numpy as np
     import polars as pl
 
 log = logging.getLogger(__name__)
@@ -108,6 +108,8 @@ def cohens_d_bootstrap(a: np.ndarray, b: np.ndarray, n_boot: int = 2000, ci: flo
     group resampled on its own, ``default_rng(seed)``); ``lo``/``hi`` are nan where BCa is
     undefined (a resample or leave-one-out group without spread, e.g. groups of 2). Until
     code version 3 this was a percentile interval over the finite draws only."""
+    import numpy as np
+
     from transforms.stats import bootstrap_ci, cohens_d, cohens_d_axis
 
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
@@ -153,7 +155,7 @@ def analyze(store: Store, projections: str, *, token_range: tuple[int, int] = (0
               "judgments": judgments_of(store, manifest)}
     inputs = {k: m for k, m in inputs.items() if m is not None}
     if "prompts" not in inputs:
-        raise ValueError(f"{manifest.ref}: no version of prompts-{manifest.params.get('prompt_set')} in its lineage "
+        raise ValueError(f"{manifest.ref}: no version of {names.prompts(str(manifest.params.get('prompt_set')))} in its lineage "
                          f"or the store")
     con = pinned_connection(store, inputs)
     tables: dict[str, Any] = {}
@@ -171,7 +173,7 @@ def analyze(store: Store, projections: str, *, token_range: tuple[int, int] = (0
     params = {"projections": manifest.ref, "range": list(token_range), "group_by": group_by,
               "groups": list(groups) if groups else None, "metric": metric, "decompose": decompose,
               "max_lag": max_lag, "bootstrap": n_boot, "seed": seed}
-    spec = BuildSpec(name=f"analysis-{manifest.name}", kind="analysis", builder=BUILDER, code_version=CODE_VERSION,
+    spec = BuildSpec(name=names.analysis(manifest.name), kind="analysis", builder=BUILDER, code_version=CODE_VERSION,
                      params=params, parents={k: m.ref for k, m in inputs.items()}, identity={})
 
     def produce(writer: Any) -> None:

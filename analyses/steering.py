@@ -26,6 +26,7 @@ import logging
 import re
 from typing import TYPE_CHECKING, Any, Sequence
 
+from builders.shared import names
 from builders.shared.figures import png_bytes
 from store import BuildResult, BuildSpec, Store
 
@@ -37,7 +38,7 @@ log = logging.getLogger(__name__)
 
 BUILDER = "analyses.steering"
 CODE_VERSION = "1"
-DATASET = "analysis-steering"
+DATASET = names.analysis("steering")
 
 _SINGLE = """
 SELECT *, direction * delta AS gain FROM steering

@@ -18,6 +18,7 @@ import logging
 from pathlib import Path
 from typing import Any, Sequence
 
+from builders.shared import names
 from store import BuildResult, BuildSpec, Manifest, Store
 
 from .lineage import prompts_of
@@ -115,7 +116,7 @@ def build_viewer(store: Store, projections: str, force: bool = False) -> BuildRe
     steering = steering_runs(store)
     parents = {"projections": manifest.ref, **({"prompts": prompts.ref} if prompts else {}),
                **{m.name: m.ref for m in steering}}
-    spec = BuildSpec(name=f"viewer-{manifest.name}", kind="viewer", builder=BUILDER, code_version=CODE_VERSION,
+    spec = BuildSpec(name=names.viewer(manifest.name), kind="viewer", builder=BUILDER, code_version=CODE_VERSION,
                      params={"template": hashlib.sha256(TEMPLATE.read_bytes()).hexdigest()[:16]},
                      parents=parents, identity={})
 

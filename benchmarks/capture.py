@@ -4,7 +4,7 @@
 
 Same real responses (>= --tokens generated tokens each), same batches, three ways:
 - bare:     the decoder trunk's forward pass over the batches, nothing captured;
-- ours:     transforms.capture.activations hooks, every layer, mean pooled, written to a Zarr array
+- ours:     transforms.capture hooks (capture_pooled), every layer, mean pooled, written to a Zarr array
             in a temporary store (what builders.activations does);
 - baseline: persona-vectors style: batch size 1, ``output_hidden_states=True`` on the
             full model, every layer stacked, pooled, results saved with ``torch.save``.
@@ -45,13 +45,13 @@ def real_sequences(loaded, n_prompts: int, min_tokens: int) -> list[dict]:
 def bare_forward(model, sequences, batch_size: int) -> None:
     import torch
 
-    from transforms.capture.activations import _batches, _pad, _plan, run_forward
+    from transforms.capture import pad_batch, plan_spans, run_forward, sorted_batches
     from transforms.sequences import parse_position
 
-    items, _ = _plan(sequences, parse_position("all[:]"), allow_empty=False)
+    items, _ = plan_spans(sequences, parse_position("all[:]"), allow_empty=False)
     with torch.inference_mode():
-        for batch in _batches(items, batch_size):
-            ids, mask = _pad(batch)
+        for batch in sorted_batches(items, batch_size):
+            ids, mask = pad_batch(batch)
             run_forward(model, ids, mask)
 
 

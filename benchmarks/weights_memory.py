@@ -7,7 +7,7 @@ o_proj / down_proj of every third layer perturbed. Each run is a fresh child pro
 figure is peak RSS (``ru_maxrss``) minus the RSS after imports, against the size of one
 checkpoint:
 
-- streamed:  ``builders.weights.weight_tables`` (diff norms of every parameter, per-layer
+- streamed:  ``builders.stages.weights.weight_tables`` (diff norms of every parameter, per-layer
              residual directions, logit lens) reading one tensor at a time;
 - naive:     ``safetensors.torch.load_file`` of both checkpoints, then the same norms.
 
@@ -39,8 +39,9 @@ def rss_kb():
 base_kb = rss_kb()
 a, b, mode = {a!r}, {b!r}, {mode!r}
 if mode == "streamed":
-    rows, layers, lens, _ = weight_tables(None, TensorReader(a), TensorReader(b), a, [], "mean_diff", 20, True)
-    n = len(rows)
+    from pathlib import Path
+    tables = weight_tables(None, TensorReader(a), TensorReader(b), Path(a), [], "mean_diff", 20, True)
+    n = len(tables["data"])
 else:
     sa = safetensors.torch.load_file(a + "/model.safetensors")
     sb = safetensors.torch.load_file(b + "/model.safetensors")

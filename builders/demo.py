@@ -26,7 +26,7 @@ def main(args: argparse.Namespace) -> int:
 
     store, catalog = open_store_and_catalog(args)
     started = time.time()
-    stages = build_stages(store, catalog, args)
+    stages = build_stages(store, catalog, args.experiment, force=args.force, quiet=args.quiet)
     print_summary(store, stages, started)
     analysis, tables = analyze(store, *FLOORS, force=args.force)
     print_tables({"best_layers": tables["best_layers"]}, *FLOORS)

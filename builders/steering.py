@@ -28,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--coefficients", help="explicit grid, e.g. 3,3.5,4,4.5 (implies --mode grid)")
     parser.add_argument("--positions", default="response", choices=POSITIONS,
                         help="response (default): last prompt token + generated tokens; generated: generated "
-                             "tokens only; prompt; all (see transforms.steering.steer)")
+                             "tokens only; prompt; all (see transforms.steering.apply)")
     parser.add_argument("--steps", type=int, default=8, help="adaptive search steps")
     parser.add_argument("--threshold", type=float, default=70.0, help="coherence threshold of the search")
     parser.add_argument("--start-scale", type=float, default=0.7, help="start at scale·‖h‖/‖v‖")

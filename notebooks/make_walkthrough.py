@@ -23,7 +23,7 @@ print(store)
 for name, variant in demo.variants.items():
     print(f"{name:>9}: {variant.model.id}")
 print("prompt sets:", ", ".join(demo.prompt_sets))"""),
-    ("code", """from builders.activations import capture_activations
+    ("code", """from builders.stages.activations import capture_activations
 from builders.stages.responses import generate_responses
 
 if not any(name.startswith("activations-demo-instruct-general") for name in store.datasets()):

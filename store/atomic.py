@@ -1,11 +1,15 @@
 """The one way a file inside the store is replaced whole: readers see the old bytes or the
-new ones, never half a file.
+new ones, never half a file; and the one way a finished local folder is moved into place.
 
 Local disk: written to a temporary name beside the target (``.<name>.<nonce>.tmp``, so a
 killed writer leaves a dot-file that readers skip), then ``os.replace``; ``exclusive``
 uses ``os.link``, which refuses an existing target. Object stores: one PUT, which is
 atomic (a rename there would be copy + delete); ``exclusive`` is a conditional create
 (S3 ``If-None-Match: *``).
+
+A folder (a version being published, a verified download) is filled under a temporary
+name and moved with :func:`move_folder`: one ``os.rename``, which refuses a target folder
+that holds anything, so of two movers exactly one wins.
 """
 from __future__ import annotations
 
@@ -60,3 +64,13 @@ def write_atomic(location: Location, path: str, data: Payload, exclusive: bool =
     finally:
         if os.path.lexists(tmp):
             os.unlink(tmp)
+
+
+def move_folder(source: str, target: str) -> bool:
+    """Rename the local folder ``source`` to ``target`` in one step; False (``source`` left
+    as it is) when ``target`` already exists with files in it, or cannot be replaced."""
+    try:
+        os.rename(source, target)
+    except OSError:
+        return False
+    return True

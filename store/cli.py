@@ -5,13 +5,15 @@ import argparse
 import json
 import logging
 import sys
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 from .core import Store, StoreError
 from .errors import storage_errors, storage_message
 
 if TYPE_CHECKING:
     import polars as pl
+
+    from .lineage import Node
 
 
 def print_frame(frame: "pl.DataFrame", max_rows: int = 50) -> None:
@@ -50,12 +52,18 @@ def _emit(text: str, output: str | None) -> None:
 def cmd_ls(store: Store, args: argparse.Namespace) -> None:
     import polars as pl
 
+    from .published import Published
+
+    published = Published(store, use_index=not args.no_index)
     rows = []
-    for name in store.datasets():
-        versions = store.versions(name)
-        latest = store.latest(name)
-        rows.append({"dataset": name, "kind": latest.kind, "versions": len(versions),
-                     "latest": latest.version, "rows": latest.rows, "created_at": latest.created_at})
+    for name in published.names():
+        versions, latest_id = published.dataset(name)
+        if latest_id is None:  # its versions are gone since the index was written
+            continue
+        latest = versions[latest_id]
+        rows.append({"dataset": name, "kind": latest["kind"], "versions": len(versions),
+                     "latest": latest_id, "rows": latest["rows"], "created_at": latest["created_at"]})
+    published.save_repairs()
     if not rows:
         print(f"no datasets in {store.location.url}")
         return
@@ -89,24 +97,28 @@ def cmd_show(store: Store, args: argparse.Namespace) -> None:
 
 
 def cmd_lineage(store: Store, args: argparse.Namespace) -> None:
-    manifest = store.resolve(args.ref)
-    print(manifest.ref)
+    from .lineage import Lineage
+
+    lineage = Lineage(store, use_index=not args.no_index)
+    node = lineage.resolve(args.ref)
+    print(node.ref)
     print("upstream (what it was built from):")
-    _walk(store, manifest, store.parents, depth=1, seen=set())
+    _walk(node, lineage.parents, depth=1, seen=set())
     print("downstream (what was built from it):")
-    _walk(store, manifest, store.children, depth=1, seen=set())
+    _walk(node, lineage.children, depth=1, seen=set())
+    lineage.save_repairs()
 
 
-def _walk(store: Store, manifest, step, depth: int, seen: set[str]) -> None:
-    nodes = step(manifest)
+def _walk(node: "Node", step: "Callable[[Node], list[Node]]", depth: int, seen: set[str]) -> None:
+    nodes = step(node)
     if not nodes and depth == 1:
         print("  (none)")
-    for node in nodes:
-        marker = " (seen above)" if node.ref in seen else ""
-        print(f"{'  ' * depth}{node.ref}  [{node.kind}]{marker}")
+    for child in nodes:
+        marker = " (seen above)" if child.ref in seen else ""
+        print(f"{'  ' * depth}{child.ref}  [{child.kind}]{marker}")
         if not marker:
-            seen.add(node.ref)
-            _walk(store, node, step, depth + 1, seen)
+            seen.add(child.ref)
+            _walk(child, step, depth + 1, seen)
 
 
 def cmd_sql(store: Store, args: argparse.Namespace) -> None:
@@ -174,21 +186,23 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--store", help="store root: a folder or fsspec URL (default $TRAITSTORE_ROOT or ./artifacts)")
     sub = parser.add_subparsers(dest="command", required=True)
     fmt = {"choices": ["table", "parquet", "csv", "json"], "default": "table"}
+    no_index = {"action": "store_true", "help": "read every manifest instead of the catalog index (slow; for comparisons)"}
     p = sub.add_parser("ls", help="datasets and their latest versions")
     p.add_argument("--format", **fmt)
     p.add_argument("--output")
+    p.add_argument("--no-index", **no_index)
     p = sub.add_parser("show", help="a version's manifest")
     p.add_argument("ref", help="name, or name@<version id or unique prefix>")
     p.add_argument("--format", choices=["text", "json"], default="text")
     p = sub.add_parser("lineage", help="what a version was built from and what was built from it")
     p.add_argument("ref")
+    p.add_argument("--no-index", **no_index)
     p = sub.add_parser("sql", help="a DuckDB query over the latest versions (views per dataset, per kind, "
                                    "\"<dataset>@<version>\" pinned, and `catalog`)")
     p.add_argument("query")
     p.add_argument("--format", **fmt)
     p.add_argument("--output", help="file to write (needed for parquet)")
-    p.add_argument("--no-index", action="store_true",
-                   help="read every manifest instead of the catalog index (slow; for comparisons)")
+    p.add_argument("--no-index", **no_index)
     sub.add_parser("reindex", help="rebuild the catalog index (<root>/_index) from every manifest")
     p = sub.add_parser("gc", help="remove leftovers of killed builds (safe while builders run)")
     p.add_argument("--min-idle", type=_seconds, default=600.0, metavar="SECONDS",

@@ -14,14 +14,14 @@ import logging
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
-from .atomic import write_atomic
+from .atomic import move_folder, write_atomic
 from .errors import StoreError
 from .fs import Location, resolve_location
 from .hashing import content_hash_of
 from .leftovers import TMP_PREFIX, is_leftover, tmp_name
 from .manifest import MANIFEST, Manifest, package_versions
 from .publishing import CLAIM_PREFIX, Publishing
-from .spec import NAME_RE, BuildResult, BuildSpec
+from .spec import NAME_RE, BuildResult, BuildSpec, match_version
 from .writer import VersionWriter, open_zarr_store
 
 if TYPE_CHECKING:
@@ -96,12 +96,13 @@ class Store(Publishing):
             base = entry["name"].rstrip("/").rsplit("/", 1)[-1]
             if entry["type"] != "directory" or base.startswith("."):
                 continue
-            manifest = self._read_manifest(name, base)
+            manifest = self.read_manifest(name, base)
             if manifest is not None:
                 found.append(manifest)
         return sorted(found, key=lambda m: (m.created_at, m.version))
 
-    def _read_manifest(self, name: str, version: str) -> Manifest | None:
+    def read_manifest(self, name: str, version: str) -> Manifest | None:
+        """``name@version``'s manifest; None when that version is not published."""
         path = self.location.join(name, version, MANIFEST)
         self._fresh(path)
         try:
@@ -111,7 +112,7 @@ class Store(Publishing):
             return None
 
     def has_version(self, name: str, version: str) -> bool:
-        return self._read_manifest(name, version) is not None
+        return self.read_manifest(name, version) is not None
 
     def latest(self, name: str) -> Manifest:
         """The version most recently built or confirmed up to date by a builder."""
@@ -119,7 +120,7 @@ class Store(Publishing):
         self._fresh(pointer)
         try:
             with self.fs.open(pointer, "r", encoding="utf-8") as handle:
-                manifest = self._read_manifest(name, handle.read().strip())
+                manifest = self.read_manifest(name, handle.read().strip())
             if manifest is not None:
                 return manifest
         except FileNotFoundError:
@@ -136,13 +137,8 @@ class Store(Publishing):
             raise StoreError(f"bad dataset reference {ref!r}: expected name or name@version")
         if not prefix:
             return self.latest(name)
-        matches = [m for m in self.versions(name) if m.version.startswith(prefix)]
-        if not matches:
-            raise StoreError(f"no version of {name!r} matches {prefix!r} in {self.location.url}")
-        if len(matches) > 1:
-            ids = ", ".join(m.version for m in matches)
-            raise StoreError(f"version prefix {prefix!r} of {name!r} is ambiguous: {ids}")
-        return matches[0]
+        versions = {m.version: m for m in self.versions(name)}
+        return versions[match_version(name, prefix, versions, self.location.url)]
 
     def path(self, manifest: Manifest, relpath: str = "") -> str:
         return self.location.join(manifest.name, manifest.version, relpath)
@@ -213,10 +209,7 @@ class Store(Publishing):
                 if hashlib.sha256(data).hexdigest() != info["sha256"]:
                     raise StoreError(f"{manifest.ref}: {rel} does not match its manifest sha256")
                 local.write_bytes(data)
-            try:
-                os.rename(work, target)
-            except OSError:  # another process downloaded it meanwhile
-                pass
+            move_folder(str(work), str(target))  # False: another process downloaded it meanwhile
         finally:
             shutil.rmtree(work, ignore_errors=True)
         return target
@@ -238,12 +231,14 @@ class Store(Publishing):
         found = []
         for ref in manifest.parents.values():
             name, _, version = ref.partition("@")
-            parent = self._read_manifest(name, version)
+            parent = self.read_manifest(name, version)
             if parent is not None:
                 found.append(parent)
         return found
 
     def children(self, manifest: Manifest) -> list[Manifest]:
+        """Every version built from ``manifest``: reads every manifest (``python -m store
+        lineage`` uses the catalog index instead, :mod:`store.lineage`)."""
         return [m for m in self.all_manifests() if manifest.ref in m.parents.values()]
 
     # ---- publishing ----------------------------------------------------------------
@@ -273,7 +268,7 @@ class Store(Publishing):
             self.location.require_writable()
             self._writable = True
         version = spec.version
-        existing = self._read_manifest(spec.name, version)
+        existing = self.read_manifest(spec.name, version)
         if existing is not None and not force:
             self._set_latest(spec.name, version)
             log.info("%s is up to date", existing.ref)
@@ -288,7 +283,7 @@ class Store(Publishing):
             self._remove(tmp)
             # a concurrent builder of the same version may have finished first and cleared
             # the scratch area this one was reading: its version is the one asked for
-            winner = self._read_manifest(spec.name, version) if isinstance(err, Exception) and not force else None
+            winner = self.read_manifest(spec.name, version) if isinstance(err, Exception) and not force else None
             if winner is None:
                 raise
             self._set_latest(spec.name, version)
@@ -306,7 +301,7 @@ class Store(Publishing):
         if not published:
             # a concurrent publisher of the same version won: same id, same inputs; reuse it
             self._remove(tmp)
-            winner = self._read_manifest(spec.name, version)
+            winner = self.read_manifest(spec.name, version)
             assert winner is not None
             self._set_latest(spec.name, version)
             log.info("%s was published concurrently; reusing it", winner.ref)

@@ -64,8 +64,6 @@ def content_hash_of(files: dict[str, dict[str, Any]]) -> str:
 
 
 def sha256_stream(handle: BinaryIO) -> str:
-    """sha256 of everything left in an open binary file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    for block in iter(lambda: handle.read(1 << 20), b""):
-        digest.update(block)
-    return digest.hexdigest()
+    """sha256 of a binary file just opened (local, fsspec or in-memory), via
+    ``hashlib.file_digest``: an in-memory file is hashed whole, whatever its position."""
+    return hashlib.file_digest(handle, "sha256").hexdigest()

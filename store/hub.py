@@ -201,7 +201,7 @@ def _with_parents(store: Store, manifests: list[Manifest]) -> list[Manifest]:
         seen.add(m.ref)
         for ref in m.parents.values():
             name, _, version = ref.partition("@")
-            parent = store._read_manifest(name, version) if NAME_RE.match(name) and version else None
+            parent = store.read_manifest(name, version) if NAME_RE.match(name) and version else None
             if parent is None:
                 log.warning("parent %s of %s is not in %s; not pushed", ref, m.ref, store.location.url)
             else:
@@ -367,7 +367,7 @@ def pull(store: Store, repo: str, *, refs: Sequence[str] | None = None, path_in_
         selected = _select(state, repo_id, refs, path_in_repo, with_parents)
         todo = []
         for m in selected:
-            here = store._read_manifest(m.name, m.version)
+            here = store.read_manifest(m.name, m.version)
             if here is not None and here.content_hash != m.content_hash:
                 raise HubError(f"{m.ref} already exists in {store.location.url} with different content; "
                                "nothing installed")

@@ -30,7 +30,7 @@ def import_version(store: "Publishing", manifest: Manifest, source_dir: str, man
     """
     if not NAME_RE.match(manifest.name) or not NAME_RE.match(manifest.version):
         raise StoreError(f"bad version reference {manifest.ref!r} in an imported manifest")
-    existing = store._read_manifest(manifest.name, manifest.version)
+    existing = store.read_manifest(manifest.name, manifest.version)
     if existing is not None:
         if existing.content_hash != manifest.content_hash:
             raise StoreError(f"{manifest.ref} already exists in {store.location.url} with different content "
@@ -52,7 +52,7 @@ def import_version(store: "Publishing", manifest: Manifest, source_dir: str, man
     text = manifest_text if manifest_text is not None else manifest.to_json()
     if not store._publish(tmp, manifest, text, replace=False):
         store._remove(tmp)
-        winner = store._read_manifest(manifest.name, manifest.version)
+        winner = store.read_manifest(manifest.name, manifest.version)
         assert winner is not None
         if winner.content_hash != manifest.content_hash:
             raise StoreError(f"{manifest.ref} was published concurrently with different content")

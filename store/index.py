@@ -19,8 +19,9 @@ the previous one are deleted. A reader lists the log, then the snapshots, reads 
 snapshot and the listed log entries, and starts over if a file vanished meanwhile.
 
 The index is a cache of the manifests, never the truth: readers check it against a
-listing of the root and of each dataset a query names (:mod:`store.catalog`), read the
-manifests it lacks and fold them in; ``python -m store reindex`` rebuilds it from scratch.
+listing of the root and of each dataset a query names (:mod:`store.published`), read the
+manifests it lacks and fold them in (SQL, ``python -m store ls`` and ``lineage``);
+``python -m store reindex`` rebuilds it from scratch.
 """
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""What is published, for readers that must not read every manifest (SQL views).
+"""What is published, for readers that must not read every manifest (SQL views,
+``python -m store ls`` and ``lineage``).
 
 The catalog index (:mod:`store.index`) says which versions exist and what they hold; it is
 checked, cheaply, against the storage itself: one listing of the root (datasets the index
@@ -13,9 +14,9 @@ from __future__ import annotations
 import logging
 
 from .core import LATEST, Store
-from .errors import storage_errors
+from .errors import StoreError, storage_errors
 from .index import CatalogIndex, Entries, Entry, entry_of
-from .spec import NAME_RE
+from .spec import NAME_RE, match_version
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,7 @@ class Published:
             if base in known:
                 versions[base] = known[base]
                 continue
-            manifest = store._read_manifest(name, base)  # not indexed (or a build still running)
+            manifest = store.read_manifest(name, base)  # not indexed (or a build still running)
             if manifest is not None:
                 versions[base] = entry_of(manifest)
                 self.repaired.append(versions[base])
@@ -77,6 +78,18 @@ class Published:
         self.entries[name] = ordered
         self._checked[name] = (ordered, latest)
         return ordered, latest
+
+    def resolve(self, ref: str) -> Entry:
+        """The entry of ``name`` (its latest version) or ``name@<version id or unique prefix>``."""
+        name, _, prefix = ref.partition("@")
+        if not NAME_RE.match(name):
+            raise StoreError(f"bad dataset reference {ref!r}: expected name or name@version")
+        versions, latest = self.dataset(name)
+        if not prefix:
+            if latest is None:
+                raise StoreError(f"no published version of dataset {name!r} in {self.store.location.url}")
+            return versions[latest]
+        return versions[match_version(name, prefix, versions, self.store.location.url)]
 
     def save_repairs(self) -> None:
         """Fold what was read from manifests into the index (best effort: a read-only store

@@ -1,7 +1,8 @@
 """Moving a finished version folder into place so that readers never see half of it.
 
 Local disk: the folder is moved with one atomic ``os.rename`` that refuses an existing
-folder, and the manifest is written via temp file + rename.
+folder (:func:`store.atomic.move_folder`), and the manifest is written via temp file +
+rename (:func:`store.atomic.write_atomic`).
 
 Object stores (S3, ``memory://`` ...) have no atomic rename. There a publisher first
 creates the claim object ``<dataset>/.claim-<version>`` with a conditional create (S3
@@ -21,7 +22,7 @@ import time
 import uuid
 from typing import Any
 
-from .atomic import write_atomic
+from .atomic import move_folder, write_atomic
 from .errors import StoreError, storage_errors
 from .index import CatalogIndex
 from .manifest import MANIFEST, Manifest
@@ -33,7 +34,7 @@ CLAIM_PREFIX = ".claim-"  # object stores: ``<dataset>/.claim-<version>``
 
 class Publishing:
     """The publishing half of :class:`store.core.Store` (which provides ``location``,
-    ``fs``, ``_fresh``, ``_remove`` and ``_read_manifest``)."""
+    ``fs``, ``_fresh``, ``_remove`` and ``read_manifest``)."""
 
     #: object stores: a claim not refreshed for this long, without a manifest, is taken over
     claim_stale_after: float = 120.0
@@ -71,16 +72,12 @@ class Publishing:
         if replace:  # a forced rebuild: hide the old version (manifest first), then replace it
             self.fs.rm(f"{final}/{MANIFEST}")
             self._remove(final)
-        import os
-
         for _ in range(3):
-            try:
-                os.rename(tmp, final)
+            if move_folder(tmp, final):
                 return True
-            except OSError:
-                if self._wait_for_manifest(final):
-                    return False
-                self._remove(final)
+            if self._wait_for_manifest(final):
+                return False
+            self._remove(final)
         raise StoreError(f"could not publish {final}: another process keeps replacing it")
 
     def _wait_for_manifest(self, final: str, timeout: float = 10.0) -> bool:
@@ -131,7 +128,7 @@ class Publishing:
                             outcome = False
             finally:
                 if self._claim_token(claim) == token:
-                    if not outcome and self._read_manifest(name, version) is None:
+                    if not outcome and self.read_manifest(name, version) is None:
                         self._remove(final)  # our copies: nobody else writes here while we hold the claim
                     self._remove(claim)  # released: a later publisher claims, then sees the manifest
                 self._fresh(self.location.join(name))
@@ -173,11 +170,11 @@ class Publishing:
             else:
                 if self._claim_token(claim) != token:  # a server ignoring If-None-Match: the last writer wins
                     continue
-                if self._read_manifest(name, version) is not None:  # published, claim released
+                if self.read_manifest(name, version) is not None:  # published, claim released
                     self._remove(claim)
                     return False
                 return True
-            if self._read_manifest(name, version) is not None:
+            if self.read_manifest(name, version) is not None:
                 return False
             held = self._read_claim(claim)
             if held is None:  # released meanwhile: try again

@@ -5,12 +5,24 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterable
 
+from .errors import StoreError
 from .hashing import version_id
 from .manifest import Manifest
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+
+
+def match_version(name: str, prefix: str, versions: Iterable[str], where: str) -> str:
+    """The one id in ``versions`` (of dataset ``name`` in store ``where``) starting with
+    ``prefix``; a :class:`StoreError` when none or several do."""
+    matches = [v for v in versions if v.startswith(prefix)]
+    if not matches:
+        raise StoreError(f"no version of {name!r} matches {prefix!r} in {where}")
+    if len(matches) > 1:
+        raise StoreError(f"version prefix {prefix!r} of {name!r} is ambiguous: {', '.join(matches)}")
+    return matches[0]
 
 
 @dataclass(frozen=True)

@@ -125,14 +125,7 @@ def _define_pinned(con: "duckdb.DuckDBPyConnection", store: Store, published: Pu
     table = table or "data"
     if not NAME_RE.match(name) or not prefix:
         raise StoreError(f"bad pinned table {view!r}: expected <dataset>@<version>[__<table>]")
-    versions, _ = published.dataset(name)
-    matches = [e for v, e in versions.items() if v.startswith(prefix)]
-    if not matches:
-        raise StoreError(f"no version of {name!r} matches {prefix!r} in {store.location.url}")
-    if len(matches) > 1:
-        raise StoreError(f"version prefix {prefix!r} of {name!r} is ambiguous: "
-                         + ", ".join(e["version"] for e in matches))
-    entry = matches[0]
+    entry = published.resolve(f"{name}@{prefix}")
     if table not in entry["tables"]:
         have = ", ".join(entry["tables"]) or "none"
         raise StoreError(f"{name}@{entry['version']} has no table {table!r} (tables: {have})")

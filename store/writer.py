@@ -173,10 +173,15 @@ class VersionWriter:
 
 def write_parquet(fs: Any, path: str, table: "pa.Table") -> None:
     """The one way a Parquet shard is written (same settings, same bytes, in any process)."""
+    with fs.open(path, "wb") as handle:
+        write_parquet_to(handle, table)
+
+
+def write_parquet_to(handle: Any, table: "pa.Table") -> None:
+    """:func:`write_parquet` into an open binary handle (e.g. a :func:`~store.atomic.write_atomic` callback)."""
     import pyarrow.parquet as pq
 
-    with fs.open(path, "wb") as handle:
-        pq.write_table(table, handle, compression="zstd")
+    pq.write_table(table, handle, compression="zstd")
 
 
 def create_zarr_array(store: Any, shape: tuple[int, ...], chunks: tuple[int, ...], dimension_names: tuple[str, ...],

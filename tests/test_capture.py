@@ -173,7 +173,7 @@ def test_hooks_removed_after_exception_and_early_stop():
     before = _hook_counts(model)
     with pytest.raises(RuntimeError, match="boom"):
         with hook_components(model, [0, 2], "attn_out", stop_after_last=True):
-            assert sum(_hook_counts(model)) == sum(before) + 2
+            assert sum(_hook_counts(model)) == sum(before) + 3  # two readers and the stop after layer 2
             raise RuntimeError("boom")
     assert _hook_counts(model) == before
     with pytest.raises(ValueError, match="valid layers are 0-2"):

@@ -2,7 +2,6 @@
 (``builders.responses`` etc. with defaults) reuse the demo's versions instead of rebuilding."""
 from __future__ import annotations
 
-import argparse
 import ast
 from pathlib import Path
 
@@ -16,7 +15,7 @@ GENERATION_KEYS = {"generation", "max_new_tokens", "min_new_tokens", "temperatur
 def test_demo_has_no_generation_options_of_its_own():
     options = {a.dest for a in demo.build_parser()._actions}
     assert not options & GENERATION_KEYS, options & GENERATION_KEYS
-    stages = demo_stage.Stages(None, None, argparse.Namespace(experiment="demo", force=False, quiet=True))
+    stages = demo_stage.Stages(None, None, "demo", force=False, quiet=True)
     assert set(stages.common) == {"force", "quiet"}
 
 

@@ -27,7 +27,7 @@ def test_file_digest_equals_the_block_loop(tmp_path, size):
 
 
 def test_packaged_gguf_digest_is_the_recorded_one():
-    spec = pm._packaged("pkg:smollm2-135m-instruct")
+    spec = pm.packaged_model("pkg:smollm2-135m-instruct")
     try:
         gguf = pm._source_files(spec)[0]
     except pm.ModelLoadError as err:

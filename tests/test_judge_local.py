@@ -257,12 +257,12 @@ SHARED_PROMPTS = ["rate the answer hello world . score is good", "rate the answe
 def test_tiny_shared_prefix_equals_separate_prompts(family):
     """The batch's shared prefix computed once gives what each prompt gives on its own
     (gemma3, window 4: sharing is off for sliding-window models, results must still agree)."""
-    from transforms.judge.local import _common_prefix, tree_logprobs
+    from transforms.judge.local import common_prefix, tree_logprobs
     from transforms.judge import number_probs
 
     judge = LocalJudge(tiny_loaded(family), 3, prefill="", byte_digits=True)
     ids = judge.encode(SHARED_PROMPTS)
-    assert _common_prefix(ids) >= 5
+    assert common_prefix(ids) >= 5
     with torch.inference_mode():
         shared = number_probs(judge.tree, *tree_logprobs(judge.loaded.model, judge.tree, ids, 0, min_shared=2)).numpy()
         alone = np.concatenate([number_probs(judge.tree, *tree_logprobs(judge.loaded.model, judge.tree, [p], 0)).numpy()
@@ -275,14 +275,14 @@ def test_tiny_shared_prefix_equals_separate_prompts(family):
 def test_smollm2_shared_template_prefix_equals_brute_force(smollm2):
     """Real judge prompts: a template's instructions are shared by the batch."""
     from transforms.judge import load_templates
-    from transforms.judge.local import _common_prefix
+    from transforms.judge.local import common_prefix
 
     template = load_templates()["coherence"]
     prompts = [template.render(question="Is the sky green?", answer=a)
                for a in ("No, it is blue.", "sky sky sky the the", "Yes, definitely, a lovely green every day.")]
     judge = LocalJudge(smollm2, batch_size=3)
     ids = judge.encode(prompts)
-    assert _common_prefix(ids) > 60
+    assert common_prefix(ids) > 60
     got = judge.number_probs(prompts)
     expected = brute_force_single_digit(smollm2.model, smollm2.tokenizer, ids[1])  # a shorter row: padded
     np.testing.assert_allclose(got[1], expected, atol=1e-4, rtol=0)

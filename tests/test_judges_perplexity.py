@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from builders.stages.calibration import calibrate, dataset_name, load_calibration_set
+from builders.shared import names
+from builders.stages.calibration import calibrate, load_calibration_set
 from builders.shared.catalog import load_catalog
 from builders.shared.common import BuildError
 from builders.shared.judges import JudgeChoice, require_calibrated
@@ -147,4 +148,4 @@ def test_calibration_set_with_one_label_is_refused(tmp_path):
     store = tmp_path / "store"
     assert cli(["--store", str(store), "--judge", "sentiment", "--calibration-dir", str(folder)]) == 2
     assert not store.exists() or Store(str(store)).datasets() == []
-    assert dataset_name("perplexity", "demo-instruct") == "judge-calibration-perplexity-demo-instruct"
+    assert names.calibration("perplexity", "demo-instruct") == "judge-calibration-perplexity-demo-instruct"

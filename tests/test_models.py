@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from transforms.models.cache import _publish_atomically
+from transforms.models.cache import publish_atomically
 from transforms.models import (PACKAGED_MODELS, SOURCE_RECORD, LoadedModel, ModelLoadError, ModelRef, PackagedModel, load_model, local_revision, model_fingerprint, models_cache_root, ref_kind, resolve_checkpoint, tokenizer_fingerprint, vocabulary_fingerprint)
 
 log = logging.getLogger(__name__)
@@ -286,17 +286,13 @@ def test_fast_tokenizer_load_is_identical_to_autotokenizer(name, tmp_path, reque
     """The memoized tokenizer load gives what AutoTokenizer.from_pretrained gives."""
     from transformers import AutoTokenizer
 
-    from transforms.models.fast_tokenizer import (
-        TOKENIZER_MEMO,
-        _difference,
-        load_checkpoint_tokenizer,
-        write_tokenizer_memo,
-    )
+    from transforms.models.fast_tokenizer import TOKENIZER_MEMO, _difference, load_checkpoint_tokenizer
 
     lm = request.getfixturevalue("smollm2" if name.startswith("smollm2") else "gemma3")
     ckpt = _copy_tokenizer_files(Path(lm.checkpoint), tmp_path / name)
     reference = AutoTokenizer.from_pretrained(str(ckpt), local_files_only=True)
-    assert write_tokenizer_memo(ckpt, reference)
+    first = load_checkpoint_tokenizer(ckpt)  # no memo yet: the ordinary load, which writes it
+    assert _difference(first, reference) is None
     memo = json.loads((ckpt / TOKENIZER_MEMO).read_text(encoding="utf-8"))
     assert memo["fast"] is True
     # Gemma's class rebuilds its backend from vocab and merges: the memo carries them
@@ -370,7 +366,7 @@ def test_publish_failure_leaves_nothing(tmp_path):
         raise KeyboardInterrupt  # like a kill in the middle of a conversion
 
     with pytest.raises(KeyboardInterrupt):
-        _publish_atomically(final, build, _valid)
+        publish_atomically(final, build, _valid)
     assert not final.exists()
     assert not list(final.parent.glob(".tmp-*"))
 
@@ -379,10 +375,10 @@ def test_publish_failure_leaves_nothing(tmp_path):
     other = final.parent / ".tmp-model-2@building"  # another model's build: not ours to delete
     stale.mkdir()
     other.mkdir()
-    assert _publish_atomically(final, lambda out: (out / "done.txt").write_text("ok"), _valid)
+    assert publish_atomically(final, lambda out: (out / "done.txt").write_text("ok"), _valid)
     assert _valid(final) and not stale.exists() and other.exists()
     # already valid: nothing is built
-    assert not _publish_atomically(final, lambda out: pytest.fail("rebuilt"), _valid)
+    assert not publish_atomically(final, lambda out: pytest.fail("rebuilt"), _valid)
 
 
 def test_publish_concurrent_builds_once(tmp_path):
@@ -398,7 +394,7 @@ def test_publish_concurrent_builds_once(tmp_path):
 
     def worker() -> None:
         try:
-            results.append(_publish_atomically(final, build, _valid))
+            results.append(publish_atomically(final, build, _valid))
         except BaseException as exc:  # pragma: no cover - reported below
             errors.append(exc)
 
@@ -416,9 +412,26 @@ def test_publish_replaces_stale_checkpoint(tmp_path):
     final = tmp_path / "model"
     final.mkdir()
     (final / "old.txt").write_text("stale")
-    assert _publish_atomically(final, lambda out: (out / "done.txt").write_text("new"), _valid)
+    assert publish_atomically(final, lambda out: (out / "done.txt").write_text("new"), _valid)
     assert _valid(final) and not (final / "old.txt").exists()
     assert not list(tmp_path.glob(".tmp-*"))
+
+
+def test_atomic_write_of_a_file(tmp_path):
+    """The package's one temp-then-rename (memos, assembled GGUFs): all or nothing."""
+    from transforms.models.cache import atomic_write
+
+    final = tmp_path / "memo.json"
+    final.write_text("old")
+    with pytest.raises(RuntimeError), atomic_write(final) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("killed")
+    assert final.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["memo.json"]
+    with atomic_write(final) as tmp:
+        assert tmp.parent == tmp_path and tmp.name.startswith(".tmp-memo.json@")
+        tmp.write_text("new")
+    assert final.read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == ["memo.json"]
+    assert final.stat().st_mode & 0o777 == 0o644  # a cache others read
 
 
 def test_stale_pkg_checkpoint_is_detected(tmp_path):

@@ -1,4 +1,4 @@
-"""Tests for transforms/prompts/sets.py: formats, stable ids, pairing, one-line errors."""
+"""Tests for transforms/prompts (sets, rows, traits, inference): formats, stable ids, pairing, one-line errors."""
 
 from __future__ import annotations
 
@@ -140,7 +140,7 @@ def test_example_instruction_trait(examples: Path) -> None:
 
 
 def test_example_natural_trait(examples: Path, caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.INFO, logger="transforms.prompts.sets"):
+    with caplog.at_level(logging.INFO, logger="transforms.prompts"):
         ps = load_prompt_set(examples / "traits" / "pv_natural" / "sycophancy")
     check_schema(ps)
     assert (ps.style, len(ps.select("pos")), len(ps.select("neg"))) == ("natural", 150, 150)
@@ -440,13 +440,13 @@ def test_unknown_top_level_keys_warn_naming_them_and_the_file(tmp_path: Path,
                                                              caplog: pytest.LogCaptureFixture) -> None:
     path = write(tmp_path / "odd.json", json.dumps({"name": "x", "persona": "evil", "version": 2,
                                                     "prompts": ["Hi?"]}))
-    with caplog.at_level(logging.WARNING, logger="transforms.prompts.sets"):
+    with caplog.at_level(logging.WARNING, logger="transforms.prompts"):
         ps = parse_inference_set(path)
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "odd.json" in warnings[0] and "'persona'" in warnings[0] and "'version'" in warnings[0]
     assert ps.meta == {"name": "x", "persona": "evil", "version": 2}  # kept, not dropped
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="transforms.prompts.sets"):
+    with caplog.at_level(logging.WARNING, logger="transforms.prompts"):
         load_prompt_set(PERSONA_FIXTURE)
     assert not [r for r in caplog.records if r.levelno == logging.WARNING]
 

@@ -91,7 +91,7 @@ def _spec(name: str) -> BuildSpec:
     return BuildSpec(name=name, kind="test", builder="tests", code_version="1", params={}, parents={}, identity={})
 
 
-def _fake_units(store: Store, scratch: str, arrays) -> list[dict]:
+def _fake_units(store: Store, scratch: str, arrays) -> tuple[list, np.ndarray, np.ndarray]:
     import pyarrow as pa
 
     from builders.shared.units import UnitOutput, plan_units
@@ -201,7 +201,7 @@ def test_finished_units_are_not_redone(tmp_path):
     started.save_npy("edges/x.npy", np.zeros(3))
     again = _CountingJob(store, scratch)
     metas = run_units(Executor(threads=1), again, store.location, scratch, units, quiet=True)
-    assert again.ran == [0, 1, 3] and [m["unit"] for m in metas] == [0, 1, 2, 3]
+    assert again.ran == [0, 1, 3] and [m.unit for m in metas] == [0, 1, 2, 3]
 
 
 def test_ray_actor_pool_runs_each_unit_once_reuses_workers_and_reraises(ray_cluster):

@@ -76,7 +76,7 @@ def _sql_json(root: str, query: str, capsys) -> list[dict]:
 def both(tmp_path_factory, s3_endpoint):
     import uuid
 
-    from builders import activations
+    from builders.stages import activations
 
     local = str(tmp_path_factory.mktemp("local-store"))
     s3 = f"s3://traitstore-test/pipeline-{uuid.uuid4().hex[:8]}"

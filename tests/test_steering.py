@@ -1,7 +1,7 @@
 """Steering hooks (add / ablate, rows, pads, hook hygiene), batched sweeps, search; which
 positions an edit touches is in ``tests/test_steering_positions.py``.
 
-References are independent of ``transforms.steering.steer``: plain inline hooks that add to a
+References are independent of ``transforms.steering``: plain inline hooks that add to a
 block's output at explicitly listed positions, run without a cache over the full sequence.
 """
 

@@ -124,7 +124,7 @@ def test_interrupted_run_keeps_generations_and_skips_them(mini, adaptive, monkey
     monkeypatch.undo()
     assert len(judged) == 2
     calls = []
-    import transforms.steering.steer as steering_mod
+    import transforms.steering as steering_mod
 
     original = steering_mod.generate_steered
     monkeypatch.setattr(steering_mod, "generate_steered", lambda *a, **k: calls.append(1) or original(*a, **k))
@@ -224,7 +224,7 @@ def test_uncalibrated_coherence_judge_is_refused_before_any_generation(mini, mon
 
     store, catalog, _, vectors = mini
     before = {m.ref for m in store.all_manifests()}
-    import transforms.steering.steer as steering_mod
+    import transforms.steering as steering_mod
 
     monkeypatch.setattr(steering_mod, "generate_steered", lambda *a, **k: pytest.fail("generated"))
     with pytest.raises(BuildError, match="coherence judge 'local' has no published calibration"):

@@ -3,7 +3,7 @@ state produces the first response token, plus every generated position), ``gener
 (generated positions only), ``prompt`` and ``all``; under KV-cache decoding, left padding
 and the shared prefill of sweeps, on tiny models and on SmolLM2 / Gemma 3.
 
-References are independent of ``transforms.steering.steer``: plain hooks adding at explicitly
+References are independent of ``transforms.steering``: plain hooks adding at explicitly
 listed positions, uncached, one prompt at a time where it matters.
 """
 
@@ -119,7 +119,7 @@ def test_short_prompt_in_padded_batch_equals_alone(family, positions):
 def test_shared_prefill_is_used_and_exact_for_response_and_generated(family, monkeypatch):
     """The shared prefill covers the first W-1 positions (unsteered under both names); the
     last prompt position runs inside the steered ``generate``. Shared = unshared = alone."""
-    import transforms.steering.steer as steering_mod
+    import transforms.steering.generate as steering_mod
     from transforms.sequences import GenerationConfig
 
     calls = []

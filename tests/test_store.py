@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from store import BuildSpec, Store, StoreError
-from store.hashing import canonical_json, version_id
+from store.hashing import canonical_json, sha256_stream, version_id
 from store.manifest import MANIFEST
 
 
@@ -40,6 +40,31 @@ def test_version_id_is_canonical_and_input_sensitive():
     assert a != version_id("b", "1", {"x": 1, "y": [1, 2]}, {"p": "d@2"})
     assert a != version_id("b", "1", {"x": 1, "y": [1, 2]}, {"p": "d@1"}, {"model_revision": "r"})
     assert canonical_json({"b": 1, "a": 2.0}) == '{"a":2,"b":1}'
+
+
+def _old_block_loop(handle) -> str:  # what sha256_stream was before hashlib.file_digest
+    import hashlib
+
+    digest = hashlib.sha256()
+    for block in iter(lambda: handle.read(1 << 20), b""):
+        digest.update(block)
+    return digest.hexdigest()
+
+
+@pytest.mark.parametrize("size", [0, 1, (1 << 20) - 1, 1 << 20, 3 * (1 << 20) + 17])
+def test_file_hashes_are_the_block_loop_ones(tmp_path, size):
+    import fsspec
+
+    data = np.random.default_rng(size).integers(0, 256, size, dtype=np.uint8).tobytes()
+    (tmp_path / "blob").write_bytes(data)
+    memory = fsspec.filesystem("memory")
+    in_memory = f"/hash-{uuid.uuid4().hex[:8]}"
+    memory.pipe_file(in_memory, data)
+    opens = [lambda: open(tmp_path / "blob", "rb"), lambda: fsspec.filesystem("file").open(str(tmp_path / "blob"), "rb"),
+             lambda: memory.open(in_memory, "rb")]
+    for opener in opens:  # a builtin file, an fsspec local file, an in-memory one (S3-like)
+        with opener() as a, opener() as b:
+            assert sha256_stream(a) == _old_block_loop(b)
 
 
 def test_publish_read_and_rebuild_is_noop(store):

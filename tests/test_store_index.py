@@ -204,6 +204,18 @@ def _imports(path: Path) -> set[str]:
     return found
 
 
+def test_move_folder_refuses_a_folder_with_files(tmp_path):
+    from store.atomic import move_folder
+
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "f").write_text(name)
+    assert not move_folder(str(tmp_path / "a"), str(tmp_path / "b"))
+    assert (tmp_path / "b" / "f").read_text() == "b" and (tmp_path / "a").is_dir()
+    assert move_folder(str(tmp_path / "a"), str(tmp_path / "c"))
+    assert (tmp_path / "c" / "f").read_text() == "a" and not (tmp_path / "a").exists()
+
+
 def test_store_has_no_import_circle_and_one_atomic_writer():
     graph = {p.stem: _imports(p) for p in (REPO / "store").glob("*.py")}
 
@@ -212,6 +224,66 @@ def test_store_has_no_import_circle_and_one_atomic_writer():
 
     circles = sorted(m for m in graph if reaches(m, m, set()))
     assert circles == [], f"import circle through {circles}"
+    # files go through write_atomic, folders through move_folder (os.rename was in core and publishing)
     renames = [p.name for p in (REPO / "store").glob("*.py") if p.name != "atomic.py"
-               and any(s in p.read_text() for s in ("fs.mv(", "os.replace(", ".tmp\""))]
+               and any(s in p.read_text() for s in ("fs.mv(", "os.replace(", "os.rename(", ".tmp\""))]
     assert renames == [], f"temp-then-rename outside store/atomic.py: {renames}"
+
+
+def _cli_out(capsys, root: Path, *argv: str) -> str:
+    from store.cli import main
+
+    assert main(["--store", str(root), *argv]) == 0
+    return capsys.readouterr().out
+
+
+def test_ls_and_lineage_reads_do_not_grow_with_versions(tmp_path):
+    """``ls`` and ``lineage`` read the index: per dataset one listing (and ``_latest``), no
+    manifest for ``ls``, only the walked version and its ancestors for ``lineage``. Before,
+    both read every manifest of every version, some twice (20 datasets, 2 versions each: ls
+    100 manifest reads, lineage 82; 20 versions each: 820 and 802)."""
+    bench = _bench()
+    counts = {}
+    for per in (2, 20):
+        root = tmp_path / f"p{per}"
+        names = bench.synthetic_store(root, datasets=20, per_dataset=per)
+        counts[per] = {"ls": bench.command_reads(root, "ls"),
+                       "lineage": bench.command_reads(root, "lineage", names[1]),
+                       "lineage_full": bench.command_reads(root, "lineage", names[1], use_index=False)}
+    assert counts[2]["ls"] == counts[20]["ls"] and counts[2]["lineage"] == counts[20]["lineage"], counts
+    assert counts[20]["ls"]["manifests"] == 0, counts
+    assert counts[20]["lineage"]["manifests"] == 2, counts  # names[1]'s latest and its parent
+    assert counts[20]["lineage_full"]["manifests"] > 20 * 20, counts  # --no-index: as before
+
+
+def test_ls_and_lineage_print_the_same_with_and_without_the_index(tmp_path, capsys):
+    bench = _bench()
+    root = tmp_path / "root"
+    names = bench.synthetic_store(root, datasets=12, per_dataset=3)
+    store = Store(str(root))
+    # a version the index lacks (published by older code, or pulled): found by listing
+    publish(store, names[11], "responses", 2, source=names[10])
+    shutil.rmtree(root / INDEX_DIR / "log")
+    prefix = bench.latest_of(names[0], 3)[:8]
+    for argv in (["ls"], ["lineage", names[0]], ["lineage", f"{names[0]}@{prefix}"], ["lineage", names[5]]):
+        with_index = _cli_out(capsys, root, *argv)
+        assert with_index == _cli_out(capsys, root, *argv, "--no-index"), argv
+    listing = _cli_out(capsys, root, "ls")
+    assert f"{names[11]}" in listing and listing.count("synthetic") == 12
+    downstream = _cli_out(capsys, root, "lineage", names[0]).split("downstream")[1]
+    assert downstream.count(names[1] + "@") == 3 and names[10] not in downstream
+    assert "(none)" in _cli_out(capsys, root, "lineage", names[5]).split("downstream")[1]
+
+
+def test_ls_and_lineage_rebuild_a_missing_index(tmp_path, capsys):
+    bench = _bench()
+    root = tmp_path / "root"
+    names = bench.synthetic_store(root, datasets=12, per_dataset=3)
+    before = _cli_out(capsys, root, "ls")
+    shutil.rmtree(root / INDEX_DIR)
+    assert bench.command_reads(root, "ls")["manifests"] == 36  # read once, folded back in
+    assert bench.command_reads(root, "ls")["manifests"] == 0
+    shutil.rmtree(root / INDEX_DIR)
+    assert bench.command_reads(root, "lineage", names[0])["manifests"] >= 36
+    assert bench.command_reads(root, "lineage", names[0])["manifests"] == 1
+    assert _cli_out(capsys, root, "ls") == before

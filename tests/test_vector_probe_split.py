@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from transforms.vectors import methods as vm
 from transforms.vectors import evaluate, extract, split_train_val
+from transforms.vectors.probe import PROBE_C, PROBE_C_GRID, row_normalize
 
 
 @pytest.fixture(autouse=True)
@@ -142,25 +142,25 @@ def test_probe_chooses_C_by_grouped_cross_validation():
     res = extract("probe", acts, labels, groups=groups)
     info = res.info[0]
     assert info["C_selection"] == "grouped_cv" and info["cv_folds"] >= 3
-    assert info["C"] in vm.PROBE_C_GRID
+    assert info["C"] in PROBE_C_GRID
     # grouped CV sees there is nothing to learn and regularises strongly (held-out log loss
     # of the weak penalties is worse than chance) ...
     assert info["C"] <= 0.1 and min(info["cv_log_loss"][3:]) > np.log(2)
     # ... where an ungrouped CV (rollouts of one prompt on both sides) is fooled into the
     # weakest penalty: the test would not tell the two apart otherwise.
-    x = vm.row_normalize(acts[:, 0] - acts[:, 0].mean(0))
+    x = row_normalize(acts[:, 0] - acts[:, 0].mean(0))
     losses = {}
-    for c in vm.PROBE_C_GRID:
+    for c in PROBE_C_GRID:
         folds = StratifiedKFold(5, shuffle=True, random_state=0).split(x, labels)
         losses[c] = np.mean([log_loss(labels[te], LogisticRegression(C=c, max_iter=5000).fit(x[tr], labels[tr])
                                       .predict_proba(x[te])[:, 1], labels=[0, 1]) for tr, te in folds])
-    assert min(losses, key=losses.get) == max(vm.PROBE_C_GRID)
+    assert min(losses, key=losses.get) == max(PROBE_C_GRID)
 
 
 def test_probe_with_too_few_groups_falls_back_to_the_fixed_C():
     acts, labels, groups = _noise_with_near_duplicate_rollouts(n_groups=4, rollouts=2)
     info = extract("probe", acts, labels, groups=groups).info[0]
-    assert info["C"] == vm.PROBE_C and info["C_selection"].startswith("fixed")
+    assert info["C"] == PROBE_C and info["C_selection"].startswith("fixed")
 
 
 def test_probe_with_fewer_samples_than_dims_equals_the_full_space_fit():
@@ -173,7 +173,7 @@ def test_probe_with_fewer_samples_than_dims_equals_the_full_space_fit():
     acts = (rng.standard_normal((30, 1, 200)) + 4.0).astype(np.float32)
     acts[labels == 1, 0, :3] += 1.0
     res = extract("probe", acts, labels, C=10.0)
-    x = vm.row_normalize(acts[:, 0] - (acts[labels == 1, 0].mean(0) + acts[labels == 0, 0].mean(0)) / 2)
+    x = row_normalize(acts[:, 0] - (acts[labels == 1, 0].mean(0) + acts[labels == 0, 0].mean(0)) / 2)
     coef = LogisticRegression(C=10.0, max_iter=5000, tol=1e-10).fit(x, labels).coef_[0]
     assert float(np.dot(res.vectors_LD[0], _unit(coef))) > 0.9999
     assert res.info[0]["coef_norm"] == pytest.approx(np.linalg.norm(coef), rel=1e-3)

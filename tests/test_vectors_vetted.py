@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from builders.shared import names
 from builders.shared.catalog import ExtractionConfig, load_catalog
 from builders.shared.common import BuildError
-from builders.stages.responses import dataset_name as responses_name
 from builders.stages.responses import generate_responses
 from builders.vectors import cli
 from builders.stages.vectors import extract_vectors
@@ -67,7 +67,7 @@ def test_split_keeps_rollouts_of_a_prompt_together_and_is_stratified(env):
         sides.setdefault(sid.rsplit(":", 1)[0], set()).add(side)
     assert all(len(s) == 1 for s in sides.values()), "rollouts of one prompt on both sides"
     polarity = {r["prompt_id"]: r["polarity"] for r in
-                store.read_table(store.resolve(responses_name("mini", "instruct", "opt"))).to_dicts()}
+                store.read_table(store.resolve(names.responses("mini", "instruct", "opt"))).to_dicts()}
     assert all(polarity[p] is not None for p in sides)
     val_prompts = [p for p, s in sides.items() if s == {"val"}]
     # round(0.34 * 6) = 2 whole prompts of each polarity
@@ -83,7 +83,7 @@ def test_split_keeps_rollouts_of_a_prompt_together_and_is_stratified(env):
 
 def _publish_judgments(store: Store, scores) -> str:
     """A judgments version of the latest responses with the given (trait, coherence) per row."""
-    responses = store.resolve(responses_name("mini", "instruct", "opt"))
+    responses = store.resolve(names.responses("mini", "instruct", "opt"))
     rows = store.read_table(responses).select("prompt_id", "pair_id", "polarity", "rollout").to_dicts()
     for row in rows:
         row["trait_score"], row["coherence"] = scores(row)
@@ -112,7 +112,7 @@ def test_vetted_keeps_only_responses_that_pass_and_records_the_judgments(env):
     config = ExtractionConfig("opt", "instruct", "prompt[-1]", ("mean_diff",))
     with pytest.raises(BuildError, match="judgments"):
         extract_vectors(store, catalog, config, val_fraction=0.34, vetted=True, quiet=True)
-    responses = store.resolve(responses_name("mini", "instruct", "opt"))
+    responses = store.resolve(names.responses("mini", "instruct", "opt"))
     rows = store.read_table(responses).to_dicts()
     first = {pol: min(r["prompt_id"] for r in rows if r["polarity"] == pol) for pol in ("pos", "neg")}
     judgments = _publish_judgments(store, _vetting_scores(first))

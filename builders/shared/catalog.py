@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from transforms.models import QuantizationSpec
 
 CATALOG_ENV = "TRAITSTORE_CATALOG"
-DEFAULT_CATALOG = Path(__file__).resolve().parents[1] / "catalog.yaml"
+DEFAULT_CATALOG = Path(__file__).resolve().parents[2] / "catalog.yaml"
 STAGES = ("responses", "activations", "judgments", "vectors", "steering")
 
 

@@ -164,9 +164,6 @@ def report(result: BuildResult) -> None:
     print(f"{state}: {m.ref} ({m.rows} rows)")
 
 
-_MODELS: dict[tuple[str, str | None, str, str, str | None, str | None], object] = {}
-
-
 def placement(device: str | None = None, dtype: str | None = None) -> tuple[str, str]:
     """``(device, dtype)`` resolved on this machine: the given settings, else this process's
     ``--device`` / ``--dtype``, else auto and the device's default dtype."""
@@ -179,40 +176,31 @@ def placement(device: str | None = None, dtype: str | None = None) -> tuple[str,
 def cached_model(model_id: str, revision: str | None = None, *, device: str | None = None,
                  dtype: str | None = None, device_map: str | None = None, quantization: Any = None) -> Any:
     """Load a model once per process (per device, dtype and quantization, a
-    :class:`transforms.quantization.QuantizationSpec` or None): the demo and tests build
-    several stages in a row (a cached Gemma 3 load spends ~5 s building its 262k-token
-    tokenizer). Settings left None follow :func:`placement`."""
-    from transforms.models import ModelRef, load_model
+    :class:`transforms.models.QuantizationSpec` or None), in the process's one model cache
+    (:data:`transforms.models.MODEL_CACHE`, two models at most): the demo and tests build
+    several stages in a row. Settings left None follow :func:`placement`."""
+    from transforms.models import MODEL_CACHE, ModelKey, ModelRef, load_model
 
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # the weights load in a second; our own bars say more
     where, precision = placement(device, dtype)
-    key = (model_id, revision, where, precision, device_map, None if quantization is None else quantization.label)
-    if key not in _MODELS:
-        if len(_MODELS) >= 2:  # two variants at most stay in memory
-            _MODELS.pop(next(iter(_MODELS)))
-        _MODELS[key] = load_model(ModelRef(model_id, revision), precision, device=where, device_map=device_map,
-                                  quantization=quantization)
-    return _MODELS[key]
+    key = ModelKey(model_id, revision, where, precision, device_map, None if quantization is None else quantization.label)
+    return MODEL_CACHE.get(key, lambda: load_model(ModelRef(model_id, revision), precision, device=where,
+                                                   device_map=device_map, quantization=quantization))
 
 
 def model_layer_count(model_id: str, revision: str | None = None) -> int:
-    """The number of decoder blocks from the checkpoint's config, without loading weights."""
+    """The number of decoder blocks from the checkpoint's config at ``revision``, without loading weights."""
     return model_config_dims(model_id, revision)[0]
 
 
 def model_config_dims(model_id: str, revision: str | None = None) -> tuple[int, int]:
-    """``(decoder blocks, d_model)`` from the checkpoint's config, without loading weights."""
-    from transformers import AutoConfig
+    """``(decoder blocks, d_model)`` from the checkpoint's config at ``revision``, without loading weights."""
+    from transforms.models import ModelRef, config_dims
 
-    from transforms.models import ModelRef, resolve_checkpoint
-
-    config = AutoConfig.from_pretrained(resolve_checkpoint(ModelRef(model_id, revision)))
-    text = config.get_text_config() if hasattr(config, "get_text_config") else config
-    n_layers = int(getattr(text, "num_hidden_layers", None) or getattr(text, "n_layer"))
-    d_model = int(getattr(text, "hidden_size", None) or getattr(text, "n_embd", None) or getattr(text, "d_model"))
-    return n_layers, d_model
+    dims = config_dims(ModelRef(model_id, revision))
+    return dims.n_layers, dims.d_model
 
 
 def progress(total: int, desc: str, quiet: bool):

@@ -6,7 +6,7 @@
 
 The executor never enters a version id: both run the same units through the same code
 (:mod:`builders.shared.units`), so the version id and every byte of the version are the same.
-A unit job is any picklable object with ``label`` and ``run_unit(unit) -> metadata``; it
+A unit job is any picklable object with ``label`` and ``run_unit(unit) -> UnitMeta``; it
 writes its outputs into the store's partial area itself (shared storage on a real cluster)
 and returns only small metadata to the driver.
 
@@ -28,12 +28,13 @@ from pathlib import Path
 from typing import Any, Callable, Protocol
 
 from builders.shared.common import BuildError
+from builders.shared.unit_meta import UnitMeta
 from builders.shared.units import Unit
 
 log = logging.getLogger(__name__)
 
 EXECUTORS = ("local", "ray")
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 WORKING_DIR_EXCLUDES = [".git", ".venv", "artifacts", "**/__pycache__", "notebooks", "benchmarks"]
 CONNECT_TIMEOUT = 5.0
 
@@ -41,7 +42,7 @@ CONNECT_TIMEOUT = 5.0
 class UnitJob(Protocol):
     label: str
 
-    def run_unit(self, unit: Unit) -> dict[str, Any]: ...
+    def run_unit(self, unit: Unit) -> UnitMeta: ...
 
 
 def set_threads(threads: int) -> None:
@@ -53,7 +54,7 @@ def set_threads(threads: int) -> None:
 
 
 class Executor:
-    """Runs units of a job; ``on_done(metadata)`` is called as each unit finishes."""
+    """Runs units of a job; ``on_done(meta)`` is called as each unit finishes."""
 
     kind = "local"
 
@@ -72,7 +73,7 @@ class Executor:
             self._threads = torch.get_num_threads()
         return self._threads
 
-    def map_units(self, job: UnitJob, units: list[Unit], on_done: Callable[[dict[str, Any]], None]) -> None:
+    def map_units(self, job: UnitJob, units: list[Unit], on_done: Callable[[UnitMeta], None]) -> None:
         for unit in units:
             on_done(job.run_unit(unit))
 
@@ -89,7 +90,7 @@ class Executor:
 class UnitWorker:
     """A Ray actor's body: runs units one at a time; models stay cached in the process."""
 
-    def run(self, job: UnitJob, unit: Unit) -> dict[str, Any]:
+    def run(self, job: UnitJob, unit: Unit) -> UnitMeta:
         return job.run_unit(unit)
 
     def pid(self) -> int:
@@ -144,7 +145,7 @@ class RayExecutor(Executor):
             self._actors.append(remote.remote())
         return self._actors[:n]
 
-    def map_units(self, job: UnitJob, units: list[Unit], on_done: Callable[[dict[str, Any]], None]) -> None:
+    def map_units(self, job: UnitJob, units: list[Unit], on_done: Callable[[UnitMeta], None]) -> None:
         import ray
         from ray.exceptions import RayTaskError
         from ray.util import ActorPool
@@ -228,7 +229,7 @@ def executor_from_args(args: argparse.Namespace) -> Executor:
 
 
 def run_units(executor: Executor | None, job: UnitJob, location: Any, scratch: str, units: list[Unit],
-              quiet: bool = False) -> list[dict[str, Any]]:
+              quiet: bool = False) -> list[UnitMeta]:
     """Run the units a previous run did not finish (a tqdm bar over units); return every
     unit's metadata in unit order."""
     from builders.shared.common import progress
@@ -253,9 +254,9 @@ def run_units(executor: Executor | None, job: UnitJob, location: Any, scratch: s
         reported[0] += samples
         bar.update(samples)
 
-    def done(meta: dict[str, Any]) -> None:
-        metas[meta["unit"]] = meta
-        bar.update(size[meta["unit"]] - reported[0])
+    def done(meta: UnitMeta) -> None:
+        metas[meta.unit] = meta
+        bar.update(size[meta.unit] - reported[0])
         reported[0] = 0
 
     try:
@@ -263,7 +264,7 @@ def run_units(executor: Executor | None, job: UnitJob, location: Any, scratch: s
             executor.map_units(job, pending, done)
     finally:
         bar.close()
-    pids = sorted({m.get("pid") for m in metas.values() if m["unit"] in {u.index for u in pending}})
+    pids = sorted({m.pid for m in metas.values() if m.unit in {u.index for u in pending}})
     log.info("%s: %d units (%d run now) on the %s executor, worker pids %s", job.label, len(units), len(pending),
              executor.kind, pids, extra={"unit_pids": pids, "units": len(units)})
     return [metas[u.index] for u in units]

@@ -3,7 +3,7 @@
 Scores live under ``<store root>/_cache/judge/`` (a :class:`store.kvcache.KeyedCache`),
 keyed by judge model, template hash, question and answer. The judge model's id carries
 the dtype it runs in when that is not float32 (``+dtype:bfloat16``, see
-:func:`builders.judges.judge_dtype`), so bf16 scores never answer for float32 ones. Each
+:func:`builders.shared.judges.judge_dtype`), so bf16 scores never answer for float32 ones. Each
 batch of finished scores is flushed at once: a judge that fails halfway keeps what it
 obtained.
 """

@@ -122,7 +122,7 @@ def llm_judge(backend: str, model: str | None, concurrency: int = 8, mode: str |
 
 
 def judge_dtype() -> str | None:
-    """The dtype judge models loaded through :func:`~builders.common.cached_model` run in
+    """The dtype judge models loaded through :func:`~builders.shared.common.cached_model` run in
     (``--dtype``, else the device's default), when it is not float32: it changes their
     scores, so it is part of their identity -- only then, so float32 ids and cache keys
     from before dtypes were settings stay valid."""

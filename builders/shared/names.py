@@ -45,14 +45,16 @@ def activations(experiment: str, variant: str, prompt_set: str, position_slug: s
     return name + ("-per_token" if per_token else "")
 
 
-def vectors_short(variant: str, prompt_set: str, position_slug: str, component: str, vetted: bool = False) -> str:
+def vectors_short(variant: str, prompt_set: str, position_slug: str, component: str, vetted: bool = False,
+                  replay_from: str | None = None) -> str:
     """The part of a vectors name after ``vectors-<experiment>-``: what the vectors are of."""
-    return f"{variant}-{prompt_set}-{position_slug}-{component}" + ("-vetted" if vetted else "")
+    return (f"{variant}-{prompt_set}-{position_slug}-{component}" + ("-vetted" if vetted else "")
+            + (f"-replay_{replay_from}" if replay_from else ""))
 
 
 def vectors(experiment: str, variant: str, prompt_set: str, position_slug: str, component: str,
-            vetted: bool = False) -> str:
-    return f"vectors-{experiment}-" + vectors_short(variant, prompt_set, position_slug, component, vetted)
+            vetted: bool = False, replay_from: str | None = None) -> str:
+    return f"vectors-{experiment}-" + vectors_short(variant, prompt_set, position_slug, component, vetted, replay_from)
 
 
 def short_vectors_name(experiment: str, vectors_name: str) -> str:

@@ -11,10 +11,12 @@ or a concurrent builder of the same version, never mix with it):
   published array encodes it, and the rows of chunks it shares with a neighbour ("edges")
   as ``.npy`` pieces (only ragged per-token arrays have edges: pooled arrays are chunked
   one unit deep along the sample axis);
-- ``done.json`` last: the unit's small metadata (row counts, edges, stats, worker pid,
-  its attempt folder). A unit with an attempt holding ``done.json`` is finished and never
-  redone, so a killed run resumes. Work a unit checkpoints within itself (the responses
-  builder's batch files) sits beside the attempts in ``unit-0000k/``, written by rename.
+- ``done.json`` last: the unit's small metadata (:class:`~builders.shared.unit_meta.UnitMeta`:
+  row counts, edges, stats, worker pid, its attempt folder). A unit with an attempt holding
+  ``done.json`` is finished and never redone, so a killed run resumes. Work a unit
+  checkpoints within itself (the responses builder's batch files) sits beside the attempts
+  in ``unit-0000k/``. Every file that must appear whole is written with
+  :func:`store.atomic.write_atomic`.
 
 :func:`finalize` runs on the driver inside ``Store.build``: it places the units' files into
 the version by hard link (local) or server-side copy (remote) without changing a byte,
@@ -24,7 +26,7 @@ do not depend on the executor, the number of workers or the completion order.
 """
 from __future__ import annotations
 
-import json
+import dataclasses
 import logging
 import os
 import socket
@@ -33,8 +35,11 @@ from dataclasses import dataclass, field
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Callable, Iterator, TypeVar
 
+from store.atomic import write_atomic
 from store.writer import (VersionWriter, create_zarr_array, open_zarr_store, shard_name, table_dir,
-                          write_parquet)
+                          write_parquet_to)
+
+from builders.shared.unit_meta import ArrayEntry, TableEntry, UnitMeta
 
 if TYPE_CHECKING:
     import numpy as np
@@ -134,12 +139,6 @@ def run_batched(scratch: str, what: str, batch_size: int, unit_size: int,
     return result, used
 
 
-def run_batch_sizes(metas: list[dict[str, Any]]) -> list[int]:
-    """The distinct batch sizes the units used, for the manifest summary (run info, like
-    the device; units finished before sizes were recorded have none)."""
-    return sorted({m["batch_size"] for m in metas if m.get("batch_size")})
-
-
 def plan_units(n_samples: int, unit_size: int, token_counts: list[int] | None = None) -> list[Unit]:
     """Contiguous units of ``unit_size`` samples (at least one unit, possibly empty);
     ``token_counts`` (per sample) gives each unit its rows of a per-token array."""
@@ -174,7 +173,7 @@ class UnitOutput:
         self.unit_folder = f"{scratch}/{unit.name}"
         attempt = f"{unit.name}/attempt-{uuid.uuid4().hex[:8]}"
         self.folder = f"{scratch}/{attempt}"
-        self.meta: dict[str, Any] = {"unit": unit.index, "folder": attempt, "tables": {}, "arrays": {}}
+        self.meta = UnitMeta(unit=unit.index, folder=attempt)
         if not location.fs.exists(f"{scratch}/{SCRATCH_MARKER}"):
             raise RuntimeError(f"{location.url}: this worker ({socket.gethostname()}) does not see the build's "
                                f"scratch folder {scratch}; workers need the store on shared storage (e.g. s3://)")
@@ -185,16 +184,14 @@ class UnitOutput:
         return f"{self.folder}/{relpath}"
 
     def unit_path(self, relpath: str) -> str:
-        """A checkpoint file shared by every attempt at this unit (write it by rename)."""
+        """A checkpoint file shared by every attempt at this unit (write it with ``write_atomic``)."""
         return f"{self.unit_folder}/{relpath}"
 
     def write_table(self, table: "pa.Table", name: str = "data") -> None:
         rel = self.unit.shard(name)
         self.location.fs.makedirs(self.path(rel).rsplit("/", 1)[0], exist_ok=True)
-        tmp = self.path(f"{rel}.{uuid.uuid4().hex[:8]}.tmp")
-        write_parquet(self.location.fs, tmp, table)
-        self.location.fs.mv(tmp, self.path(rel))
-        self.meta["tables"][name] = {"path": rel, "rows": table.num_rows}
+        write_atomic(self.location, self.path(rel), lambda handle: write_parquet_to(handle, table))
+        self.meta.tables[name] = TableEntry(rel, table.num_rows)
 
     def write_array(self, spec: ArraySpec, lo: int, data: "np.ndarray") -> None:
         """Write rows ``[lo, lo + len(data))`` of ``spec`` at once (see :meth:`array_rows`)."""
@@ -218,13 +215,12 @@ class UnitOutput:
         if self.location.fs.exists(self.folder):
             self.location.fs.rm(self.folder, recursive=True)
 
-    def finish(self, **stats: Any) -> dict[str, Any]:
-        """Record the unit as done (written last, by rename) and return its metadata."""
-        self.meta.update(stats, pid=os.getpid(), host=socket.gethostname())
-        tmp = self.path(f".{DONE}.{uuid.uuid4().hex[:8]}")
-        with self.location.fs.open(tmp, "w", encoding="utf-8") as handle:
-            handle.write(json.dumps(self.meta, sort_keys=True))
-        self.location.fs.mv(tmp, self.path(DONE))
+    def finish(self, device: str | None = None, batch_size: int | None = None, **stats: Any) -> UnitMeta:
+        """Record the unit as done (``done.json``, written last) and return its metadata:
+        ``device`` and ``batch_size`` it ran with, and the stage's own ``stats``."""
+        self.meta = dataclasses.replace(self.meta, pid=os.getpid(), host=socket.gethostname(), device=device,
+                                        batch_size=batch_size, stats=stats)
+        write_atomic(self.location, self.path(DONE), self.meta.to_json())
         return self.meta
 
 
@@ -263,9 +259,8 @@ class ArrayRows:
         for e_lo, e_hi, buffer in self.edges:
             rel = f"edges/{self.spec.name}-{e_lo}-{e_hi}.npy"
             self.output.save_npy(rel, buffer)
-            edges.append([e_lo, e_hi, rel])
-        self.output.meta["arrays"][self.spec.name] = {"rows": [self.lo, self.hi], "owned": [self.a, self.b],
-                                                      "edges": edges}
+            edges.append((e_lo, e_hi, rel))
+        self.output.meta.arrays[self.spec.name] = ArrayEntry((self.lo, self.hi), (self.a, self.b), tuple(edges))
 
 
 def mark_scratch(location: "Location", scratch: str) -> None:
@@ -276,7 +271,7 @@ def mark_scratch(location: "Location", scratch: str) -> None:
         handle.write(b"units of this build are written below this folder\n")
 
 
-def finished_units(location: "Location", scratch: str, units: list[Unit]) -> dict[int, dict[str, Any]]:
+def finished_units(location: "Location", scratch: str, units: list[Unit]) -> dict[int, UnitMeta]:
     """Metadata of the units a previous (killed) run finished (the first finished attempt)."""
     if not location.is_local:
         location.fs.invalidate_cache(scratch)
@@ -284,7 +279,7 @@ def finished_units(location: "Location", scratch: str, units: list[Unit]) -> dic
     for unit in units:
         for path in sorted(location.fs.glob(f"{scratch}/{unit.name}/attempt-*/{DONE}")):
             with location.fs.open(path, "r", encoding="utf-8") as handle:
-                done[unit.index] = json.loads(handle.read())
+                done[unit.index] = UnitMeta.from_json(handle.read())
             break
     return done
 
@@ -296,23 +291,23 @@ def load_npy(location: "Location", path: str) -> "np.ndarray":
         return np.load(handle, allow_pickle=False)
 
 
-def finalize(writer: VersionWriter, location: "Location", scratch: str, metas: list[dict[str, Any]],
+def finalize(writer: VersionWriter, location: "Location", scratch: str, metas: list[UnitMeta],
              arrays: list[ArraySpec]) -> None:
     """Assemble the units' outputs into ``writer``'s version. ``metas`` may come in any
     order; every unit of the plan must be there."""
     import pyarrow.parquet as pq
 
-    metas = sorted(metas, key=lambda m: m["unit"])
-    if [m["unit"] for m in metas] != list(range(len(metas))):
-        raise ValueError(f"finalize needs every unit once, got {[m['unit'] for m in metas]}")
-    folders = [f"{scratch}/{m['folder']}" for m in metas]
-    for table in sorted({t for m in metas for t in m["tables"]}):
+    metas = sorted(metas, key=lambda m: m.unit)
+    if [m.unit for m in metas] != list(range(len(metas))):
+        raise ValueError(f"finalize needs every unit once, got {[m.unit for m in metas]}")
+    folders = [f"{scratch}/{m.folder}" for m in metas]
+    for table in sorted({t for m in metas for t in m.tables}):
         shards, rows = [], 0
         for meta, folder in zip(metas, folders):
-            entry = meta["tables"][table]
-            writer.adopt(f"{folder}/{entry['path']}", entry["path"])
-            shards.append(entry["path"])
-            rows += entry["rows"]
+            entry = meta.tables[table]
+            writer.adopt(f"{folder}/{entry.path}", entry.path)
+            shards.append(entry.path)
+            rows += entry.rows
         with location.fs.open(f"{folders[0]}/{shards[0]}", "rb") as handle:
             schema = pq.read_schema(handle)
         writer.add_table_shards(shards, rows, {f.name: str(f.type) for f in schema}, table=table)
@@ -320,7 +315,7 @@ def finalize(writer: VersionWriter, location: "Location", scratch: str, metas: l
         _finalize_array(writer, location, spec, metas, folders)
 
 
-def _finalize_array(writer: VersionWriter, location: "Location", spec: ArraySpec, metas: list[dict[str, Any]],
+def _finalize_array(writer: VersionWriter, location: "Location", spec: ArraySpec, metas: list[UnitMeta],
                     folders: list[str]) -> None:
     import numpy as np
 
@@ -329,13 +324,13 @@ def _finalize_array(writer: VersionWriter, location: "Location", spec: ArraySpec
     fs = location.fs
     pieces = []
     for meta, folder in zip(metas, folders):
-        entry = meta["arrays"][spec.name]
+        entry = meta.arrays[spec.name]
         chunk_root = f"{folder}/arrays/{spec.name}.zarr/c"
-        if entry["owned"][0] < entry["owned"][1]:
+        if entry.owned[0] < entry.owned[1]:
             prefix = f"{folder}/arrays/{spec.name}.zarr/"
             for path in sorted(fs.find(chunk_root)):
                 writer.adopt(path, f"arrays/{spec.name}.zarr/{path[len(prefix):]}")
-        pieces.extend((lo, hi, f"{folder}/{rel}") for lo, hi, rel in entry["edges"])
+        pieces.extend((lo, hi, f"{folder}/{rel}") for lo, hi, rel in entry.edges)
     chunk, total = spec.chunks[0], spec.shape[0]
     by_chunk: dict[int, list[tuple[int, int, str]]] = {}
     for lo, hi, path in pieces:
@@ -372,11 +367,3 @@ def plain_type(schema: "pa.Schema", name: str, default: "pa.DataType | None" = N
     if pa.types.is_large_list(t) or pa.types.is_list_view(t) or pa.types.is_large_list_view(t):
         return pa.list_(t.value_type)
     return t
-
-
-def run_devices(metas: list[dict[str, Any]]) -> str | list[str] | None:
-    """The device the units ran on (a list when they differed), for the manifest summary:
-    run info, never part of a version id. Units finished before devices were recorded
-    have none."""
-    devices = sorted({m["device"] for m in metas if m.get("device")})
-    return devices[0] if len(devices) == 1 else (devices or None)

@@ -3,7 +3,8 @@
 ``adapter:`` in the catalog is a store reference to a :mod:`builders.finetune` version (its
 ``adapter/`` folder) or a local PEFT adapter folder. For generation and capture the adapter
 is merged into a copy of the base model (the cached base stays untouched); the weight
-analysis reads it unmerged (:class:`transforms.weight_diff.LoraAdapter`).
+analysis reads it unmerged (:class:`transforms.diffing.LoraAdapter`). Base and adapted
+models share the process's one model cache (:data:`transforms.models.MODEL_CACHE`).
 
 ``quantization:`` (:mod:`transforms.models.quantization`) loads the model quantized; with an
 adapter (torchao only, the catalog refuses bitsandbytes) the adapter is merged into the
@@ -14,16 +15,17 @@ from __future__ import annotations
 import hashlib
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from store import Store
 
 from builders.shared.catalog import Variant
 from builders.shared.common import BuildError, cached_model, placement
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from transforms.models import LoadedModel, ModelKey
 
-_ADAPTED: dict[tuple[str, str | None, str, str, str, str | None], Any] = {}
+log = logging.getLogger(__name__)
 
 
 def check_runs(variant: Variant) -> tuple[str, str]:
@@ -79,25 +81,30 @@ def variant_model(store: Store | None, variant: Variant) -> Any:
                         device_map=variant.device_map, quantization=spec if folder is None else None)
     if folder is None:
         return base
-    key = (variant.model.id, variant.model.revision, base.device, base.dtype, adapter_fingerprint(folder),
-           None if spec is None else spec.label)
-    if key not in _ADAPTED:
-        import copy
-        import dataclasses
-        import warnings
+    from transforms.models import MODEL_CACHE, ModelKey
 
-        from peft import PeftModel
+    key = ModelKey(variant.model.id, variant.model.revision, base.device, base.dtype, variant.device_map,
+                   None if spec is None else spec.label, adapter=adapter_fingerprint(folder))
+    return MODEL_CACHE.get(key, lambda: _merged(variant, base, folder, key))
 
-        with warnings.catch_warnings():  # transformers deprecation noise from inside peft
-            warnings.simplefilter("ignore", FutureWarning)
-            model = PeftModel.from_pretrained(copy.deepcopy(base.model), str(folder)).merge_and_unload().eval()
-        if spec is not None:
-            from transforms.models import quantize
 
-            quantize(model, spec)
-        if len(_ADAPTED) >= 2:
-            _ADAPTED.pop(next(iter(_ADAPTED)))
-        _ADAPTED[key] = dataclasses.replace(base, model=model, model_id=f"{base.model_id}+adapter:{key[4]}",
-                                            quantization=None if spec is None else spec.label)
-        log.info("variant %s: %s with adapter %s merged into a copy", variant.name, base.model_id, folder)
-    return _ADAPTED[key]
+def _merged(variant: Variant, base: LoadedModel, folder: Path, key: ModelKey) -> LoadedModel:
+    """A copy of ``base`` with the adapter in ``folder`` merged in (then quantized when the
+    variant says so), as a LoadedModel named after the adapter."""
+    import copy
+    import dataclasses
+    import warnings
+
+    from peft import PeftModel
+
+    spec = variant.quantization
+    with warnings.catch_warnings():  # transformers deprecation noise from inside peft
+        warnings.simplefilter("ignore", FutureWarning)
+        model = PeftModel.from_pretrained(copy.deepcopy(base.model), str(folder)).merge_and_unload().eval()
+    if spec is not None:
+        from transforms.models import quantize
+
+        quantize(model, spec)
+    log.info("variant %s: %s with adapter %s merged into a copy", variant.name, base.model_id, folder)
+    return dataclasses.replace(base, model=model, model_id=f"{base.model_id}+adapter:{key.adapter}",
+                               quantization=None if spec is None else spec.label)

@@ -14,7 +14,7 @@ and one work unit (``--unit-size`` samples) deep; ``--per-token``: ``acts``
 ``token_start``/``token_end`` in the sample table. Units run in this process or on Ray
 (``--executor ray``, see builders/shared/executors.py) with the same version and bytes; finished
 units are kept, so an interrupted run resumes. ``--batch-size`` N or ``auto`` (8 on the
-CPU), halved on out-of-memory as in builders/responses.py. ``--replay-from A`` runs ``--variant``
+CPU), halved on out-of-memory as in builders/stages/responses.py. ``--replay-from A`` runs ``--variant``
 over variant A's response token ids, its prompt formatted its own way (seed 001 step 4c);
 both variants' tokenizers must share a vocabulary (token -> id mapping); eos, pad and chat
 template may differ and are then recorded (see builders/stages/replay.py). Output dataset:
@@ -28,14 +28,17 @@ from typing import Any
 
 from store import BuildResult, BuildSpec, Store
 
+from builders.shared import names
 from builders.shared.catalog import Catalog
 from builders.shared.common import (BuildError, model_config_dims)
 from builders.shared.executors import Executor, run_units, set_threads
-from builders.stages.responses import dataset_name as responses_name
-from builders.stages.responses import format_row, model_identity
+from builders.shared.unit_meta import UnitMeta, run_batch_sizes, run_devices
 from builders.shared.units import (ArraySpec, Unit, UnitOutput, plain_type, plan_units, report_progress, round_unit_size,
-                    run_batch_sizes, run_batched, run_devices, store_address)
+                                   run_batched, store_address)
 from builders.shared.variants import variant_model
+from builders.stages.replay import (ResponseSequence, replay_record, response_sequence, responses_tokenizer,
+                                    variant_tokenizer)
+from builders.stages.responses import model_identity
 
 log = logging.getLogger(__name__)
 
@@ -44,14 +47,6 @@ CODE_VERSION = "2"  # 2: work units (a table shard each), token rows in sample o
 COMPONENTS = ("residual", "attn_out", "mlp_out")
 TOKEN_CHUNK = 1024  # tokens per chunk of a per-token array
 ACTIVATIONS_UNIT = 256  # samples per work unit (= per chunk of a pooled array), rounded up to whole batches
-
-
-def dataset_name(experiment: str, variant: str, prompt_set: str, position_slug: str, component: str,
-                 replay_from: str | None, per_token: bool) -> str:
-    name = f"activations-{experiment}-{variant}-{prompt_set}-{position_slug}-{component}"
-    if replay_from:
-        name += f"-replay_{replay_from}"
-    return name + ("-per_token" if per_token else "")
 
 
 def capture_activations(
@@ -99,7 +94,7 @@ def capture_activations(
         unit_size = round_unit_size(unit_size, batch_size)
     except ValueError as err:
         raise BuildError(f"--unit-size: {err}") from None
-    source = store.resolve(responses_name(exp.name, source_variant, prompt_set))
+    source = store.resolve(names.responses(exp.name, source_variant, prompt_set))
     identity = model_identity(catalog, exp.name, variant, store)
     tokenizer = None
     if replay_from:  # checked before anything is built
@@ -110,7 +105,7 @@ def capture_activations(
               "layers": str(layers), "component": component, "replay_from": replay_from,
               "per_token": per_token, "batch_size": batch_size, "unit_size": unit_size}
     spec = BuildSpec(
-        name=dataset_name(exp.name, variant, prompt_set, pos.slug, component, replay_from, per_token),
+        name=names.activations(exp.name, variant, prompt_set, pos.slug, component, replay_from, per_token),
         kind="activations", builder=BUILDER, code_version=CODE_VERSION, params=params,
         parents={"responses": source.ref}, identity=identity,
     )
@@ -121,29 +116,11 @@ def capture_activations(
     return store.build(spec, produce, force=force)
 
 
-def _sequences(tokenizer: Any, responses: list[dict[str, Any]], replay: bool) -> list[dict[str, Any]]:
-    """Token ids to replay: stored ids as they are, or (replay) this model's own prompt
-    formatting followed by the other variant's response ids."""
-    if not replay:
-        return [{"ids": list(r["token_ids"]), "prompt_len": r["prompt_len"],
-                 "formatted_prompt": r["formatted_prompt"], "used_chat_template": r["used_chat_template"]}
-                for r in responses]
-    out = []
-    for r in responses:
-        formatted = format_row(tokenizer, r["prompt"], r["system_prompt"], r["prompt_style"])
-        response_ids = list(r["token_ids"][r["prompt_len"]:])
-        out.append({"ids": formatted.ids + response_ids, "prompt_len": len(formatted.ids),
-                    "formatted_prompt": formatted.text, "used_chat_template": formatted.used_chat_template})
-    return out
-
-
 def _replay_tokenizer(store: Store, catalog: Catalog, experiment: str, variant: str, replay_from: str,
                       source: Any) -> tuple[Any, dict[str, Any] | None]:
     """The variant's tokenizer (no weights) for replay and what differs from the one that
     made the responses; refused unless the two share a vocabulary."""
     from transforms.models import tokenizer_traits
-
-    from builders.stages.replay import replay_record, responses_tokenizer, variant_tokenizer
 
     entry = catalog.variant(experiment, variant)
     tokenizer = variant_tokenizer(entry)
@@ -173,8 +150,9 @@ def _capture(store: Store, catalog: Catalog, writer: Any, spec: BuildSpec, sourc
         layer_ids = parse_layers(params["layers"], n_layers)
     except ValueError as err:
         raise BuildError(f"--layers: {err}") from None
-    replay = params["replay_from"] is not None
-    sequences = _sequences(tokenizer, responses, replay)
+    # stored ids as they are, or (a replay: ``tokenizer`` set) this model's prompt formatting + the other
+    # variant's response ids
+    sequences = [response_sequence(r, tokenizer) for r in responses]
     spans = _spans(sequences, pos)
     per_token = params["per_token"]
     counts = [end - start for start, end in spans]
@@ -196,7 +174,7 @@ def _capture(store: Store, catalog: Catalog, writer: Any, spec: BuildSpec, sourc
     metas = run_units(executor, job, store.location, job.scratch, units, quiet)
     attrs = {"layers": layer_ids, "position": params["position"], "component": params["component"],
              "layer_convention": "layer k = output of decoder block k = hidden_states[k+1]",
-             "model_id": metas[0]["model_id"], "model_revision": metas[0]["model_revision"]}
+             "model_id": metas[0].stats["model_id"], "model_revision": metas[0].stats["model_revision"]}
     finalize(writer, store.location, job.scratch, metas, [dataclasses.replace(array, attributes=attrs)])
     if not per_token:
         _layer_stats(writer, store.location, job.scratch, metas, layer_ids)
@@ -222,14 +200,14 @@ def _schema(source_schema: Any, per_token: bool) -> Any:
     return pa.schema(fields)
 
 
-def _spans(sequences: list[dict[str, Any]], pos: Any) -> list[tuple[int, int]]:
+def _spans(sequences: list[ResponseSequence], pos: Any) -> list[tuple[int, int]]:
     """Absolute [start, end) of the position in every sequence; (0, 0) when empty."""
     from transforms.sequences import EmptySpanError
 
     spans = []
     for seq in sequences:
         try:
-            spans.append(pos.span(seq["prompt_len"], len(seq["ids"])))
+            spans.append(pos.span(seq.prompt_len, len(seq.ids)))
         except EmptySpanError:
             spans.append((0, 0))
     return spans
@@ -243,7 +221,7 @@ class ActivationsJob:
     store_url: str
     scratch: str
     entry: Any  # catalog Variant
-    sequences: list[dict[str, Any]]
+    sequences: list[ResponseSequence]
     sources: list[dict[str, Any]]  # the responses' columns the rows keep
     spans: list[tuple[int, int]]
     position: str
@@ -253,7 +231,7 @@ class ActivationsJob:
     threads: int
     schema: Any  # pyarrow.Schema of the rows
 
-    def run_unit(self, unit: Unit) -> dict[str, Any]:
+    def run_unit(self, unit: Unit) -> UnitMeta:
         """Capture the unit's samples (see :meth:`_capture`). ``auto`` resolves here, from the
         free memory and the unit's longest span end; on out-of-memory the unit starts over
         in a fresh attempt folder at a smaller batch."""
@@ -269,7 +247,7 @@ class ActivationsJob:
         requested = resolve_batch_size(self.params["batch_size"], loaded.model, max(1, longest),
                                        limit=power_of_two_dividing(unit_size))
 
-        def attempt(batch_size: int) -> dict[str, Any]:
+        def attempt(batch_size: int) -> UnitMeta:
             out = UnitOutput(store.location, self.scratch, unit)
             try:
                 return self._capture(loaded, out, unit, batch_size)
@@ -280,7 +258,7 @@ class ActivationsJob:
         meta, _ = run_batched(self.scratch, f"{self.label} {unit.name}", requested, unit_size, attempt)
         return meta
 
-    def _capture(self, loaded: Any, out: UnitOutput, unit: Unit, batch_size: int) -> dict[str, Any]:
+    def _capture(self, loaded: Any, out: UnitOutput, unit: Unit, batch_size: int) -> UnitMeta:
         """Pooled rows or per-token rows of ``acts`` (in sample order, at the rows the plan
         gave the unit), the table shard, and (pooled) the per-sample norms for the layer
         statistics, all in ``out``; returns the unit's metadata."""
@@ -328,24 +306,24 @@ class ActivationsJob:
         row = {"sample": sample, "prompt_id": resp["prompt_id"], "pair_id": resp["pair_id"],
                "polarity": resp["polarity"], "rollout": resp["rollout"], "prompt_set": self.params["prompt_set"],
                "variant": self.params["variant"], "source_variant": resp["variant"],
-               "formatted_prompt": seq["formatted_prompt"], "source_formatted_prompt": resp["formatted_prompt"],
-               "used_chat_template": seq["used_chat_template"], "token_ids": seq["ids"],
-               "prompt_len": seq["prompt_len"], "total_len": len(seq["ids"]),
+               "formatted_prompt": seq.formatted_prompt, "source_formatted_prompt": resp["formatted_prompt"],
+               "used_chat_template": seq.used_chat_template, "token_ids": seq.ids,
+               "prompt_len": seq.prompt_len, "total_len": len(seq.ids),
                "span_start": start, "span_end": end, "n_tokens": end - start}
         if token_start is not None:
             row["token_start"], row["token_end"] = token_start, token_start + end - start
         return row
 
 
-def _layer_stats(writer: Any, location: Any, scratch: str, metas: list[dict[str, Any]], layer_ids: list[int]) -> None:
+def _layer_stats(writer: Any, location: Any, scratch: str, metas: list[UnitMeta], layer_ids: list[int]) -> None:
     """Per-layer activation norms: the first thing a researcher plots (from the units'
     per-sample norms, in unit order)."""
     import numpy as np
 
     from builders.shared.units import load_npy
 
-    norms = np.concatenate([load_npy(location, f"{scratch}/{m['folder']}/norms.npy")
-                            for m in sorted(metas, key=lambda m: m["unit"])])  # [sample, layer]
+    norms = np.concatenate([load_npy(location, f"{scratch}/{m.folder}/norms.npy")
+                            for m in sorted(metas, key=lambda m: m.unit)])  # [sample, layer]
     rows = [{"layer": layer, "mean_norm": float(np.nanmean(norms[:, j])), "std_norm": float(np.nanstd(norms[:, j]))}
             for j, layer in enumerate(layer_ids)]
     writer.write_table(rows, table="layer_stats")

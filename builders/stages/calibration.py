@@ -22,12 +22,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import re
 from pathlib import Path
 from typing import Any, Sequence
 
 from store import BuildResult, BuildSpec, Manifest, Store
 
+from builders.shared import names
 from builders.shared.catalog import Catalog
 from builders.shared.common import BuildError, read_jsonl_rows
 from builders.shared.judges import (COHERENCE_JUDGES, LLM_JUDGES, TRAIT_JUDGES, JudgeChoice, coherence_scorer, judge_dtype,
@@ -39,15 +39,10 @@ log = logging.getLogger(__name__)
 
 BUILDER = "builders.calibration"
 CODE_VERSION = "1"  # the featurizer has its own version (identity)
-DEFAULT_DIR = Path(__file__).resolve().parents[1] / "datasets" / "judge" / "calibration"
+DEFAULT_DIR = Path(__file__).resolve().parents[2] / "datasets" / "judge" / "calibration"
 DEFAULT_TRAIT_SET = "optimism_instruction"
 SETS = {"coherence": ("fluent", "degenerate"), "sentiment": ("positive", "negative", "neutral")}
 FOLDS = 5
-
-
-def dataset_name(judge: str, qualifier: str | None = None) -> str:
-    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", qualifier).strip("_") if qualifier else ""
-    return f"judge-calibration-{judge}" + (f"-{slug}" if slug else "")
 
 
 def load_calibration_set(folder: Path) -> dict[str, list[dict[str, Any]]]:
@@ -146,8 +141,8 @@ def perplexity_scorer(store: Store, catalog: Catalog, experiment: str, variant: 
 def calibration_for(store: Store, catalog: Catalog, experiment: str, variant: str, choice: JudgeChoice,
                     build: bool, quiet: bool = True) -> Manifest | None:
     """The calibration of ``choice.coherence`` (built when ``build`` and missing)."""
-    name = dataset_name(choice.coherence, _qualifier(catalog, experiment, variant, choice, choice.coherence,
-                                                     DEFAULT_TRAIT_SET))
+    name = names.calibration(choice.coherence, _qualifier(catalog, experiment, variant, choice, choice.coherence,
+                                                          DEFAULT_TRAIT_SET))
     if build:
         return calibrate(store, catalog, choice.coherence, experiment=experiment, variant=variant, choice=choice,
                          quiet=quiet).manifest
@@ -267,7 +262,7 @@ def calibrate(store: Store, catalog: Catalog, judge: str, *, experiment: str | N
               "per_label": per_label,
               "trait_set": trait_set if judge in TRAIT_JUDGES else None,
               "calibration_files": digest, "folds": FOLDS}
-    spec = BuildSpec(name=dataset_name(judge, _qualifier(catalog, exp.name, variant, choice, judge, trait_set)),
+    spec = BuildSpec(name=names.calibration(judge, _qualifier(catalog, exp.name, variant, choice, judge, trait_set)),
                      kind="judge_calibration", builder=BUILDER, code_version=CODE_VERSION, params=params,
                      parents={}, identity=identity)
 

@@ -14,7 +14,7 @@ vector ``v``. Then, on the same questions, model, generation settings and judge:
 
 Sweeps: strategies 1-3 use coefficients ``factor · |c|·‖v‖`` of the source whose layer is
 used (``u`` is unit norm, so factor 1 is that single's perturbation size); strategy 4
-scales both half coefficients by ``factor``. Tables as in :mod:`builders.steering`, plus
+scales both half coefficients by ``factor``. Tables as in :mod:`builders.stages.steering`, plus
 ``strategy`` and ``factor``; the two best singles are copied in (``strategy`` =
 ``single:A`` / ``single:B``) so the phase-2 table is one query.
 Output dataset: ``combinations-<experiment>-<application>-<A>-<B>``.
@@ -26,6 +26,7 @@ from typing import Any, Sequence
 
 from store import BuildResult, BuildSpec, Manifest, Store
 
+from builders.shared import names
 from builders.shared.catalog import Catalog
 from builders.shared.common import BuildError
 from builders.stages.steering import layer_vectors
@@ -52,15 +53,16 @@ def best_single(store: Store, run: Manifest, threshold: float) -> dict[str, Any]
 
 def run_positions(run: Manifest) -> str:
     """The positions a steering run steered: before steering code version 3, ``response``
-    meant generated tokens only, the name ``generated`` now (see :mod:`transforms.steering.steer`)."""
+    meant generated tokens only, the name ``generated`` now (see :mod:`transforms.steering.apply`)."""
     positions = run.params["positions"]
     if positions == "response" and int(run.code_version) < 3:
         return "generated"
     return positions
 
 
-def _short(run: Manifest) -> str:
-    return run.params["vectors"].split("@")[0].removeprefix(f"vectors-{run.params['experiment']}-") + "-" + run.params["method"]
+def _run_short(run: Manifest) -> str:
+    """What a steering run steered with, as its combinations name spells it: ``<vectors short>-<method>``."""
+    return names.short_vectors_name(run.params["experiment"], run.params["vectors"]) + "-" + run.params["method"]
 
 
 def plan_strategies(a: dict[str, Any], b: dict[str, Any], vec_a: dict[int, Any], vec_b: dict[int, Any],
@@ -127,7 +129,7 @@ def combine_runs(
     params = {"runs": {"A": a_run.ref, "B": b_run.ref}, "factors": [float(f) for f in factors],
               "threshold": threshold, "best": {"A": a["run_id"], "B": b["run_id"]}}
     exp, application = a_run.params["experiment"], a_run.params["application"]
-    spec = BuildSpec(name=f"combinations-{exp}-{application}-{_short(a_run)}-{_short(b_run)}", kind="combinations",
+    spec = BuildSpec(name=names.combinations(exp, application, _run_short(a_run), _run_short(b_run)), kind="combinations",
                      builder=BUILDER, code_version=CODE_VERSION, params=params,
                      parents={"A": a_run.ref, "B": b_run.ref}, identity=dict(a_run.identity))
 

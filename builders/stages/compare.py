@@ -3,7 +3,7 @@
     python -m builders.compare --a instruct --b finetuned --prompts sycophancy_instruction \\
         --vectors vectors-demo-instruct-sycophancy_instruction-response__-residual [--controls REF ...] [--judge-responses --trait-judge sentiment]
 
-B replays A's responses (as in :mod:`builders.similarity`); both are mean-pooled over
+B replays A's responses (as in :mod:`builders.stages.similarity`); both are mean-pooled over
 ``--position`` at every layer the vectors have. Per vector set and layer: the cosine of
 the mean activation diff ``B − A`` with the trait vector; the finetuning shift (mean of the
 per-sample projection differences onto ``v̂``); paired and unpaired Cohen's d of the
@@ -22,6 +22,7 @@ from typing import Any, Sequence
 from store import BuildResult, BuildSpec, Store
 from transforms.batching import parse_batch_size, with_backoff
 
+from builders.shared import names
 from builders.shared.catalog import Catalog
 from builders.shared.common import BuildError
 from builders.shared.judges import JudgeChoice
@@ -158,7 +159,7 @@ def compare_variants(
     params = {"experiment": exp.name, "a": variant_a, "b": variant_b, "prompt_set": prompt_set, "method": method,
               "position": str(pos), "random": n_random, "seed": seed,
               "judges": None if judges is None else judges.as_dict()}
-    spec = BuildSpec(name=f"compare-{exp.name}-{variant_a}-{variant_b}-{prompt_set}", kind="compare", builder=BUILDER,
+    spec = BuildSpec(name=names.compare(exp.name, variant_a, variant_b, prompt_set), kind="compare", builder=BUILDER,
                      code_version=CODE_VERSION, params=params, parents=parents,
                      identity=source.identity)
 
@@ -175,7 +176,7 @@ def compare_variants(
         def capture_both(n: int) -> tuple[Any, Any]:
             # the capture sorts by length, longest first, so a batch too large fails at once:
             # the pair of captures is the retried piece (both sides at one size, as from the start)
-            return tuple(capture_pooled(loaded.model, [s[side] for s in sequences], pos, layers, batch_size=n,
+            return tuple(capture_pooled(loaded.model, [s.side(side) for s in sequences], pos, layers, batch_size=n,
                                         on_empty="nan") for side, loaded in (("a", loaded_a), ("b", loaded_b)))
 
         (acts_a, acts_b), used = with_backoff(capture_both, replay_batch_size(batch_request, loaded_a, loaded_b, sequences),

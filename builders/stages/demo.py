@@ -19,8 +19,8 @@ exploratory second trait. Then the finding, read from the store
 """
 from __future__ import annotations
 
-import argparse
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 from builders.stages.calibration import calibrate
@@ -65,13 +65,21 @@ GROUP BY ALL ORDER BY r.variant, r.prompt_set
 """
 
 
+@dataclass
 class Stages:
     """Runs stages and remembers ``(stage, manifest, built)`` for the summary."""
 
-    def __init__(self, store: Any, catalog: Any, args: argparse.Namespace) -> None:
-        self.store, self.catalog, self.exp = store, catalog, args.experiment
-        self.common = {"force": args.force, "quiet": args.quiet}
-        self.results: list[tuple[str, Any, bool | None]] = []
+    store: Any
+    catalog: Any
+    exp: str
+    force: bool = False
+    quiet: bool = False
+    results: list[tuple[str, Any, bool | None]] = field(default_factory=list)
+
+    @property
+    def common(self) -> dict[str, bool]:
+        """The options every stage call shares (and no generation settings: the catalog's defaults)."""
+        return {"force": self.force, "quiet": self.quiet}
 
     def add(self, stage: str, result: Any) -> Any:
         self.results.append((stage, result.manifest, result.built))
@@ -91,9 +99,9 @@ def cliff_grid(stages: Stages, vectors: Any, search: Any, variant: str | None = 
         mode="grid", layers=str(best["layer"]), coefficients=coefs, judges=OPTIMISM_JUDGES, **stages.common))
 
 
-def build_stages(store: Any, catalog: Any, args: argparse.Namespace) -> Stages:
+def build_stages(store: Any, catalog: Any, experiment: str, *, force: bool = False, quiet: bool = False) -> Stages:
     """Every stage of the demo in order."""
-    s = Stages(store, catalog, args)
+    s = Stages(store, catalog, experiment, force, quiet)
     exp, common = s.exp, s.common
     for name in catalog.experiment(exp).prompt_sets:
         s.results.append(("prompts", ensure_prompt_set(store, catalog, name), None))
@@ -126,7 +134,7 @@ def build_stages(store: Any, catalog: Any, args: argparse.Namespace) -> Stages:
         s.add("compare", compare_variants(store, catalog, a, variant, ORGANISM["heldout"], [optimism.ref],
                                           experiment=exp, judges=OPTIMISM_JUDGES, **common))
         s.add("weights", analyze_weights(store, catalog, a, variant, experiment=exp, vectors=[optimism.ref],
-                                         force=args.force))
+                                         force=force))
     s.add("responses", generate_responses(store, catalog, a, "general", exp, **common))  # for the summary
     s.add("similarity", activation_similarity(store, catalog, a, b, ORGANISM["heldout"], experiment=exp, **common))
     s.add("steering", steer_vectors(store, catalog, optimism.ref, HEADLINE["method"], experiment=exp, variant=b,

@@ -24,9 +24,9 @@ from typing import Any, Sequence
 
 from store import BuildResult, BuildSpec, Store
 
+from builders.shared import names
 from builders.shared.catalog import Catalog
 from builders.shared.common import (BuildError, placement, progress)
-from builders.stages.responses import dataset_name as responses_name
 from builders.stages.responses import generate_responses, model_identity
 
 log = logging.getLogger(__name__)
@@ -34,10 +34,6 @@ log = logging.getLogger(__name__)
 BUILDER = "builders.finetune"
 CODE_VERSION = "3"  # 2: targets end with EOS; 3: the template's end-of-turn token
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-
-
-def dataset_name(experiment: str, variant: str, prompt_set: str, polarity: str) -> str:
-    return f"finetune-{experiment}-{variant}-{prompt_set}-{polarity}"
 
 
 def training_rows(store: Store, responses: Any, polarity: str, passing: set[tuple[str, int]] | None) -> list[dict]:
@@ -52,7 +48,7 @@ def with_eos(row: dict, end_id: int | None) -> dict:
 
     Generation strips the stop token, so training on the stored ids alone would never teach
     the adapter to stop. ``end_id`` is the token that ends an answer in the row's format
-    (:func:`transforms.tokenization.answer_end_id`: the template's end of turn for chat rows).
+    (:func:`transforms.sequences.answer_end_id`: the template's end of turn for chat rows).
     A response cut by the token budget (``finish_reason == "length"``) gets none: it did not
     end there."""
     if row.get("finish_reason") != "eos" or end_id is None or (row["token_ids"] and row["token_ids"][-1] == end_id):
@@ -200,13 +196,11 @@ def finetune(
     if r < 1 or epochs < 1 or batch_size < 1 or not lr > 0:
         raise BuildError("--r, --epochs and --batch-size must be >= 1 and --lr > 0")
     generate_responses(store, catalog, variant, prompt_set, exp.name, generation, quiet=quiet)
-    responses = store.resolve(responses_name(exp.name, variant, prompt_set))
+    responses = store.resolve(names.responses(exp.name, variant, prompt_set))
     parents = {"responses": responses.ref}
     passing = None
     if passing_only:
-        from builders.stages.judgments import dataset_name as judgments_name
-
-        judged = store.resolve(judgments_name(exp.name, variant, prompt_set))
+        judged = store.resolve(names.judgments(exp.name, variant, prompt_set))
         parents["judgments"] = judged.ref
         passing = {(j["prompt_id"], j["rollout"]) for j in store.read_table(judged).to_dicts() if j["passes"]}
     rows = training_rows(store, responses, polarity, passing)
@@ -223,7 +217,7 @@ def finetune(
     # checkpointing is not in the id: it recomputes the same activations (losses identical
     # to the last bit on CPU, float32 and bfloat16; tests/test_finetune_precision.py)
     opts["gradient_checkpointing"] = gradient_checkpointing
-    spec = BuildSpec(name=dataset_name(exp.name, variant, prompt_set, polarity), kind="finetune", builder=BUILDER,
+    spec = BuildSpec(name=names.finetune(exp.name, variant, prompt_set, polarity), kind="finetune", builder=BUILDER,
                      code_version=CODE_VERSION, params=params, parents=parents,
                      identity=model_identity(catalog, exp.name, variant, store))
 

@@ -29,21 +29,17 @@ from typing import Any
 
 from store import BuildResult, BuildSpec, Manifest, Store
 
+from builders.shared import names
 from builders.shared.catalog import Catalog
 from builders.shared.common import BuildError, read_jsonl_rows
 from builders.shared.judges import (JudgeChoice, coherence_scorer, prompt_meta, scorer_identities, score_items, trait_scorer)
 from builders.stages.prompts import ensure_prompt_set
-from builders.stages.responses import dataset_name as responses_name
 from builders.stages.responses import generate_responses
 
 log = logging.getLogger(__name__)
 
 BUILDER = "builders.judgments"
 CODE_VERSION = "2"
-
-
-def dataset_name(experiment: str, variant: str, prompt_set: str) -> str:
-    return f"judgments-{experiment}-{variant}-{prompt_set}"
 
 
 def judge_rows(trait: Any, coherence: Any, store: Store, items: list[tuple[str, str]],
@@ -89,11 +85,11 @@ def judge_responses(
     choice = choice or JudgeChoice()
     trait_judge, coherence_judge, calibration = _scorers(store, catalog, exp.name, variant, prompt_set, choice, quiet)
     generate_responses(store, catalog, variant, prompt_set, exp.name, generation, quiet=quiet)
-    responses = store.resolve(responses_name(exp.name, variant, prompt_set))
+    responses = store.resolve(names.responses(exp.name, variant, prompt_set))
     params = {"experiment": exp.name, "variant": variant, "prompt_set": prompt_set, "judges": choice.as_dict(),
               "pos_threshold": pos_threshold, "neg_threshold": neg_threshold, "paired": paired, "min_pass": min_pass}
     parents = {"responses": responses.ref, **calibration_parents(choice, calibration)}
-    spec = BuildSpec(name=dataset_name(exp.name, variant, prompt_set), kind="judgments", builder=BUILDER,
+    spec = BuildSpec(name=names.judgments(exp.name, variant, prompt_set), kind="judgments", builder=BUILDER,
                      code_version=CODE_VERSION, params=params, parents=parents,
                      identity={"judges": scorer_identities(trait_judge, coherence_judge)})
 
@@ -135,10 +131,6 @@ def calibration_parents(choice: JudgeChoice, calibration: Manifest | None) -> di
         else {}
 
 
-def external_name(name: str) -> str:
-    return f"responses-external-{name}"
-
-
 def read_responses_file(path: Path) -> list[dict[str, Any]]:
     """Rows ``{"id", "question", "response", ...labels}`` of a JSONL file, validated line by line."""
     if not path.is_file():
@@ -154,7 +146,7 @@ def import_responses(store: Store, path: Path, name: str, force: bool = False) -
     rows = read_responses_file(path)
     labels = sorted({k for r in rows for k in r} - {"id", "question", "response"})
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    spec = BuildSpec(name=external_name(name), kind="responses_import", builder=BUILDER, code_version=CODE_VERSION,
+    spec = BuildSpec(name=names.external_responses(name), kind="responses_import", builder=BUILDER, code_version=CODE_VERSION,
                      params={"source": path.name, "sha256": digest}, parents={}, identity={})
 
     def produce(writer) -> None:
@@ -177,7 +169,7 @@ def judge_file(store: Store, catalog: Catalog, path: Path, name: str, experiment
     imported = import_responses(store, path, name, force=force).manifest
     params = {"experiment": exp.name, "variant": variant, "trait_set": trait_set, "judges": choice.as_dict()}
     parents = {"responses": imported.ref, **calibration_parents(choice, calibration)}
-    spec = BuildSpec(name=f"judgments-external-{name}", kind="judgments", builder=BUILDER, code_version=CODE_VERSION,
+    spec = BuildSpec(name=names.external_judgments(name), kind="judgments", builder=BUILDER, code_version=CODE_VERSION,
                      params=params, parents=parents, identity={"judges": scorer_identities(trait_judge, coherence_judge)})
 
     def produce(writer) -> None:

@@ -6,7 +6,7 @@
     python -m builders.projections ... --live        # scored inside the model while it generates
 
 Stored mode reads per-token activations (``all[:]``, built if missing) and scores every
-prompt and response token; live mode generates with :class:`transforms.projections.LiveProjector`
+prompt and response token; live mode generates with :class:`transforms.capture.LiveProjector`
 hooked in, so only scores leave the model (every token fed to the model: the prompt and
 each generated token but the last). ``--layers``: explicit (``9,12``, ``30%-60%``) or
 relative to each vector set's best steering layer (``best``, ``best+2``, ``best-1``: from
@@ -27,10 +27,11 @@ from typing import Any, Sequence
 from store import BuildResult, BuildSpec, Manifest, Store
 from transforms.batching import parse_batch_size
 
+from builders.shared import names
 from builders.shared.catalog import Catalog
 from builders.shared.common import BuildError, progress
-from builders.stages.responses import generate_responses, model_identity
 from builders.shared.variants import variant_model
+from builders.stages.responses import generate_responses, model_identity
 from builders.stages.vectors import load_vectors
 
 log = logging.getLogger(__name__)
@@ -231,7 +232,7 @@ def build_projections(
         acts = capture_activations(store, catalog, variant, prompt_set, "all[:]", ",".join(map(str, all_layers)),
                                    "residual", exp.name, per_token=True, force=False, quiet=quiet).manifest
         parents["activations"] = acts.ref
-    spec = BuildSpec(name=f"projections-{exp.name}-{variant}-{prompt_set}" + ("-live" if live else ""),
+    spec = BuildSpec(name=names.projections(exp.name, variant, prompt_set, live),
                      kind="projections", builder=BUILDER, code_version=CODE_VERSION, params=params, parents=parents,
                      identity=model_identity(catalog, exp.name, variant, store))
 

@@ -16,14 +16,11 @@ from pathlib import Path
 
 from store import BuildResult, BuildSpec, Manifest, Store
 
+from builders.shared import names
 from builders.shared.common import BuildError
 
 BUILDER = "builders.prompts"
 CODE_VERSION = "2"  # 2: set-level system prompts on rows, extra always a JSON string, typed schema, meta kept
-
-
-def dataset_name(set_name: str) -> str:
-    return f"prompts-{set_name}"
 
 
 def _source_digest(path: Path, files: list[str]) -> dict[str, str]:
@@ -43,7 +40,7 @@ def import_prompt_set(store: Store, path: Path, name: str, trait: str | None = N
         raise BuildError(f"prompt set {name!r}: {path} does not exist")
     prompt_set = load_prompt_set(path, name=name)
     spec = BuildSpec(
-        name=dataset_name(name), kind="prompts", builder=BUILDER, code_version=CODE_VERSION,
+        name=names.prompts(name), kind="prompts", builder=BUILDER, code_version=CODE_VERSION,
         params={"set": name, "trait": trait, "style": prompt_set.style,
                 "sources": _source_digest(path, prompt_set.source_files)},
         parents={}, identity={},

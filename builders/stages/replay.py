@@ -1,6 +1,7 @@
 """Replaying variant A's responses through variant B: the token-for-token pairing that
-:mod:`builders.similarity` and :mod:`builders.compare` both measure on (and
-``builders.activations --replay-from``).
+:mod:`builders.stages.similarity` and :mod:`builders.stages.compare` both measure on (and
+``builders.activations --replay-from``). :func:`response_sequence` is the one way a stored
+response becomes a token sequence, for its own model or for the one replaying it.
 
 Replay needs the two tokenizers to share a vocabulary (the same token -> id mapping,
 added tokens included), nothing more: a base/instruct pair such as Llama-3.1-8B and
@@ -15,15 +16,16 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Mapping
 
 from store import Manifest, Store
+from transforms.sequences import PromptResponse
 
+from builders.shared import names
 from builders.shared.catalog import Catalog
 from builders.shared.common import BuildError
-from builders.stages.responses import dataset_name as responses_name
-from builders.stages.responses import format_row, generate_responses, model_identity
 from builders.shared.variants import variant_model
+from builders.stages.responses import format_row, generate_responses, model_identity
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +40,7 @@ class ReplaySource:
     responses: Manifest
     identity: dict[str, Any]  # {"a": model identity, "b": model identity}
 
-    def load(self, store: Store, catalog: Catalog) -> tuple[Any, Any, list[dict[str, Any]]]:
+    def load(self, store: Store, catalog: Catalog) -> tuple[Any, Any, list[ReplayPair]]:
         """Both variants' models and the replayed sequences (see :func:`replay_sequences`)."""
         a = catalog.variant(self.experiment, self.variant_a)
         b = catalog.variant(self.experiment, self.variant_b)
@@ -56,7 +58,7 @@ def variant_tokenizer(entry: Any) -> Any:
 
 
 def replay_record(a: dict[str, Any], b: dict[str, Any], who_a: str, who_b: str) -> dict[str, Any] | None:
-    """Check two tokenizers' traits (:func:`transforms.tokenizer_identity.tokenizer_traits`)
+    """Check two tokenizers' traits (:func:`transforms.models.tokenizer_traits`)
     for replay: a different vocabulary is a :class:`BuildError` (one line); otherwise what
     differs, to record (None when nothing does)."""
     from transforms.models import tokenizer_differences
@@ -105,7 +107,7 @@ def replay_source(store: Store, catalog: Catalog, experiment: str, variant_a: st
     record = replay_record(traits_a, traits_b, f"variant {variant_a!r} ({entry_a.model.id})",
                            f"variant {variant_b!r} ({entry_b.model.id})")
     generate_responses(store, catalog, variant_a, prompt_set, experiment, generation, quiet=quiet)
-    responses = store.resolve(responses_name(experiment, variant_a, prompt_set))
+    responses = store.resolve(names.responses(experiment, variant_a, prompt_set))
     identity: dict[str, Any] = {"a": model_identity(catalog, experiment, variant_a, store),
                                 "b": model_identity(catalog, experiment, variant_b, store)}
     if record is not None:
@@ -113,33 +115,67 @@ def replay_source(store: Store, catalog: Catalog, experiment: str, variant_a: st
     return ReplaySource(experiment, variant_a, variant_b, responses, identity)
 
 
-def replay_sequences(store: Store, responses: Any, loaded_a: Any, loaded_b: Any, style: str) -> list[dict[str, Any]]:
-    """Per response: A's ids, B's ids (B's own prompt formatting + A's response ids) and how
-    each formatted the prompt."""
+@dataclass(frozen=True)
+class ResponseSequence(PromptResponse):
+    """A stored response's token sequence as one model sees it: the prompt formatted for that
+    model (``formatted_prompt``, ``used_chat_template``) followed by the response ids. Any
+    :mod:`transforms.capture` call takes it as a sequence (``ids``, ``prompt_len``)."""
+
+    formatted_prompt: str
+    used_chat_template: bool
+
+
+def response_sequence(row: Mapping[str, Any], tokenizer: Any = None, style: str | None = None) -> ResponseSequence:
+    """The token sequence of a responses row: as stored (``tokenizer`` None), or replayed --
+    ``tokenizer``'s own formatting of the row's prompt (in ``style``, default the row's
+    ``prompt_style``) followed by the row's response ids, unchanged."""
+    if tokenizer is None:
+        return ResponseSequence(ids=list(row["token_ids"]), prompt_len=row["prompt_len"],
+                                formatted_prompt=row["formatted_prompt"],
+                                used_chat_template=row["used_chat_template"])
+    prompt = format_row(tokenizer, row["prompt"], row.get("system_prompt"), style or row["prompt_style"])
+    return ResponseSequence(ids=list(prompt.ids) + list(row["token_ids"][row["prompt_len"]:]),
+                            prompt_len=len(prompt.ids), formatted_prompt=prompt.text,
+                            used_chat_template=prompt.used_chat_template)
+
+
+@dataclass(frozen=True)
+class ReplayPair:
+    """One of A's responses as A generated it (``a``) and as B replays it (``b``: B's prompt
+    formatting, A's response ids)."""
+
+    prompt_id: str
+    rollout: int
+    a: ResponseSequence
+    b: ResponseSequence
+
+    @property
+    def same_prompt_ids(self) -> bool:
+        """Whether B formats the prompt to the very ids A did."""
+        return self.a.prompt_ids == self.b.prompt_ids
+
+    def side(self, name: str) -> ResponseSequence:
+        """``a`` or ``b`` by name (loops over both variants)."""
+        if name not in ("a", "b"):
+            raise ValueError(f"side must be 'a' or 'b', got {name!r}")
+        return self.a if name == "a" else self.b
+
+
+def replay_sequences(store: Store, responses: Manifest, loaded_a: Any, loaded_b: Any, style: str) -> list[ReplayPair]:
+    """Per response of A (in prompt id, rollout order): its sequence and B's replay of it."""
     replay_record(_loaded_traits(loaded_a), _loaded_traits(loaded_b), loaded_a.model_id, loaded_b.model_id)
-    out = []
-    for row in store.read_table(responses).sort(["prompt_id", "rollout"]).to_dicts():
-        response_ids = list(row["token_ids"][row["prompt_len"]:])
-        b_prompt = format_row(loaded_b.tokenizer, row["prompt"], row.get("system_prompt"), style)
-        b_ids = list(b_prompt.ids) + response_ids
-        if b_ids[len(b_prompt.ids):] != list(row["token_ids"][row["prompt_len"]:]):
-            raise BuildError(f"prompt {row['prompt_id']}: B's replayed response ids differ from A's")
-        out.append({"prompt_id": row["prompt_id"], "rollout": row["rollout"],
-                    "a": {"ids": row["token_ids"], "prompt_len": row["prompt_len"]},
-                    "b": {"ids": b_ids, "prompt_len": len(b_prompt.ids)},
-                    "a_formatted": row["formatted_prompt"], "b_formatted": b_prompt.text,
-                    "a_chat": row["used_chat_template"], "b_chat": b_prompt.used_chat_template,
-                    "same_prompt_ids": list(b_prompt.ids) == list(row["token_ids"][:row["prompt_len"]])})
-    return out
+    return [ReplayPair(prompt_id=row["prompt_id"], rollout=row["rollout"], a=response_sequence(row),
+                       b=response_sequence(row, loaded_b.tokenizer, style))
+            for row in store.read_table(responses).sort(["prompt_id", "rollout"]).to_dicts()]
 
 
-def replay_batch_size(request: int | str, loaded_a: Any, loaded_b: Any, sequences: list[dict[str, Any]]) -> int:
+def replay_batch_size(request: int | str, loaded_a: Any, loaded_b: Any, sequences: list[ReplayPair]) -> int:
     """``request`` (an int or ``auto``) as the batch size of a pass of :func:`replay_sequences`'
     sequences through both models: ``auto`` is 8 (what CPU builds always used) off CUDA,
     else what the free memory holds of the longest sequence on either model (both are loaded)."""
     from transforms.batching import CPU_BATCH, resolve_batch_size
 
-    longest = max((len(s[side]["ids"]) for s in sequences for side in "ab"), default=1)
+    longest = max((len(seq.ids) for pair in sequences for seq in (pair.a, pair.b)), default=1)
     return min(resolve_batch_size(request, loaded.model, longest, cpu_batch=CPU_BATCH) for loaded in (loaded_a, loaded_b))
 
 

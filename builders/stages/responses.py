@@ -19,30 +19,28 @@ Output dataset: ``responses-<experiment>-<variant>-<prompt set>``.
 from __future__ import annotations
 
 import json
-import uuid
 import logging
 from dataclasses import dataclass
 from typing import Any
 
 from store import BuildResult, BuildSpec, Manifest, Store
+from store.atomic import write_atomic
 
+from builders.shared import names
 from builders.shared.catalog import Catalog
 from builders.shared.common import BuildError
 from builders.shared.executors import Executor, run_units, set_threads
-from builders.stages.prompts import ensure_prompt_set
-from builders.shared.units import (Unit, UnitOutput, plain_type, plan_units, report_progress, round_unit_size, run_batch_sizes,
-                    run_batched, run_devices, store_address)
+from builders.shared.unit_meta import UnitMeta, run_batch_sizes, run_devices
+from builders.shared.units import (Unit, UnitOutput, plain_type, plan_units, report_progress, round_unit_size, run_batched,
+                                   store_address)
 from builders.shared.variants import check_runs, variant_model
+from builders.stages.prompts import ensure_prompt_set
 
 log = logging.getLogger(__name__)
 
 BUILDER = "builders.responses"
 CODE_VERSION = "4"  # 2: work units, one Parquet shard per unit; 3: vocabulary fingerprint, tokenizer traits;
 # 4: batch size "auto" and the out-of-memory retry, no batch size in the generation_config column
-
-
-def dataset_name(experiment: str, variant: str, prompt_set: str) -> str:
-    return f"responses-{experiment}-{variant}-{prompt_set}"
 
 
 def model_identity(catalog: Catalog, experiment: str | None, variant: str, store: Store | None = None,
@@ -132,7 +130,7 @@ def generate_responses(
     prompts = ensure_prompt_set(store, catalog, prompt_set)  # only once the settings are known good
     params = {"experiment": exp.name, "variant": variant, "prompt_set": prompt_set,
               "rollouts": rollouts, "generation": config.as_dict(), "unit_size": unit_size}
-    spec = BuildSpec(name=dataset_name(exp.name, variant, prompt_set), kind="responses", builder=BUILDER,
+    spec = BuildSpec(name=names.responses(exp.name, variant, prompt_set), kind="responses", builder=BUILDER,
                      code_version=CODE_VERSION, params=params, parents={"prompts": prompts.ref},
                      identity=model_identity(catalog, exp.name, variant, store))
 
@@ -142,14 +140,14 @@ def generate_responses(
         job, units = _plan(store, catalog, spec, prompts, config, rollouts, unit_size, executor)
         metas = run_units(executor, job, store.location, job.scratch, units, quiet)
         finalize(writer, store.location, job.scratch, metas, arrays=[])
-        rows = sum(m["responses"] for m in metas)
+        rows = sum(m.stats["responses"] for m in metas)
         writer.summary.update({
             "responses": rows,
-            "mean_response_tokens": round(sum(m["response_tokens"] for m in metas) / max(1, rows), 2),
-            "finished_by_eos": sum(m["finished_by_eos"] for m in metas),
-            "tokenizer_fingerprint": metas[0]["tokenizer_fingerprint"] if rows else None,
+            "mean_response_tokens": round(sum(m.stats["response_tokens"] for m in metas) / max(1, rows), 2),
+            "finished_by_eos": sum(m.stats["finished_by_eos"] for m in metas),
+            "tokenizer_fingerprint": metas[0].stats["tokenizer_fingerprint"] if rows else None,
             # what a replay through another variant compares (vocabulary) and records (the rest)
-            "tokenizer": metas[0]["tokenizer"] if rows else None,
+            "tokenizer": metas[0].stats["tokenizer"] if rows else None,
             "device": run_devices(metas),
             "batch_sizes": run_batch_sizes(metas),
         })
@@ -210,7 +208,7 @@ class ResponsesJob:
     schema: Any  # pyarrow.Schema of the rows
     unit_size: int  # rows per unit as planned (the last unit may be shorter)
 
-    def run_unit(self, unit: Unit) -> dict[str, Any]:
+    def run_unit(self, unit: Unit) -> UnitMeta:
         """Generate the unit's rows batch by batch (each batch kept, so a killed unit
         resumes), then write its shard. Batches are planned inside the unit and seeded by
         their index in the whole build. ``auto`` resolves here, from the free memory and the
@@ -267,10 +265,9 @@ class ResponsesJob:
                                      self.config, unit.start // batch_size + j)
             done = [self._row(loaded, formatted[i], items[i][1], o, generation, traits["vocabulary_fingerprint"])
                     for i, o in zip(batch, outputs)]
-            tmp = f"{part}.{uuid.uuid4().hex[:8]}.tmp"  # two builders of one version never share a temp file
-            with fs.open(tmp, "wb") as handle:
-                pq.write_table(pa.Table.from_pylist(done, schema=self.schema), handle)
-            fs.mv(tmp, part)  # a batch file exists only once it is complete
+            table = pa.Table.from_pylist(done, schema=self.schema)
+            # a batch file exists only once it is complete (a killed unit resumes from the whole ones)
+            write_atomic(out.location, part, lambda handle: pq.write_table(table, handle))
             rows.update(zip(batch, done))
             report_progress(len(batch))
         return [rows[i] for i in range(len(items))]

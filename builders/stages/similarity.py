@@ -24,9 +24,10 @@ from typing import Any
 from store import BuildResult, BuildSpec, Store
 from transforms.batching import parse_batch_size
 
+from builders.shared import names
 from builders.shared.catalog import Catalog
 from builders.shared.common import (BuildError, model_layer_count, progress)
-from builders.stages.replay import replay_batch_size, replay_source
+from builders.stages.replay import ReplayPair, replay_batch_size, replay_source
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,7 @@ BUILDER = "builders.similarity"
 CODE_VERSION = "1"
 
 
-def compute_similarity(loaded_a: Any, loaded_b: Any, sequences: list[dict[str, Any]], layers: list[int],
+def compute_similarity(loaded_a: Any, loaded_b: Any, sequences: list[ReplayPair], layers: list[int],
                        batch_size: int, min_share: float, quiet: bool) -> tuple[list, list, list, list[int]]:
     """(layer rows, position rows, per-prompt rows, batch sizes used), a batch of prompts at
     a time; a batch that runs out of memory is redone at half the size (both models)."""
@@ -49,27 +50,27 @@ def compute_similarity(loaded_a: Any, loaded_b: Any, sequences: list[dict[str, A
         chunk = sequences[lo:hi]
         acts = {}
         for side, loaded in (("a", loaded_a), ("b", loaded_b)):
-            for batch in iter_per_token(loaded.model, [s[side] for s in chunk], layers, "residual", "response", size):
+            for batch in iter_per_token(loaded.model, [s.side(side) for s in chunk], layers, "residual", "response", size):
                 for item in batch:
                     acts[(side, item.sample_idx)] = item.acts_TLD
         # only now, with both sides captured, does the chunk enter the statistics
         for i, seq in enumerate(chunk):
             a, b = acts[("a", i)], acts[("b", i)]
             if a.shape != b.shape:
-                raise BuildError(f"prompt {seq['prompt_id']}: response spans differ ({a.shape[0]} vs {b.shape[0]} tokens)")
-            stats.add(f"{seq['prompt_id']}:{seq['rollout']}", a, b)
+                raise BuildError(f"prompt {seq.prompt_id}: response spans differ ({a.shape[0]} vs {b.shape[0]} tokens)")
+            stats.add(f"{seq.prompt_id}:{seq.rollout}", a, b)
         bar.update(len(chunk))
 
     try:
         used = run_slices(len(sequences), batch_size, chunk_stats, what="similarity")
     finally:
         bar.close()
-    formatting = {f"{s['prompt_id']}:{s['rollout']}": s for s in sequences}
+    formatting = {f"{s.prompt_id}:{s.rollout}": s for s in sequences}
     prompt_rows = []
     for r in stats.per_prompt:
         s = formatting[r["prompt_id"]]
-        prompt_rows.append({**r, "a_chat": s["a_chat"], "b_chat": s["b_chat"], "same_prompt_ids": s["same_prompt_ids"],
-                            "b_formatted": s["b_formatted"]})
+        prompt_rows.append({**r, "a_chat": s.a.used_chat_template, "b_chat": s.b.used_chat_template,
+                            "same_prompt_ids": s.same_prompt_ids, "b_formatted": s.b.formatted_prompt})
     return stats.layer_rows(), stats.position_rows(min_share), prompt_rows, used
 
 
@@ -108,7 +109,7 @@ def activation_similarity(
     source = replay_source(store, catalog, exp.name, variant_a, variant_b, prompt_set, generation, quiet)
     params = {"experiment": exp.name, "a": variant_a, "b": variant_b, "prompt_set": prompt_set,
               "layers": layer_ids, "min_share": min_share}
-    spec = BuildSpec(name=f"similarity-{exp.name}-{variant_a}-{variant_b}-{prompt_set}", kind="similarity",
+    spec = BuildSpec(name=names.similarity(exp.name, variant_a, variant_b, prompt_set), kind="similarity",
                      builder=BUILDER, code_version=CODE_VERSION, params=params, parents={"responses": source.responses.ref},
                      identity=source.identity)
 
@@ -122,7 +123,7 @@ def activation_similarity(
         writer.write_table([{**tag, **r} for r in position_rows], table="positions")
         writer.write_table(prompt_rows, table="prompts")
         writer.summary.update({"prompts": len(sequences),
-                               "same_prompt_formatting": sum(s["same_prompt_ids"] for s in sequences),
+                               "same_prompt_formatting": sum(s.same_prompt_ids for s in sequences),
                                "min_layer_cosine": min((r["mean_cosine"] for r in layer_rows
                                                         if r["mean_cosine"] is not None), default=None),
                                "batch_sizes": used})

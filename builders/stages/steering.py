@@ -29,17 +29,18 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 from store import BuildResult, BuildSpec, Manifest, Store
 from transforms.steering import POSITIONS
 
+from builders.shared import names
 from builders.shared.catalog import Catalog
 from builders.shared.common import BuildError
 from builders.shared.judges import JudgeChoice
 from builders.stages.steering_eval import (Planned, SteeringSetup, add_deltas, baseline_plan, calibration_parent, dedupe_responses,
                             evaluate, make_setup)
-from builders.stages.vectors import dataset_name as vectors_name
 from builders.stages.vectors import load_vectors
 
 log = logging.getLogger(__name__)
@@ -49,9 +50,30 @@ CODE_VERSION = "3"  # 3: positions "response" includes the last prompt position 
 MODES = ("adaptive", "grid", "baseline", "ablate")
 
 
-def dataset_name(experiment: str, application: str, vectors: str, method: str, mode: str) -> str:
-    short = vectors.removeprefix(f"vectors-{experiment}-")
-    return f"steering-{experiment}-{application}-{short}-{method}-{mode}"
+@dataclass(frozen=True)
+class SteeringSearchOptions:
+    """How one steering run searches: the mode and its knobs. ``params()`` is what enters
+    the manifest (and so the version id); fields a mode does not use are blanked there
+    (``coefficients`` outside ``grid``, ``steps`` outside ``adaptive``) so they do not split
+    versions."""
+
+    mode: str
+    layers: tuple[int, ...]
+    positions: str = "response"
+    coefficients: tuple[float, ...] = ()
+    steps: int = 8
+    threshold: float = 70.0
+    start_scale: float = 0.7
+    momentum: float = 0.5
+    direction: int = 1
+
+    def params(self) -> dict[str, Any]:
+        # key order and list types as the dict these options replaced, so version ids stay the same
+        return {"mode": self.mode, "layers": list(self.layers),
+                "coefficients": [float(c) for c in self.coefficients] if self.mode == "grid" else [],
+                "positions": self.positions, "steps": self.steps if self.mode == "adaptive" else None,
+                "threshold": self.threshold, "start_scale": self.start_scale, "momentum": self.momentum,
+                "direction": self.direction}
 
 
 def vector_columns(store: Store, vectors: Manifest, method: str) -> dict[str, Any]:
@@ -118,7 +140,7 @@ def _single(layer: int, vector: Any, coef: float, positions: str, kind: str, bas
                             "perturbation_ratio": ratio})
 
 
-def run_search(setup: SteeringSetup, vectors: dict[int, Any], layers: list[int], opts: dict[str, Any],
+def run_search(setup: SteeringSetup, vectors: dict[int, Any], opts: SteeringSearchOptions,
                base: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Evaluate one run's configurations by mode; returns (run rows, response rows)."""
     import numpy as np
@@ -126,31 +148,31 @@ def run_search(setup: SteeringSetup, vectors: dict[int, Any], layers: list[int],
     from transforms.steering import searches_from_norms
 
     runs, responses = evaluate(setup, [baseline_plan(base)])
-    mode = opts["mode"]
+    mode, layers, positions = opts.mode, list(opts.layers), opts.positions
     h = setup.h_norms(layers) if mode != "baseline" else {}
     base = {**base, "mode": mode}
     if mode == "grid":
-        plans = [_single(k, vectors[k], c, opts["positions"], "add", base, h[k]) for k in layers for c in opts["coefficients"]]
+        plans = [_single(k, vectors[k], c, positions, "add", base, h[k]) for k in layers for c in opts.coefficients]
         more = evaluate(setup, plans)
         runs, responses = runs + more[0], responses + more[1]
     elif mode == "ablate":
         from transforms.steering import Edit, SteeringConfig
 
-        plans = [_single(k, vectors[k], 0.0, opts["positions"], "ablate", base, h[k]) for k in layers]
+        plans = [_single(k, vectors[k], 0.0, positions, "ablate", base, h[k]) for k in layers]
         if len(layers) > 1:
-            together = SteeringConfig(tuple(Edit(k, vectors[k], 0.0, opts["positions"], "ablate") for k in layers))
+            together = SteeringConfig(tuple(Edit(k, vectors[k], 0.0, positions, "ablate") for k in layers))
             plans.append(Planned(together, {**base, "step": None, "layer": None, "layers": ",".join(map(str, layers)),
-                                            "coef": 0.0, "kind": "ablate", "positions": opts["positions"],
+                                            "coef": 0.0, "kind": "ablate", "positions": positions,
                                             "v_norm": None, "h_norm": None, "perturbation_ratio": None}))
         more = evaluate(setup, plans)
         runs, responses = runs + more[0], responses + more[1]
     elif mode == "adaptive":
         v_norms = {k: float(np.linalg.norm(vectors[k])) for k in layers}
-        search = searches_from_norms(layers, h, v_norms, scale=opts["start_scale"], direction=opts["direction"],
-                                     threshold=opts["threshold"], steps=opts["steps"], momentum=opts["momentum"])
+        search = searches_from_norms(layers, h, v_norms, scale=opts.start_scale, direction=opts.direction,
+                                     threshold=opts.threshold, steps=opts.steps, momentum=opts.momentum)
         while not search.done:
             coefs = search.current()
-            plans = [_single(k, vectors[k], coefs[k], opts["positions"], "add", base, h[k], search.step) for k in layers]
+            plans = [_single(k, vectors[k], coefs[k], positions, "add", base, h[k], search.step) for k in layers]
             step_runs, step_responses = evaluate(setup, plans)
             search.update({r["layer"]: (r["trait_mean"], r["coherence_mean"]) for r in step_runs})
             runs, responses = runs + step_runs, responses + step_responses
@@ -209,19 +231,19 @@ def steer_vectors(
     chosen = parse_layer_spec(layers, loaded.n_layers, by_layer)
     if direction is None:
         direction = -1 if _questions_direction(store, catalog, setup.questions_set) == "negative" else 1
-    opts = {"mode": mode, "layers": chosen, "coefficients": [float(c) for c in coefficients] if mode == "grid" else [],
-            "positions": positions, "steps": steps if mode == "adaptive" else None, "threshold": threshold,
-            "start_scale": start_scale, "momentum": momentum, "direction": direction}
+    opts = SteeringSearchOptions(mode=mode, layers=tuple(chosen), positions=positions,
+                                 coefficients=tuple(float(c) for c in coefficients), steps=steps, threshold=threshold,
+                                 start_scale=start_scale, momentum=momentum, direction=direction)
     params = {"experiment": exp.name, "application": application, "vectors": vectors.ref, "method": method,
-              "trait_set": vectors.params["prompt_set"], **opts, **setup.params()}
+              "trait_set": vectors.params["prompt_set"], **opts.params(), **setup.params()}
     base = {**base, "application": application, "direction": direction}
-    spec = BuildSpec(name=dataset_name(exp.name, application, vectors.name, method, mode), kind="steering",
+    spec = BuildSpec(name=names.steering(exp.name, application, vectors.name, method, mode), kind="steering",
                      builder=BUILDER, code_version=CODE_VERSION, params=params,
                      parents={"vectors": vectors.ref, **calibration_parent(setup)},
                      identity=dict(setup.identity))
 
     def produce(writer: Any) -> None:
-        runs, responses = run_search(setup, by_layer, chosen, opts, base)
+        runs, responses = run_search(setup, by_layer, opts, base)
         writer.write_table(runs)
         writer.write_table(responses, table="responses")
         ok = [r for r in runs if r["mode"] != "baseline" and r["delta"] is not None
@@ -252,7 +274,7 @@ def matrix_vectors(store: Store, catalog: Catalog, experiment: str | None) -> li
         raise BuildError(f"experiment {exp.name!r} has no extraction matrix in {catalog.path.name}")
     out = []
     for config in exp.extraction:
-        name = vectors_name(exp.name, config.variant, config.prompt_set, parse_position(config.position).slug, "residual")
+        name = names.vectors(exp.name, config.variant, config.prompt_set, parse_position(config.position).slug, "residual")
         if name not in store.datasets():
             raise BuildError(f"{name} is not built yet: run python -m builders.vectors --matrix first")
         out.append(store.latest(name))

@@ -1,7 +1,7 @@
 """Evaluate steering configurations: generate under each, judge every response, summarize.
 
-Shared by :mod:`builders.steering` (single vectors: baseline, adaptive search, grids,
-ablation) and :mod:`builders.combinations` (seed 001 phase 2). A :class:`SteeringSetup`
+Shared by :mod:`builders.stages.steering` (single vectors: baseline, adaptive search, grids,
+ablation) and :mod:`builders.stages.combinations` (seed 001 phase 2). A :class:`SteeringSetup`
 holds what every evaluation of one run needs (application model, steering questions,
 generation settings, judge); :func:`evaluate` turns a list of :class:`Planned`
 configurations into one summary row per configuration and one row per response.
@@ -135,7 +135,7 @@ def make_setup(
 
     ``trait_set``: the prompt set whose trait the trait judge scores (default:
     ``questions_set``). The coherence judge is the application variant's, unsteered, for
-    the perplexity judge, and must be calibrated (:func:`builders.judges.require_calibrated`).
+    the perplexity judge, and must be calibrated (:func:`builders.shared.judges.require_calibrated`).
     ``max_batch``: rows per batched generate call, or ``"auto"`` (:data:`CPU_MAX_BATCH` off
     CUDA, else from the free memory)."""
     from transforms.batching import parse_batch_size, resolve_batch_size

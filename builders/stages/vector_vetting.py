@@ -14,8 +14,8 @@ from typing import Any
 
 from store import Manifest, Store, StoreError
 
+from builders.shared import names
 from builders.shared.common import BuildError
-from builders.stages.judgments import dataset_name as judgments_name
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ class Vetting:
 def resolve_judgments(store: Store, vetting: Vetting, experiment: str, variant: str, prompt_set: str,
                       acts: Manifest) -> Manifest:
     """The judgments version to vet with; refuses one judging other responses than ``acts``."""
-    ref = vetting.judgments or judgments_name(experiment, variant, prompt_set)
+    ref = vetting.judgments or names.judgments(experiment, variant, prompt_set)
     try:
         judgments = store.resolve(ref)
     except StoreError as err:

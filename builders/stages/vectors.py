@@ -27,6 +27,7 @@ from typing import Any
 from store import BuildResult, BuildSpec, Manifest, Store
 
 from builders.stages.activations import capture_activations
+from builders.shared import names
 from builders.shared.catalog import Catalog, ExtractionConfig
 from builders.shared.common import BuildError
 from builders.stages.responses import generate_responses
@@ -52,11 +53,6 @@ def finite_json(obj: Any) -> str:
             return [clean(v) for v in x]
         return x
     return json.dumps(clean(obj), allow_nan=False)
-
-
-def dataset_name(experiment: str, variant: str, prompt_set: str, position_slug: str, component: str,
-                 vetted: bool = False) -> str:
-    return f"vectors-{experiment}-{variant}-{prompt_set}-{position_slug}-{component}" + ("-vetted" if vetted else "")
 
 
 def extract_vectors(
@@ -118,8 +114,8 @@ def extract_vectors(
         judged = resolve_judgments(store, vetting, exp.name, config.variant, config.prompt_set, acts)
         params["vetting"] = vetting.params()
         parents["judgments"] = judged.ref  # the judgments read enter the version id
-    name = dataset_name(exp.name, config.variant, config.prompt_set, pos.slug, component, vetted)
-    spec = BuildSpec(name=name + (f"-replay_{replay_from}" if replay_from else ""),
+    spec = BuildSpec(name=names.vectors(exp.name, config.variant, config.prompt_set, pos.slug, component, vetted,
+                                        replay_from),
                      kind="vectors", builder=BUILDER, code_version=CODE_VERSION, params=params,
                      parents=parents, identity=dict(acts.identity))
     return store.build(spec, lambda writer: _extract(store, writer, acts, params, vetting, judged), force=force)

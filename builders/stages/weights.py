@@ -37,6 +37,7 @@ from typing import Any, Sequence
 
 from store import BuildResult, BuildSpec, Store
 
+from builders.shared import names
 from builders.shared.catalog import Catalog, Variant
 from builders.shared.common import BuildError
 from builders.stages.responses import model_identity
@@ -49,19 +50,14 @@ CODE_VERSION = "3"  # 2: random-direction baseline of the alignment; 3: singular
 
 
 def checkpoint_dir(variant: Variant) -> Path:
-    """A local folder with the variant's model safetensors (hub models: the local HF cache)."""
-    from transforms.models import ModelLoadError, ModelRef, resolve_checkpoint
+    """A local folder with the variant's model safetensors at its revision
+    (:func:`transforms.models.checkpoint_folder`; hub models: the local HF cache)."""
+    from transforms.models import ModelLoadError, ModelRef, checkpoint_folder
 
-    ref = ModelRef(variant.model.id, variant.model.revision)
-    where = resolve_checkpoint(ref)
-    if Path(where).is_dir():
-        return Path(where)
     try:
-        from huggingface_hub import snapshot_download
-
-        return Path(snapshot_download(ref.id, revision=ref.revision, allow_patterns=["*.safetensors", "*.json"]))
-    except Exception as err:  # offline, gated, missing: say which model
-        raise ModelLoadError(f"variant {variant.name!r}: cannot get the safetensors of {ref.id}: {err}") from None
+        return checkpoint_folder(ModelRef(variant.model.id, variant.model.revision))
+    except ModelLoadError as err:  # offline, gated, missing: say which variant
+        raise ModelLoadError(f"variant {variant.name!r}: {err}") from None
 
 
 def analyze_weights(
@@ -107,7 +103,7 @@ def analyze_weights(
         raise BuildError(f"--b {variant_b}: {err}") from None
     params = {"experiment": exp.name, "a": variant_a, "b": variant_b, "vectors": [v.ref for v in vector_sets],
               "method": method, "top_k": top_k, "filter_tokens": filter_tokens, "singular_k": singular_k}
-    spec = BuildSpec(name=f"weights-{exp.name}-{variant_a}-{variant_b}", kind="weights", builder=BUILDER,
+    spec = BuildSpec(name=names.weights(exp.name, variant_a, variant_b), kind="weights", builder=BUILDER,
                      code_version=CODE_VERSION, params=params,
                      parents={f"vectors{i}": v.ref for i, v in enumerate(vector_sets)}, identity=identity)
 
@@ -136,10 +132,10 @@ def weight_tables(store: Store, base: Any, other: Any, folder_a: Path, vector_se
     """The tables of the module docstring, by name, from streamed tensors."""
     import math
 
-    from transformers import AutoConfig, AutoTokenizer
-
     from transforms.diffing import diff_norms
     from transforms.diffing import logit_lens_many, read_final_norm, unembedding_name
+
+    from transforms.models import ModelDims, load_config, load_tokenizer
 
     from builders.stages.vectors import load_vectors
 
@@ -151,9 +147,8 @@ def weight_tables(store: Store, base: Any, other: Any, folder_a: Path, vector_se
     layer_rows = [{"layer": k, "diff_norm": math.sqrt(v),
                    "residual_direction_norm": float(directions[k].norm()) if k in directions else 0.0}
                   for k, v in sorted(by_layer.items())]
-    config = AutoConfig.from_pretrained(folder_a)
-    text = config.get_text_config() if hasattr(config, "get_text_config") else config
-    tokenizer = AutoTokenizer.from_pretrained(folder_a)
+    config = load_config(str(folder_a))  # the folder already is the revision's files
+    tokenizer = load_tokenizer(str(folder_a))
     unembed = base.read(unembedding_name(base))
     norm = read_final_norm(base, config)
     directions = {k: d for k, d in directions.items() if float(d.norm()) > 0}  # unchanged layers: no direction
@@ -171,7 +166,7 @@ def weight_tables(store: Store, base: Any, other: Any, folder_a: Path, vector_se
         out = svd_lens if "matrix" in key else lens_rows
         out += [{**key, "direction": d, "rank": i, **p} for d, tokens in picked.items() for i, p in enumerate(tokens)]
     del unembed
-    width = int(text.hidden_size) if getattr(text, "hidden_size", None) else None
+    width = ModelDims.from_config(config).d_model
     svd_by_row: dict[tuple[str, int], dict[int, Any]] = {}  # (writer, index) -> {layer: direction}
     for (layer, matrix), found in singular.items():
         for i, (_, _, vec) in enumerate(found):
@@ -179,7 +174,7 @@ def weight_tables(store: Store, base: Any, other: Any, folder_a: Path, vector_se
     align_rows, svd_align = [], []
     for v in vector_sets:
         vecs, meta = load_vectors(store, v, method)
-        if width is not None and vecs.shape[1] != width:
+        if vecs.shape[1] != width:
             raise BuildError(f"--vectors {v.ref}: width {vecs.shape[1]}, the models' d_model is {width}")
         layers = json.loads(meta.get("layers", "null")) or list(range(vecs.shape[0]))
         align_rows += _alignment(v, vecs, layers, method, {k: d.numpy() for k, d in directions.items()}, {})

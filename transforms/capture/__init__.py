@@ -1,16 +1,28 @@
-"""Reading a model's internals: decoder-layer discovery and component hook sites, pooled and per-token
-activation capture, and live projections onto trait vectors during a forward pass.
+"""Reading a model's internals: decoder-layer discovery and component hook sites, the one hook
+mechanism (register, always remove, stop early), pooled and per-token activation capture, and
+live projections onto trait vectors during a forward pass.
+
+Importing this package imports neither torch nor numpy (CLIs import it for ``--help``).
 """
 
 from transforms.capture.activations import (
     IndexRow,
+    TokenActs,
     capture_batch,
     capture_per_token,
     capture_pooled,
-    hook_components,
     iter_per_token,
     iter_pooled,
+)
+from transforms.capture.hooks import (
+    Hook,
+    StopForward,
+    allow_stop,
+    attached,
+    hook_components,
+    input_device,
     run_forward,
+    stop_after,
 )
 from transforms.capture.layers import (
     component_module,
@@ -26,11 +38,18 @@ from transforms.capture.live_projections import (
     project,
     score_rows,
 )
+from transforms.capture.spans import SpanItem, pad_batch, plan_spans, sorted_batches
 
 __all__ = [
+    "Hook",
     "IndexRow",
     "LiveProjector",
+    "SpanItem",
+    "StopForward",
+    "TokenActs",
     "VectorStack",
+    "allow_stop",
+    "attached",
     "capture_batch",
     "capture_per_token",
     "capture_pooled",
@@ -39,11 +58,16 @@ __all__ = [
     "decoder_trunk",
     "first_tensor",
     "hook_components",
+    "input_device",
     "iter_per_token",
     "iter_pooled",
     "model_dims",
+    "pad_batch",
     "parse_layers",
+    "plan_spans",
     "project",
     "run_forward",
     "score_rows",
+    "sorted_batches",
+    "stop_after",
 ]

@@ -30,7 +30,7 @@ reproduces ``hidden_states[k+1]`` bit for bit (``torch.equal``).
 
 So ``hidden_states[k+1]`` equals layer ``k`` exactly for ``k < n-1`` only. Our layer
 ``n-1`` is the raw output of the last block (pre final norm), the same kind of quantity as
-every other layer; read it with a hook (``transforms.capture.activations``), not from
+every other layer; read it with a hook (``transforms.capture.hooks``), not from
 ``hidden_states[-1]``.
 
 Components (see ``component_module``)
@@ -182,14 +182,12 @@ def decoder_trunk(model: nn.Module) -> nn.Module:
 
 
 def model_dims(model: nn.Module) -> tuple[int, int]:
-    """``(n_layers, d_model)`` of the text decoder."""
-    n_layers = len(decoder_layers(model))
-    config = _text_config(model)
-    for key in ("hidden_size", "n_embd", "d_model"):
-        value = getattr(config, key, None)
-        if isinstance(value, int):
-            return n_layers, value
-    raise ValueError(f"cannot read d_model (hidden_size) from {type(config).__name__}")
+    """``(n_layers, d_model)`` of the text decoder: blocks counted in the module tree, the
+    width read by :class:`transforms.models.ModelDims` (ValueError when it cannot be read)."""
+    from transforms.models import ModelDims
+
+    dims = ModelDims.from_config(_text_config(model), n_layers=len(decoder_layers(model)))
+    return dims.n_layers, dims.d_model
 
 
 # --------------------------------------------------------------------------- components

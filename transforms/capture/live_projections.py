@@ -19,9 +19,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
+from transforms.capture.hooks import hook_components
 
 if TYPE_CHECKING:
+    import numpy as np
     import torch
     from torch import nn
 
@@ -37,25 +38,31 @@ class VectorStack:
 
     @classmethod
     def build(cls, layer: int, vectors: Sequence[tuple[str, np.ndarray, float]]) -> VectorStack:
+        import numpy as np
+
+        from transforms.stats import unit_rows
+
         if not vectors:
             raise ValueError(f"layer {layer}: no vectors to stack")
         widths = {len(v) for _, v, _ in vectors}
         if len(widths) != 1:
             raise ValueError(f"layer {layer}: vectors of different widths {sorted(widths)}")
         mat = np.stack([np.asarray(v, dtype=np.float64) for _, v, _ in vectors])
-        norms = np.linalg.norm(mat, axis=1, keepdims=True)
-        if (norms == 0).any():
+        if (np.linalg.norm(mat, axis=1) == 0).any():
             raise ValueError(f"layer {layer}: a zero vector cannot be projected on")
-        return cls(layer, tuple(n for n, _, _ in vectors), mat / norms,
+        return cls(layer, tuple(n for n, _, _ in vectors), unit_rows(mat),
                    np.array([b for _, _, b in vectors], dtype=np.float64))
 
 
 def project(acts_TD: np.ndarray, stack: VectorStack) -> dict[str, np.ndarray]:
     """``{"raw", "cosine", "centered": [T, K], "norm": [T]}`` for one layer's activations."""
+    import numpy as np
+
     acts = np.asarray(acts_TD, dtype=np.float64)
     raw = acts @ stack.unit_KD.T
     norm = np.linalg.norm(acts, axis=-1)
     with np.errstate(invalid="ignore", divide="ignore"):
+        # cos(h, v) from the matmul already done (v̂ is unit): no [T, K, D] product as transforms.stats.cosine would need
         cosine = raw / norm[:, None]
     return {"raw": raw, "cosine": cosine, "centered": raw - stack.baselines_K[None, :], "norm": norm}
 
@@ -118,13 +125,13 @@ class LiveProjector:
 
     @contextmanager
     def attach(self, model: nn.Module, component: str = "residual") -> Iterator[LiveProjector]:
-        from transforms.capture.activations import hook_components
-
         with hook_components(model, sorted(self.stacks), component, self._callback):
             yield self
 
     def per_row(self, layer: int, row: int) -> tuple[np.ndarray, np.ndarray]:
         """``(raw [T_total, K], norms [T_total])`` of batch row ``row`` over all forwards."""
+        import numpy as np
+
         raw = np.concatenate([s[row] for s in self.scores[layer]], axis=0)
         norms = np.concatenate([n[row] for n in self.norms[layer]], axis=0)
         return raw, norms

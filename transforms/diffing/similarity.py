@@ -18,21 +18,21 @@ from typing import Any
 import numpy as np
 
 
-from transforms.stats import cosine as _cos  # along the last axis, float64; 0-norm rows give NaN
+from transforms.stats import cosine  # along the last axis, float64; 0-norm rows give NaN
 
 
 def mean_cosine_L(a_TLD: np.ndarray, b_TLD: np.ndarray) -> np.ndarray:
     """``[L]``: cosine of the two variants' mean response activations, per layer."""
     if a_TLD.shape != b_TLD.shape:
         raise ValueError(f"shapes differ: {a_TLD.shape} vs {b_TLD.shape}")
-    return _cos(a_TLD.astype(np.float64).mean(0), b_TLD.astype(np.float64).mean(0))
+    return cosine(a_TLD.astype(np.float64).mean(0), b_TLD.astype(np.float64).mean(0))
 
 
 def position_cosine_TL(a_TLD: np.ndarray, b_TLD: np.ndarray) -> np.ndarray:
     """``[T, L]``: cosine at each response position and layer."""
     if a_TLD.shape != b_TLD.shape:
         raise ValueError(f"shapes differ: {a_TLD.shape} vs {b_TLD.shape}")
-    return _cos(a_TLD, b_TLD)
+    return cosine(a_TLD, b_TLD)
 
 
 @dataclass

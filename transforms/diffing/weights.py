@@ -3,14 +3,14 @@
 - :func:`diff_norms`: per parameter ``‖θ_B − θ_A‖_F``, ``‖θ_A‖_F`` and their ratio, with the
   decoder layer and component (``q_proj``, ``down_proj``, ``input_layernorm``, ...) parsed
   from the name; embeddings, unembedding and the final norm have ``layer = None``.
-- B is a full checkpoint (:class:`~transforms.safetensors_stream.TensorReader`) or a LoRA
+- B is a full checkpoint (:class:`~transforms.diffing.tensor_reader.TensorReader`) or a LoRA
   adapter over A (:class:`LoraAdapter`): ``ΔW = (α/r)·B·A`` (``α/√r`` with rsLoRA) computed
   per module, never merged into the model.
 - Residual-facing directions, collected on the same pass: per layer the mean column of
   ``ΔW_o_proj + ΔW_down_proj`` (what the change adds for a constant input of 1/d_in: a
   crude summary, kept for comparison), and the top-k left singular vectors of each of
   ``ΔW_o_proj`` and ``ΔW_down_proj`` (what the change can write at all, ranked by gain;
-  :func:`transforms.weight_directions.top_singular_directions`). The logit lens and the
+  :func:`transforms.diffing.directions.top_singular_directions`). The logit lens and the
   final norm are in :mod:`transforms.diffing.directions`; :func:`cosine_by_layer` and
   :func:`random_baseline` align directions with trait vectors.
 """

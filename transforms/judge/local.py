@@ -52,7 +52,7 @@ METHODS = ("auto", "tree", "brute")
 _TREE_ATTENTION = ("sdpa", "eager")
 
 
-def _sliding_window(config: Any) -> int | None:
+def sliding_window(config: Any) -> int | None:
     """The sliding window if some layer uses one, else None."""
     window = getattr(config, "sliding_window", None)
     types = getattr(config, "layer_types", None)
@@ -83,7 +83,7 @@ def _scrub_nan(cache: Any) -> None:
                 torch.nan_to_num_(tensor, nan=0.0)
 
 
-def _common_prefix(prompts: list[list[int]]) -> int:
+def common_prefix(prompts: list[list[int]]) -> int:
     """Length of the token prefix every prompt shares, leaving each at least one own token."""
     n = min(len(p) for p in prompts) - 1
     first = prompts[0]
@@ -108,7 +108,7 @@ def tree_logprobs(model: Any, tree: NumberTree, prompts: list[list[int]],
     device = next(model.parameters()).device
     # Sliding-window masks are built from key indices, which pads between prefix and
     # suffix would shift: those models keep the plain left-padded batch.
-    shared = _common_prefix(prompts) if len(prompts) > 1 and _sliding_window(model.config) is None else 0
+    shared = common_prefix(prompts) if len(prompts) > 1 and sliding_window(model.config) is None else 0
     shared = shared if shared >= min_shared else 0
     cache = DynamicCache()  # no config: every layer keeps every key; windows are in our masks
     ids, mask = (x.to(device) for x in left_pad([p[shared:] for p in prompts], pad_id))
@@ -136,7 +136,7 @@ def tree_logprobs(model: Any, tree: NumberTree, prompts: list[list[int]],
                          t["ancestors"][None].expand(batch, n, n)], dim=2)  # [B, N, T+N]
     dtype = next(model.parameters()).dtype
     attn: Any = _additive(allowed, dtype)
-    window = _sliding_window(model.config)
+    window = sliding_window(model.config)
     if window is not None and int(node_pos.max()) + 1 > window:
         key_pos = torch.cat([pos, node_pos], dim=1)
         near = (node_pos[:, :, None] - key_pos[:, None, :]) < window

@@ -110,13 +110,13 @@ class PerplexityFeaturizer:
         import torch
         from transformers import DynamicCache
 
-        from transforms.judge.local import _common_prefix, _sliding_window
+        from transforms.judge.local import common_prefix, sliding_window
 
         model = self.loaded.model
         pad = self.loaded.tokenizer.pad_token_id or 0
         device = next(model.parameters()).device
         full = [p + a for p, a in sequences]
-        shared = _common_prefix([p for p, _ in sequences] * 2) if _sliding_window(model.config) is None else 0
+        shared = common_prefix([p for p, _ in sequences] * 2) if sliding_window(model.config) is None else 0
         width = max(map(len, full)) - shared
         ids = torch.full((len(full), width), pad, dtype=torch.long)
         mask = torch.zeros_like(ids)

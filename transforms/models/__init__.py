@@ -1,7 +1,10 @@
-"""Loading models: references and revisions, packaged offline checkpoints, the converted-model cache,
-tokenizers and their identity, devices, dtypes and quantization. Outside this package import from here.
+"""Loading models: references and revisions, where their files come from (packaged offline
+checkpoints, local folders, the hub at a pinned revision), their config dimensions, the
+converted-model cache and the in-process model cache, tokenizers and their identity, devices,
+dtypes and quantization. Outside this package import from here.
 """
 
+from transforms.models.cache import models_cache_root
 from transforms.models.devices import (
     DeviceError,
     check_device_name,
@@ -9,28 +12,29 @@ from transforms.models.devices import (
     resolve_device,
     resolve_dtype,
 )
+from transforms.models.dims import ModelDims
 from transforms.models.fast_tokenizer import (
     TOKENIZER_MEMO,
     load_checkpoint_tokenizer,
 )
 from transforms.models.loading import (
     LoadedModel,
-    ModelLoadError,
-    ModelRef,
-    PACKAGED_MODELS,
-    PackagedModel,
-    SOURCE_RECORD,
-    load_gguf_model,
     load_model,
     load_tokenizer,
-    local_revision,
     model_fingerprint,
-    models_cache_root,
+)
+from transforms.models.packaged import (
+    CONVERTER_VERSION,
+    PACKAGED_MODELS,
+    SOURCE_RECORD,
+    PackagedModel,
+    load_gguf_model,
     packaged_gguf,
-    ref_kind,
-    resolve_checkpoint,
-    tokenizer_fingerprint,
-    vocabulary_fingerprint,
+)
+from transforms.models.process_cache import (
+    MODEL_CACHE,
+    ModelCache,
+    ModelKey,
 )
 from transforms.models.quantization import (
     QuantizationError,
@@ -41,19 +45,33 @@ from transforms.models.quantization import (
     quantize,
 )
 from transforms.models.refs import (
+    ModelLoadError,
     ModelRef,
+    ref_kind,
+)
+from transforms.models.sources import (
+    checkpoint_folder,
+    config_dims,
+    load_config,
+    local_revision,
+    resolve_checkpoint,
 )
 from transforms.models.tokenizer_identity import (
     tokenizer_differences,
     tokenizer_fingerprint,
     tokenizer_traits,
+    vocabulary_fingerprint,
 )
 
 __all__ = [
+    "CONVERTER_VERSION",
     "DeviceError",
     "LoadedModel",
+    "MODEL_CACHE",
+    "ModelCache",
+    "ModelDims",
+    "ModelKey",
     "ModelLoadError",
-    "ModelRef",
     "ModelRef",
     "PACKAGED_MODELS",
     "PackagedModel",
@@ -64,8 +82,11 @@ __all__ = [
     "check_device_name",
     "check_dtype_name",
     "check_supported",
+    "checkpoint_folder",
+    "config_dims",
     "from_pretrained_kwargs",
     "load_checkpoint_tokenizer",
+    "load_config",
     "load_gguf_model",
     "load_model",
     "load_tokenizer",
@@ -80,7 +101,6 @@ __all__ = [
     "resolve_device",
     "resolve_dtype",
     "tokenizer_differences",
-    "tokenizer_fingerprint",
     "tokenizer_fingerprint",
     "tokenizer_traits",
     "vocabulary_fingerprint",

@@ -6,15 +6,18 @@ import json
 import logging
 import sys
 
-from transforms.models.loading import (PACKAGED_MODELS, PKG_PREFIX, ModelLoadError, ModelRef, _ensure_pkg_checkpoint,
-                                       _packaged, load_model, ref_kind, resolve_checkpoint)
+from transforms.models.loading import load_model
+from transforms.models.packaged import PACKAGED_MODELS, ensure_pkg_checkpoint, packaged_model
+from transforms.models.refs import PKG_PREFIX, ModelLoadError, ModelRef, ref_kind
+from transforms.models.sources import resolve_checkpoint
+
 
 def _prepare(model_id: str) -> str:
     """Make ``model_id`` loadable offline; one line saying what was done and where."""
     ref = ModelRef(model_id)
     if ref_kind(ref) != "pkg":
         return f"{model_id}: not packaged, used as is: {resolve_checkpoint(ref)}"
-    path, converted = _ensure_pkg_checkpoint(_packaged(model_id))
+    path, converted = ensure_pkg_checkpoint(packaged_model(model_id))
     return f"{model_id}: {'converted' if converted else 'already cached'}: {path}"
 
 

@@ -1,7 +1,8 @@
-"""The converted-checkpoint cache: its root, and building a directory in it atomically.
+"""The converted-checkpoint cache: its root, and writing files and folders in it atomically.
 
-A directory is built in a temporary sibling and renamed into place under a file lock, so
-a killed build never leaves a half directory and concurrent builders do the work once.
+Everything is written in a temporary sibling and renamed into place (:func:`atomic_write`);
+a checkpoint folder also under a file lock (:func:`publish_atomically`), so a killed build
+never leaves a half directory and concurrent builders do the work once.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from transforms.models.refs import ModelLoadError
@@ -31,7 +32,43 @@ def models_cache_root() -> Path:
     return Path.home() / ".cache" / "traitstore" / "models"
 
 
-def _publish_atomically(
+@contextlib.contextmanager
+def atomic_write(final: Path, *, directory: bool = False) -> Iterator[Path]:
+    """Write ``final`` all at once: the block fills the yielded temporary sibling (a path not
+    yet created, or with ``directory`` an empty folder), which then replaces ``final``.
+
+    The one temp-then-rename of this package (checkpoints, memos, assembled GGUFs), so a
+    killed writer never leaves a half file where readers look. On success the result is
+    made world-readable (a cache others read); a folder already at ``final`` is swapped
+    out and removed. On an error the temporary is removed and ``final`` is left as it was.
+    Temporaries are named ``.tmp-<name>@...`` (:func:`publish_atomically` clears stale ones).
+    """
+    parent = final.parent
+    parent.mkdir(parents=True, exist_ok=True)
+    prefix = f".tmp-{final.name}@"
+    work = Path(tempfile.mkdtemp(prefix=prefix, dir=parent)) if directory \
+        else parent / f"{prefix}{uuid.uuid4().hex}"
+    try:
+        yield work
+        _make_readable(work)
+        if not directory:
+            os.replace(work, final)
+            return
+        old = None
+        if final.exists():  # stale (e.g. package upgraded): swap it out
+            old = parent / f"{prefix}old-{uuid.uuid4().hex}"
+            os.rename(final, old)
+        os.rename(work, final)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if work.is_dir():
+            shutil.rmtree(work, ignore_errors=True)
+        elif work.exists():
+            work.unlink(missing_ok=True)
+
+
+def publish_atomically(
     final: Path,
     build: Callable[[Path], None],
     is_valid: Callable[[Path], bool],
@@ -40,10 +77,10 @@ def _publish_atomically(
 ) -> bool:
     """Make ``final`` a valid directory, building it at most once across processes.
 
-    ``build(tmp_dir)`` fills an empty temporary directory (a sibling of ``final``); it is
-    then renamed into place. Runs under ``<parent>/.<name>.lock``; stale temporary
-    directories (``.tmp-<name>@*``) from killed builds are removed under the lock. Returns
-    True when this call built it, False when a valid one was already there.
+    ``build(tmp_dir)`` fills an empty temporary directory, published by :func:`atomic_write`.
+    Runs under ``<parent>/.<name>.lock``; stale temporary directories (``.tmp-<name>@*``)
+    from killed builds are removed under the lock. Returns True when this call built it,
+    False when a valid one was already there.
     """
     from filelock import FileLock, Timeout
 
@@ -68,32 +105,23 @@ def _publish_atomically(
         for stale in parent.glob(f".tmp-{final.name}@*"):
             # only lock holders create these, so any found now belongs to a dead build
             shutil.rmtree(stale, ignore_errors=True)
-        work = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}@", dir=parent))
         try:
-            build(work)
-            _make_readable(work)
-            old = None
-            if final.exists():  # stale (e.g. package upgraded): swap it out
-                old = parent / f".tmp-{final.name}@old-{uuid.uuid4().hex}"
-                os.rename(final, old)
-            try:
-                os.rename(work, final)
-            except OSError:
-                if not is_valid(final):  # someone without the lock raced us and lost
-                    raise
-            if old is not None:
-                shutil.rmtree(old, ignore_errors=True)
-        finally:
-            if work.exists():
-                shutil.rmtree(work, ignore_errors=True)
+            with atomic_write(final, directory=True) as work:
+                build(work)
+        except OSError:
+            if not is_valid(final):  # someone without the lock raced us and lost
+                raise
         return True
     finally:
         lock.release()
 
 
-def _make_readable(directory: Path) -> None:
+def _make_readable(path: Path) -> None:
     """mkdtemp makes 0700 folders (and some writers 0600 files): open the cache for reading."""
     with contextlib.suppress(OSError):
-        os.chmod(directory, 0o755)
-        for f in directory.rglob("*"):
+        if path.is_file():
+            os.chmod(path, 0o644)
+            return
+        os.chmod(path, 0o755)
+        for f in path.rglob("*"):
             os.chmod(f, 0o755 if f.is_dir() else 0o644)

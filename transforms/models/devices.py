@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 
-from transforms.models.refs import _DTYPES, ModelLoadError
+from transforms.models.refs import DTYPE_ALIASES, ModelLoadError
 
 DTYPES = ("float32", "bfloat16", "float16")
 _DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
@@ -32,7 +32,7 @@ def check_device_name(name: str) -> str:
 
 def check_dtype_name(name: str) -> str:
     """The canonical dtype name (``float32``, ``bfloat16``, ``float16``) or DeviceError."""
-    canonical = _DTYPES.get(str(name).strip().lower().removeprefix("torch."))
+    canonical = DTYPE_ALIASES.get(str(name).strip().lower().removeprefix("torch."))
     if canonical is None:
         raise DeviceError(f"unknown dtype {name!r}; use one of {', '.join(DTYPES)}")
     return canonical

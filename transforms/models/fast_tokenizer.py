@@ -33,23 +33,24 @@ Kept after measuring (issue 14, ``out/r7/time_tokenizer.py``: Gemma 3 270M, a fr
 per load, transformers import excluded, 4 runs each on a loaded 2-core machine): CPU time
 4.1-4.7 s ordinary vs 2.6-2.8 s from the memo, about 1.7 s saved per load (wall clock
 was too noisy there to quote). The transformers internals it touches stay in this module,
-behind :func:`load_checkpoint_tokenizer` (and :func:`write_tokenizer_memo` for the converter).
+behind :func:`load_checkpoint_tokenizer`, this module's only public function (the
+converter seeds the memo by calling it on the checkpoint it just saved).
 """
 
 from __future__ import annotations
 
 import array
 import base64
+import contextlib
 import inspect
 import json
 import logging
-import os
 import sys
-import uuid
 from pathlib import Path
 from typing import Any
 
-from transforms.models.refs import _short
+from transforms.models.cache import atomic_write
+from transforms.models.refs import short_message
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +75,11 @@ PROBE_TEXTS = (
 def load_checkpoint_tokenizer(ckpt: str | Path) -> Any:
     """``AutoTokenizer.from_pretrained(ckpt, local_files_only=True)``, fast when memoized.
 
+    Why it exists: transformers parses Gemma 3's 33 MB ``tokenizer.json`` twice per load;
+    the memo next to the checkpoint saves about 1.7 s of CPU per load (measured, issue 14),
+    and the fast load is used only after it was checked to give the identical tokenizer.
+    Every use of transformers' tokenizer internals stays behind this function.
+
     ``ckpt`` is a converted checkpoint (ours, immutable). Without a valid memo this is the
     ordinary load, after which the memo is written (see the module docstring).
     """
@@ -84,13 +90,13 @@ def load_checkpoint_tokenizer(ckpt: str | Path) -> Any:
             return _fast_load(ckpt, memo)
         except Exception as exc:  # a damaged memo: the ordinary load still works
             logger.warning("fast tokenizer load of %s failed (%s); loading it the ordinary way",
-                           ckpt, _short(exc))
+                           ckpt, short_message(exc))
             memo = None
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(ckpt), local_files_only=True)
     if memo is None:
-        write_tokenizer_memo(ckpt, tokenizer)
+        _write_memo(ckpt, tokenizer)
     return tokenizer
 
 
@@ -173,7 +179,7 @@ def _read_memo(ckpt: Path) -> dict[str, Any] | None:
     return None
 
 
-def write_tokenizer_memo(ckpt: str | Path, reference: Any) -> bool:
+def _write_memo(ckpt: str | Path, reference: Any) -> bool:
     """Write the memo for ``ckpt``, whose ordinary load gave ``reference``.
 
     Records ``"fast": true`` only if the fast load reproduces ``reference`` exactly.
@@ -184,7 +190,7 @@ def write_tokenizer_memo(ckpt: str | Path, reference: Any) -> bool:
         stamp = _stamp(ckpt)
         memo = _memo_for(ckpt, reference)
     except Exception as exc:  # unreadable files: try again next time
-        logger.warning("tokenizer of %s: no fast load (%s)", ckpt, _short(exc))
+        logger.warning("tokenizer of %s: no fast load (%s)", ckpt, short_message(exc))
         return False
     if memo is None:
         problem: str | None = "not a tokenizers-backed tokenizer with a tokenizer.json"
@@ -193,7 +199,7 @@ def write_tokenizer_memo(ckpt: str | Path, reference: Any) -> bool:
         try:
             problem = _difference(_fast_load(ckpt, memo), reference)
         except Exception as exc:
-            problem = f"the fast load failed: {_short(exc)}"
+            problem = f"the fast load failed: {short_message(exc)}"
     if problem is not None:
         logger.warning("tokenizer of %s: no fast load (%s)", ckpt, problem)
         memo = {"stamp": stamp, "fast": False, "reason": problem}
@@ -202,7 +208,8 @@ def write_tokenizer_memo(ckpt: str | Path, reference: Any) -> bool:
         text.encode("utf-8")
     except UnicodeEncodeError:  # lone surrogates in the vocabulary
         text = json.dumps(memo)
-    _write_atomically(ckpt / TOKENIZER_MEMO, text)
+    with contextlib.suppress(OSError), atomic_write(ckpt / TOKENIZER_MEMO) as tmp:
+        tmp.write_text(text, encoding="utf-8")  # a read-only cache: fine, just slower
     return bool(memo.get("fast"))
 
 
@@ -297,12 +304,3 @@ def _difference(fast: Any, reference: Any) -> str | None:
             return f"tokenizes {text!r} differently"
     return None
 
-
-def _write_atomically(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except OSError:  # read-only cache: fine, just slower
-        tmp.unlink(missing_ok=True)

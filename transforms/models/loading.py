@@ -14,59 +14,27 @@ A ``pkg:`` checkpoint's tokenizer is loaded through a memo kept next to it
 (:mod:`transforms.models.fast_tokenizer`): the same tokenizer ``AutoTokenizer`` gives, without
 transformers' slow parse of Gemma's 33 MB ``tokenizer.json``.
 
-This module is the public API; the other ``transforms/*model*`` modules are its parts.
-``python -m transforms.models.loading --prepare`` converts packaged models ahead of time.
-Heavy imports (torch, transformers) happen inside functions.
+Outside this package import from :mod:`transforms.models`; this module is loading itself
+(files come from :mod:`transforms.models.sources`). ``python -m transforms.models --prepare``
+converts packaged models ahead of time. Heavy imports (torch, transformers) happen inside
+functions.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from transforms.models.cache import models_cache_root
-from transforms.models.refs import (
-    PKG_PREFIX,
-    ModelLoadError,
-    ModelRef,
-    _as_ref,
-    _dims,
-    _short,
-    _torch_dtype,
-    ref_kind,
-)
-from transforms.models.sources import (
-    _hub_cached_commit,
-    _hub_revision,
-    _resolve_for_load,
-    local_revision,
-    resolve_checkpoint,
-)
+from transforms.models.dims import ModelDims
 from transforms.models.fast_tokenizer import load_checkpoint_tokenizer
-from transforms.models.packaged import (
-    CONVERTER_VERSION,
-    PACKAGED_MODELS,
-    SOURCE_RECORD,  # noqa: F401  re-exported: the converted checkpoint's record file
-    PackagedModel,
-    _checkpoint_revision,
-    _ensure_pkg_checkpoint,
-    _packaged,
-    _packaged_revision,
-    load_gguf_model,
-    packaged_gguf,
-)
-from transforms.models.tokenizer_identity import (
-    cached_fingerprints,
-    mark_pad_set_at_load,
-    tokenizer_fingerprint,
-    vocabulary_fingerprint,
-)
+from transforms.models.packaged import checkpoint_revision, packaged_model, packaged_revision
+from transforms.models.refs import ModelLoadError, ModelRef, as_ref, ref_kind, short_message, torch_dtype
+from transforms.models.sources import (hub_cached_commit, hub_revision, local_revision, resolve_checkpoint,
+                                       resolve_for_load)
+from transforms.models.tokenizer_identity import cached_fingerprints, mark_pad_set_at_load
 
 if TYPE_CHECKING:
     from transforms.models.quantization import QuantizationSpec
@@ -128,11 +96,6 @@ class LoadedModel:
         return described
 
 
-# ------------------------------------------------------------------ fingerprints
-# (in transforms.models.tokenizer_identity; tokenizer_fingerprint and vocabulary_fingerprint are
-# re-exported here)
-
-
 def _check_pinned(ref: ModelRef, kind: str, revision: str | None) -> None:
     """A revision given for a pkg/local model must be a prefix (>= 6 hex) of its content hash."""
     if kind not in ("pkg", "local") or ref.revision is None:
@@ -156,14 +119,14 @@ def model_fingerprint(ref: ModelRef | str) -> str | None:
 
     A revision given for pkg/local models is checked like in :func:`load_model`.
     """
-    ref = _as_ref(ref)
+    ref = as_ref(ref)
     kind = ref_kind(ref)
     if kind == "pkg":
-        revision = _packaged_revision(_packaged(ref.id))
+        revision = packaged_revision(packaged_model(ref.id))
     elif kind == "local":
         revision = local_revision(resolve_checkpoint(ref))
     else:
-        revision = ref.revision or _hub_cached_commit(ref)
+        revision = ref.revision or hub_cached_commit(ref)
     _check_pinned(ref, kind, revision)
     return revision
 
@@ -191,17 +154,17 @@ def _load_tokenizer(ref: ModelRef, checkpoint: str, local_only: bool) -> Any:
         return load_checkpoint_tokenizer(checkpoint)
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(checkpoint, revision=_hub_revision(ref), local_files_only=local_only)
+    return AutoTokenizer.from_pretrained(checkpoint, revision=hub_revision(ref), local_files_only=local_only)
 
 
 def load_tokenizer(ref: ModelRef | str, *, padding_side: str | None = None) -> Any:
     """Only the tokenizer of ``ref`` (pad token set), without loading weights."""
-    ref = _as_ref(ref)
-    checkpoint, local_only = _resolve_for_load(ref)
+    ref = as_ref(ref)
+    checkpoint, local_only = resolve_for_load(ref)
     try:
         tok = _load_tokenizer(ref, checkpoint, local_only)
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ModelLoadError(f"could not load the tokenizer of {ref.id!r}: {_short(exc)}") from None
+        raise ModelLoadError(f"could not load the tokenizer of {ref.id!r}: {short_message(exc)}") from None
     return _prepare_tokenizer(tok, padding_side)
 
 
@@ -218,36 +181,36 @@ def load_model(
     set) and identity.
 
     ``device``: ``cpu`` (default), ``auto``, ``mps``, ``cuda`` or ``cuda:N``
-    (:func:`transforms.devices.resolve_device`); ``dtype``: None for the device's default
+    (:func:`transforms.models.resolve_device`); ``dtype``: None for the device's default
     (bfloat16 on accelerators, float32 on CPU) or a name / ``torch.dtype``.
     ``device_map`` (e.g. ``"auto"``, for a model larger than one device) is passed to
     ``from_pretrained`` as is, and then ``device`` is not applied.
 
     ``quantization`` (:mod:`transforms.models.quantization`): bitsandbytes quantizes while loading
     (placed with ``device_map``), torchao after the model is on its device; a method this
-    device cannot run is a one-line :class:`~transforms.quantization.QuantizationError` before
+    device cannot run is a one-line :class:`~transforms.models.QuantizationError` before
     anything loads.
 
     ``revision``: for ``pkg:`` models the GGUF sha256 prefix, for local directories
     :func:`local_revision`; a ``ref.revision`` given for those must match (prefix) or it
     is an error. For hub models: ``ref.revision`` or the commit the files came from.
     """
-    ref = _as_ref(ref)
+    ref = as_ref(ref)
     kind = ref_kind(ref)
     t0 = time.perf_counter()
     from transforms.models.devices import resolve_device, resolve_dtype
 
     target = resolve_device(device)
-    torch_dtype = _torch_dtype(dtype) if dtype is not None and not isinstance(dtype, str) \
-        else _torch_dtype(resolve_dtype(dtype, target))
+    weights_dtype = torch_dtype(dtype) if dtype is not None and not isinstance(dtype, str) \
+        else torch_dtype(resolve_dtype(dtype, target))
     from transforms.models.quantization import check_supported, from_pretrained_kwargs, import_torchao_quietly, quantize
 
     import_torchao_quietly()  # before transformers imports it, loudly, for any model
-    check_supported(quantization, target, str(torch_dtype).removeprefix("torch."))
-    checkpoint, local_only = _resolve_for_load(ref)
+    check_supported(quantization, target, str(weights_dtype).removeprefix("torch."))
+    checkpoint, local_only = resolve_for_load(ref)
 
     if kind == "pkg":
-        revision = _checkpoint_revision(Path(checkpoint))
+        revision = checkpoint_revision(Path(checkpoint))
     elif kind == "local":
         revision = local_revision(checkpoint)
     else:
@@ -256,22 +219,22 @@ def load_model(
 
     from transformers import AutoModelForCausalLM
 
-    hub_rev = _hub_revision(ref)
+    hub_rev = hub_revision(ref)
     where = f"from {checkpoint}" if kind != "hub" else "from the Hugging Face hub or its cache"
     try:
         tokenizer = _load_tokenizer(ref, checkpoint, local_only)
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ModelLoadError(f"could not load the tokenizer of {ref.id!r} {where}: {_short(exc)}") from None
+        raise ModelLoadError(f"could not load the tokenizer of {ref.id!r} {where}: {short_message(exc)}") from None
     try:
-        quantized = from_pretrained_kwargs(quantization, torch_dtype)
+        quantized = from_pretrained_kwargs(quantization, weights_dtype)
         if quantized and device_map is None:  # bitsandbytes weights are placed while loading; .to() refuses them
             device_map = {"": target}
         placement = {} if device_map is None else {"device_map": device_map}
         model = AutoModelForCausalLM.from_pretrained(
-            checkpoint, revision=hub_rev, dtype=torch_dtype, local_files_only=local_only, **placement, **quantized
+            checkpoint, revision=hub_rev, dtype=weights_dtype, local_files_only=local_only, **placement, **quantized
         )
     except (OSError, ValueError, KeyError) as exc:
-        raise ModelLoadError(f"could not load model {ref.id!r} {where}: {_short(exc)}") from None
+        raise ModelLoadError(f"could not load model {ref.id!r} {where}: {short_message(exc)}") from None
 
     model.eval()
     if device_map is None:
@@ -286,7 +249,8 @@ def load_model(
     if kind == "hub" and revision is None:
         revision = getattr(model.config, "_commit_hash", None)
 
-    n_layers, d_model = _dims(model.config)
+    dims = ModelDims.from_config(model.config)
+    n_layers, d_model = dims.n_layers, dims.d_model
     loaded = LoadedModel(
         model=model,
         tokenizer=tokenizer,
@@ -299,7 +263,7 @@ def load_model(
         checkpoint=checkpoint,
         source=kind,
         architecture=str(model.config.model_type),
-        dtype=str(torch_dtype).removeprefix("torch."),
+        dtype=str(weights_dtype).removeprefix("torch."),
         vocabulary_fingerprint=vocabulary,
         device=str(model.device),
         quantization=None if quantization is None else quantization.label,
@@ -310,23 +274,3 @@ def load_model(
                 time.perf_counter() - t0)
     return loaded
 
-
-__all__ = [
-    "CONVERTER_VERSION",
-    "LoadedModel",
-    "ModelLoadError",
-    "ModelRef",
-    "PACKAGED_MODELS",
-    "PackagedModel",
-    "load_gguf_model",
-    "load_model",
-    "load_tokenizer",
-    "local_revision",
-    "model_fingerprint",
-    "models_cache_root",
-    "packaged_gguf",
-    "ref_kind",
-    "resolve_checkpoint",
-    "tokenizer_fingerprint",
-    "vocabulary_fingerprint",
-]

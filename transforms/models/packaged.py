@@ -1,7 +1,7 @@
 """Packaged offline models: GGUF files shipped in PyPI packages, converted once to safetensors.
 
 ``pkg:<name>`` (see :data:`PACKAGED_MODELS`) is converted into ``<cache>/<name>/`` (see
-:func:`~transforms.model_cache.models_cache_root`); every later load reads that
+:func:`~transforms.models.models_cache_root`); every later load reads that
 checkpoint. Its revision is the first 12 hex digits of the GGUF file's sha256.
 
 Conversion (GGUF -> safetensors):
@@ -18,7 +18,7 @@ Conversion (GGUF -> safetensors):
   makes later tokenizer loads fast (:mod:`transforms.models.fast_tokenizer`; checkpoints
   converted before it existed get it on their next load, so no reconversion).
 * The checkpoint is published atomically under a file lock
-  (:func:`~transforms.model_cache._publish_atomically`). ``traitstore_source.json`` in it
+  (:func:`~transforms.models.cache.publish_atomically`). ``traitstore_source.json`` in it
   records the package, its version, the GGUF sha256 and the converter version; when any
   of these no longer match the installed package, the model is converted again.
 * ``pkg:gemma3-270m`` ships its GGUF as four chunk packages; their ``assemble()`` writes
@@ -35,18 +35,17 @@ import hashlib
 import importlib
 import json
 import logging
-import os
 import shutil
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from transforms.models.cache import _publish_atomically, models_cache_root
-from transforms.models.refs import PKG_PREFIX, ModelLoadError, _dims, _torch_dtype
-from transforms.models.fast_tokenizer import write_tokenizer_memo
+from transforms.models.cache import atomic_write, models_cache_root, publish_atomically
+from transforms.models.dims import ModelDims
+from transforms.models.fast_tokenizer import load_checkpoint_tokenizer
+from transforms.models.refs import PKG_PREFIX, ModelLoadError, torch_dtype
 
 # Logged under the public module's name, which callers and tests configure.
 logger = logging.getLogger(__name__)
@@ -96,7 +95,8 @@ PACKAGED_MODELS: dict[str, PackagedModel] = {
 # ------------------------------------------------------------- package discovery
 
 
-def _packaged(model_id: str) -> PackagedModel:
+def packaged_model(model_id: str) -> PackagedModel:
+    """The :data:`PACKAGED_MODELS` entry of a ``pkg:<name>`` id (unknown: ModelLoadError)."""
     name = model_id[len(PKG_PREFIX) :]
     spec = PACKAGED_MODELS.get(name)
     if spec is None:
@@ -170,7 +170,7 @@ def packaged_gguf(name: str, workdir: str | Path | None = None) -> Path:
     For chunked packages (``gemma3-270m``) the chunks are assembled into ``workdir``
     (required then; the caller owns and deletes it), atomically.
     """
-    spec = _packaged(name if name.startswith(PKG_PREFIX) else PKG_PREFIX + name)
+    spec = packaged_model(name if name.startswith(PKG_PREFIX) else PKG_PREFIX + name)
     if not spec.assembled:
         return _source_files(spec)[0]
     if workdir is None:
@@ -182,13 +182,9 @@ def packaged_gguf(name: str, workdir: str | Path | None = None) -> Path:
     target = workdir / spec.gguf_file
     if target.is_file():
         return target
-    partial = workdir / f".{spec.gguf_file}.{uuid.uuid4().hex}.partial"
-    try:
+    with atomic_write(target) as partial:
         # assemble() verifies the sha256 of what it wrote against the package's value.
         module.assemble(output_path=partial, overwrite=True)
-        os.replace(partial, target)
-    finally:
-        partial.unlink(missing_ok=True)
     return target
 
 
@@ -217,7 +213,7 @@ def _pkg_checkpoint_valid(ckpt: Path, identity: dict[str, Any]) -> bool:
     return (ckpt / "config.json").is_file() and any(ckpt.glob("*.safetensors"))
 
 
-def _ensure_pkg_checkpoint(spec: PackagedModel) -> tuple[Path, bool]:
+def ensure_pkg_checkpoint(spec: PackagedModel) -> tuple[Path, bool]:
     """The packaged model's checkpoint directory, converting it if needed.
 
     Returns ``(path, converted)``: ``converted`` is False when a valid one was cached.
@@ -225,7 +221,7 @@ def _ensure_pkg_checkpoint(spec: PackagedModel) -> tuple[Path, bool]:
     final = models_cache_root() / spec.name
     identity = _source_identity(spec)
     t0 = time.perf_counter()
-    built = _publish_atomically(
+    built = publish_atomically(
         final,
         build=lambda out: _convert_into(spec, out, identity),
         is_valid=lambda p: _pkg_checkpoint_valid(p, identity),
@@ -236,14 +232,14 @@ def _ensure_pkg_checkpoint(spec: PackagedModel) -> tuple[Path, bool]:
     return final, built
 
 
-def _checkpoint_revision(ckpt: Path) -> str | None:
+def checkpoint_revision(ckpt: Path) -> str | None:
     """Revision of a converted checkpoint: its recorded GGUF sha256 prefix."""
     record = _read_source_record(ckpt) or {}
     return str(record.get("gguf_sha256", ""))[:12] or None
 
 
-def _packaged_revision(spec: PackagedModel) -> str | None:
-    """The revision :func:`_checkpoint_revision` will report, without converting.
+def packaged_revision(spec: PackagedModel) -> str | None:
+    """The revision :func:`checkpoint_revision` will report, without converting.
 
     From the cached checkpoint's record when it is current, else from the package: its
     ``EXPECTED_SHA256`` for assembled models, else hashing the GGUF (~0.3 s).
@@ -290,7 +286,7 @@ def load_gguf_model(gguf_path: str | Path, dtype: str = "float32") -> tuple[Any,
         model = AutoModelForCausalLM.from_pretrained(
             str(gguf_path.parent),
             gguf_file=gguf_path.name,
-            dtype=_torch_dtype(dtype),
+            dtype=torch_dtype(dtype),
             local_files_only=True,
         )
     model.eval()
@@ -311,8 +307,8 @@ def _verify_logits(reference: Any, candidate: Any, input_ids: list[int], what: s
 
 
 def _check_expected(spec: PackagedModel, config: Any) -> None:
-    n_layers, d_model = _dims(config)
-    got = {"model_type": config.model_type, "n_layers": n_layers, "d_model": d_model}
+    dims = ModelDims.from_config(config)
+    got = {"model_type": config.model_type, "n_layers": dims.n_layers, "d_model": dims.d_model}
     bad = {k: (v, got[k]) for k, v in spec.expected.items() if got.get(k) != v}
     if bad:
         raise ModelLoadError(f"{PKG_PREFIX}{spec.name}: unexpected config {bad} (expected, got)")
@@ -322,7 +318,7 @@ def _convert_into(spec: PackagedModel, out: Path, identity: dict[str, Any]) -> N
     """Convert the packaged GGUF into a safetensors checkpoint written under ``out``."""
     import torch
     import transformers
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     label = PKG_PREFIX + spec.name
     t0 = time.perf_counter()
@@ -362,15 +358,15 @@ def _convert_into(spec: PackagedModel, out: Path, identity: dict[str, Any]) -> N
         reloaded = AutoModelForCausalLM.from_pretrained(
             str(out), dtype=torch.float32, local_files_only=True
         ).eval()
-        reloaded_tok = AutoTokenizer.from_pretrained(str(out), local_files_only=True)
+        # AutoTokenizer's load, which also writes the memo that lets later loads skip
+        # transformers' slow parse of tokenizer.json (written only when checked identical)
+        reloaded_tok = load_checkpoint_tokenizer(out)
     probe_ids = tokenizer(_VERIFY_TEXT)["input_ids"]
     if reloaded_tok(_VERIFY_TEXT)["input_ids"] != probe_ids:
         raise ModelLoadError(f"{label}: saved tokenizer tokenizes differently from the GGUF one")
     if (reloaded_tok.chat_template or None) != (tokenizer.chat_template or None):
         raise ModelLoadError(f"{label}: saved tokenizer lost its chat template")
     err = _verify_logits(gguf_model, reloaded, probe_ids, label)
-    # lets later loads skip transformers' slow parse of tokenizer.json (checked identical)
-    write_tokenizer_memo(out, reloaded_tok)
     _check_expected(spec, reloaded.config)
 
     record = dict(identity)

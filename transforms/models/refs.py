@@ -1,6 +1,6 @@
 """Model references, the load error, and small helpers shared by the model modules.
 
-Public names are re-exported by :mod:`transforms.models.loading`; import them from there.
+Outside this package import these from :mod:`transforms.models`.
 """
 
 from __future__ import annotations
@@ -58,7 +58,8 @@ def _looks_like_path(model_id: str) -> bool:
     )
 
 
-def _as_ref(ref: ModelRef | str) -> ModelRef:
+def as_ref(ref: ModelRef | str) -> ModelRef:
+    """``ref`` as a :class:`ModelRef` (a plain string is an id without a revision)."""
     if isinstance(ref, ModelRef):
         return ref
     if isinstance(ref, str):
@@ -66,31 +67,28 @@ def _as_ref(ref: ModelRef | str) -> ModelRef:
     raise TypeError(f"expected ModelRef or str, got {type(ref).__name__}")
 
 
-def _short(exc: BaseException, limit: int = 300) -> str:
+def short_message(exc: BaseException, limit: int = 300) -> str:
     """An exception's message on one line, capped."""
     text = " ".join(str(exc).split()) or type(exc).__name__
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-_DTYPES = {
+#: dtype spellings accepted in settings -> the canonical torch name
+DTYPE_ALIASES = {
     "float32": "float32", "fp32": "float32", "f32": "float32",
     "bfloat16": "bfloat16", "bf16": "bfloat16",
     "float16": "float16", "fp16": "float16", "half": "float16",
 }
 
 
-def _torch_dtype(dtype: Any) -> torch.dtype:
+def torch_dtype(dtype: Any) -> torch.dtype:
+    """The ``torch.dtype`` for a name or alias (a ``torch.dtype`` is returned as is)."""
     import torch
 
     if isinstance(dtype, torch.dtype):
         return dtype
-    name = _DTYPES.get(str(dtype).lower().removeprefix("torch."))
+    name = DTYPE_ALIASES.get(str(dtype).lower().removeprefix("torch."))
     if name is None:
-        raise ValueError(f"unsupported dtype {dtype!r}; use one of {sorted(set(_DTYPES.values()))}")
+        raise ValueError(f"unsupported dtype {dtype!r}; use one of {sorted(set(DTYPE_ALIASES.values()))}")
     return getattr(torch, name)
 
-
-def _dims(config: Any) -> tuple[int, int]:
-    """``(n_layers, d_model)`` of a transformers config (its text config for multimodal ones)."""
-    text = config.get_text_config() if hasattr(config, "get_text_config") else config
-    return int(text.num_hidden_layers), int(text.hidden_size)

@@ -6,16 +6,28 @@
   it is loaded from there without touching the network; otherwise ``from_pretrained``
   downloads it, unless ``HF_HUB_OFFLINE`` is set, which makes it a :class:`ModelLoadError`
   at once.
+
+This is the one place that turns a model id and revision into files: :func:`resolve_checkpoint`
+(what ``from_pretrained`` is given, with :func:`hub_revision`), :func:`resolve_for_load` (plus
+whether to stay offline),
+:func:`checkpoint_folder` (a local folder with the weight files), :func:`load_config` and
+:func:`config_dims`. A hub revision (commit, branch or tag) reaches every one of them.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-from transforms.models.refs import ModelLoadError, ModelRef, _as_ref, ref_kind
-from transforms.models.packaged import _ensure_pkg_checkpoint, _packaged
+from transforms.models.dims import ModelDims
+from transforms.models.packaged import ensure_pkg_checkpoint, packaged_model
+from transforms.models.refs import ModelLoadError, ModelRef, as_ref, ref_kind, short_message
+
+#: what a weight analysis reads of a hub snapshot (configs, tokenizer files, safetensors)
+WEIGHT_PATTERNS = ("*.safetensors", "*.json")
 
 
 def resolve_checkpoint(ref: ModelRef | str) -> str:
@@ -23,10 +35,10 @@ def resolve_checkpoint(ref: ModelRef | str) -> str:
 
     Packaged models are converted on first use.
     """
-    ref = _as_ref(ref)
+    ref = as_ref(ref)
     kind = ref_kind(ref)
     if kind == "pkg":
-        return str(_ensure_pkg_checkpoint(_packaged(ref.id))[0])
+        return str(ensure_pkg_checkpoint(packaged_model(ref.id))[0])
     if kind == "local":
         path = Path(ref.id).expanduser()
         if not path.exists():
@@ -53,8 +65,11 @@ def local_revision(path: str | Path) -> str:
     return digest.hexdigest()[:12]
 
 
-def _resolve_for_load(ref: ModelRef) -> tuple[str, bool]:
-    """(checkpoint, local_files_only) for from_pretrained."""
+def resolve_for_load(ref: ModelRef | str) -> tuple[str, bool]:
+    """``(checkpoint, local_files_only)`` for ``from_pretrained``: local when the files are
+    here (pkg, local, a cached hub revision); a hub model neither cached nor reachable
+    (``HF_HUB_OFFLINE``) is a :class:`ModelLoadError`."""
+    ref = as_ref(ref)
     checkpoint = resolve_checkpoint(ref)
     if ref_kind(ref) != "hub":
         return checkpoint, True
@@ -69,12 +84,14 @@ def _resolve_for_load(ref: ModelRef) -> tuple[str, bool]:
     return checkpoint, False
 
 
-def _hub_revision(ref: ModelRef) -> str | None:
-    """The ``revision`` to pass to from_pretrained (only hub models have one)."""
+def hub_revision(ref: ModelRef) -> str | None:
+    """The ``revision`` to pass to from_pretrained with :func:`resolve_checkpoint`'s answer
+    (only hub models have one: pkg and local checkpoints are folders)."""
     return ref.revision if ref_kind(ref) == "hub" else None
 
 
 def _hf_offline() -> bool:
+    """Whether the hub may not be contacted (the environment, or the hub library's setting)."""
     truthy = {"1", "ON", "YES", "TRUE"}
     env = any(os.environ.get(v, "").upper() in truthy for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
     try:
@@ -96,7 +113,7 @@ def _hub_cached(ref: ModelRef) -> bool:
     return isinstance(found, str)
 
 
-def _hub_cached_commit(ref: ModelRef) -> str | None:
+def hub_cached_commit(ref: ModelRef) -> str | None:
     """Commit hash of the cached snapshot of a hub model, without network; None if absent."""
     from huggingface_hub import try_to_load_from_cache
 
@@ -110,3 +127,36 @@ def _hub_cached_commit(ref: ModelRef) -> str | None:
     if "snapshots" in parts and parts.index("snapshots") + 1 < len(parts):
         return parts[parts.index("snapshots") + 1]
     return None
+
+
+def checkpoint_folder(ref: ModelRef | str, patterns: Sequence[str] = WEIGHT_PATTERNS) -> Path:
+    """A local folder holding ``ref``'s files at its revision: the pkg / local checkpoint
+    itself, or the hub snapshot of ``ref.revision`` (``main`` when unpinned), downloading
+    the files matching ``patterns`` unless they are cached or the hub is off."""
+    ref = as_ref(ref)
+    checkpoint, _ = resolve_for_load(ref)  # the offline error before any hub call
+    if ref_kind(ref) != "hub":
+        return Path(checkpoint)
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(ref.id, revision=ref.revision, allow_patterns=list(patterns)))
+    except Exception as exc:  # offline, gated, missing revision: one line naming the model
+        raise ModelLoadError(f"cannot get the files of {ref}: {short_message(exc)}") from None
+
+
+def load_config(ref: ModelRef | str) -> Any:
+    """``ref``'s transformers config at its revision, without loading weights."""
+    ref = as_ref(ref)
+    checkpoint, local_only = resolve_for_load(ref)
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(checkpoint, revision=hub_revision(ref), local_files_only=local_only)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelLoadError(f"could not read the config of {ref}: {short_message(exc)}") from None
+
+
+def config_dims(ref: ModelRef | str) -> ModelDims:
+    """``ref``'s :class:`ModelDims` from its config at its revision, without loading weights."""
+    return ModelDims.from_config(load_config(ref))

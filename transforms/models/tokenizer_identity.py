@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import uuid
+import contextlib
 from pathlib import Path
 from typing import Any
 
+from transforms.models.cache import atomic_write
 from transforms.models.fast_tokenizer import FINGERPRINT_MEMO
 
 #: attribute set on a tokenizer whose pad token was added at load (not shipped)
@@ -126,11 +126,7 @@ def cached_fingerprints(tokenizer: Any, ckpt: Path | None) -> tuple[str, str]:
     except (OSError, ValueError, KeyError):
         pass
     full, vocabulary = tokenizer_fingerprint(tokenizer), vocabulary_fingerprint(tokenizer)
-    tmp = ckpt / f".{FINGERPRINT_MEMO}.{uuid.uuid4().hex}"
-    try:
+    with contextlib.suppress(OSError), atomic_write(memo) as tmp:  # a read-only cache: fine, just slower
         tmp.write_text(json.dumps({"version": _FINGERPRINT_VERSION, "files": stamp_json,
                                    "fingerprint": full, "vocabulary": vocabulary}))
-        os.replace(tmp, memo)
-    except OSError:  # read-only cache: fine, just slower
-        tmp.unlink(missing_ok=True)
     return full, vocabulary

@@ -1,7 +1,22 @@
 """Steering a model with trait vectors (add or ablate at decoder-block outputs) while it generates, and
 the per-layer coefficient search.
+
+Modules: ``edits`` (what to change), ``apply`` (the :func:`steer` context: hooks and position
+masks, conventions in its docstring), ``generate`` (batched sweeps), ``norms`` (residual norms),
+``search`` (coefficient search). Importing this package imports neither torch nor numpy.
 """
 
+from transforms.steering.apply import SteeringHandle, steer
+from transforms.steering.edits import (
+    EDIT_KINDS,
+    POSITIONS,
+    Edit,
+    RowEdit,
+    SteeringConfig,
+    combine_vectors,
+)
+from transforms.steering.generate import generate_steered
+from transforms.steering.norms import mean_residual_norms
 from transforms.steering.search import (
     AdaptiveSearch,
     coefficient_grid,
@@ -9,23 +24,15 @@ from transforms.steering.search import (
     searches_from_norms,
     start_coefficient,
 )
-from transforms.steering.steer import (
-    Edit,
-    POSITIONS,
-    RowEdit,
-    SteeringConfig,
-    combine_vectors,
-    generate_steered,
-    mean_residual_norms,
-    steer,
-)
 
 __all__ = [
     "AdaptiveSearch",
+    "EDIT_KINDS",
     "Edit",
     "POSITIONS",
     "RowEdit",
     "SteeringConfig",
+    "SteeringHandle",
     "coefficient_grid",
     "combine_vectors",
     "generate_steered",

@@ -108,7 +108,7 @@ def evaluate(
     evaluation field is prefixed ``info_``. Train must hold both classes (the threshold is
     defined by them); validation may be empty or single-class (its metrics are then NaN).
     ``val_acts`` / ``val_labels`` may be ``None`` (no validation set). ``threads``: BLAS
-    threads during the call (see :func:`transforms.vector_methods.limit_threads`)."""
+    threads during the call (see :func:`transforms.vectors.methods.limit_threads`)."""
     vectors = np.asarray(vectors_LD, dtype=np.float32)
     if vectors.ndim != 2 or 0 in vectors.shape:
         raise ValueError(f"vectors_LD must be [layer, d_model], got shape {vectors.shape}")

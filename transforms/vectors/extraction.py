@@ -15,7 +15,7 @@ Inputs and conventions:
   used where a sample has no pair id; keeps rollouts of a prompt on one side of the split
   and of the probe's cross-validation folds.
 - Vectors: float32 ``[layer, d_model]``, oriented toward the trait (training polarity +1,
-  see :func:`transforms.vector_methods.orient`). ``mean_diff`` and ``random`` keep a norm
+  see :func:`transforms.vectors.methods.orient`). ``mean_diff`` and ``random`` keep a norm
   (``random`` is scaled to ``mean_diff``'s); ``probe``, ``gradient`` and ``pca`` are unit.
   Exact method definitions: :mod:`transforms.vectors.methods`. Metrics:
   :mod:`transforms.vectors.evaluation`.
@@ -42,6 +42,7 @@ import numpy as np
 from transforms.vectors import methods as vm
 from transforms.vectors.evaluation import EVAL_FIELDS, evaluate
 from transforms.vectors.methods import as_acts, as_labels
+from transforms.vectors.probe import probe
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +77,7 @@ class ExtractionResult:
 def _method_fn(method: str) -> Callable[..., tuple[np.ndarray, list[dict[str, Any]]]]:
     fns: dict[str, Callable[..., tuple[np.ndarray, list[dict[str, Any]]]]] = {
         "mean_diff": vm.mean_diff,
-        "probe": vm.probe,
+        "probe": probe,
         "gradient": vm.gradient,
         "pca": vm.pca,
         "random": vm.random,
@@ -105,7 +106,7 @@ def extract(
     (e.g. the prompt id), for the probe's cross-validation; a sample's pair id, when it has
     one, takes precedence, and a sample with neither is its own group. ``threads``: BLAS
     and torch threads during the call (default 1, see
-    :func:`transforms.vector_methods.limit_threads`; ``None`` = process defaults). Raises
+    :func:`transforms.vectors.methods.limit_threads`; ``None`` = process defaults). Raises
     ``ValueError`` on an unknown method, malformed shapes, labels other than 0/1 or a
     single class."""
     fn = _method_fn(method)

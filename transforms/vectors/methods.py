@@ -55,6 +55,7 @@ sign was fit on train", the right null for the signed methods).
 
 from __future__ import annotations
 
+import importlib
 import logging
 import math
 import sys
@@ -65,9 +66,7 @@ from typing import Any
 
 import numpy as np
 
-from transforms.stats import unit_rows  # noqa: F401  (re-exported: part of this module's toolkit)
-from transforms.vectors.probe import (  # noqa: F401  (re-exported: the method table lives here)
-    PROBE_C, PROBE_C_GRID, PROBE_MAX_ITER, probe, row_normalize)
+from transforms.stats import unit_rows
 
 logger = logging.getLogger(__name__)
 
@@ -95,7 +94,7 @@ def limit_threads(threads: int | None, *, torch_too: bool = False) -> Iterator[N
     from threadpoolctl import threadpool_limits
 
     if torch_too:
-        import torch  # noqa: F401
+        importlib.import_module("torch")
     torch = sys.modules.get("torch")  # only touch torch if something already imported it
     before = torch.get_num_threads() if torch is not None else None
     try:
