@@ -64,6 +64,8 @@ def test_finetune_publishes_an_adapter_the_catalog_variant_uses(env, smollm2):
     assert tuned.model is not smollm2.model and "+adapter:" in tuned.model_id
     ids = torch.tensor([smollm2.tokenizer("Hello there, how are you?")["input_ids"]])
     folder = adapter_dir(store, catalog.variant("ft", "tuned"))
+    config = json.loads((folder / "adapter_config.json").read_text())
+    assert config["target_modules"] == sorted(config["target_modules"])  # not the process's set order
     reference = PeftModel.from_pretrained(copy.deepcopy(smollm2.model), str(folder))  # unmerged
     with torch.inference_mode():
         merged = tuned.model(input_ids=ids).logits
@@ -116,3 +118,18 @@ def test_chat_targets_end_with_the_templates_end_of_turn(gemma3, smollm2):
     assert ends == {True: end_of_turn, False: tok.eos_token_id}
     assert answer_ends(smollm2) == {True: smollm2.tokenizer.convert_tokens_to_ids("<|im_end|>"),
                                     False: smollm2.tokenizer.eos_token_id}
+
+
+def test_adapter_identity_does_not_depend_on_set_order(tmp_path):
+    """peft writes ``target_modules`` (a set) in the process's hash order: the same adapter
+    saved by two processes must have one identity, and a fresh save is canonical bytes."""
+    from builders.shared.variants import adapter_fingerprint, canonical_adapter_config
+
+    config = {"peft_type": "LORA", "r": 4, "target_modules": ["q_proj", "v_proj", "down_proj"]}
+    for name, order in (("a", ["q_proj", "v_proj", "down_proj"]), ("b", ["down_proj", "q_proj", "v_proj"])):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "adapter_config.json").write_text(json.dumps({**config, "target_modules": order}))
+        (folder / "adapter_model.safetensors").write_bytes(b"same weights")
+    assert adapter_fingerprint(tmp_path / "a") == adapter_fingerprint(tmp_path / "b")
+    assert json.loads(canonical_adapter_config(config))["target_modules"] == ["down_proj", "q_proj", "v_proj"]

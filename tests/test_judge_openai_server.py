@@ -91,11 +91,12 @@ def test_scorer_identity_in_version_ids(tmp_path, served, smollm2, monkeypatch):
 
 def test_judgments_checks_the_key_before_generating(tmp_path, monkeypatch, capsys):
     import builders.judgments as judgments
+    import builders.stages.judgments as judgments_stage
 
     def tripwire(*args, **kwargs):
         raise AssertionError("responses were generated before the judge's settings were checked")
 
-    monkeypatch.setattr(judgments, "generate_responses", tripwire)
+    monkeypatch.setattr(judgments_stage, "generate_responses", tripwire)
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     code = judgments.cli(["--store", str(tmp_path / "store"), "--variant", "instruct", "--prompts",
                           "optimism_instruction", "--judge", "openai", "--judge-model", "smollm2", "--quiet"])

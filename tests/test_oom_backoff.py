@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from builders import activations, responses
+from builders.stages import activations as activations_stage
 
 PROMPTS = 10
 ROLLOUTS = "2"  # 20 rows: units of 16 and 4 with --unit-size 16, two batches of 8 (or four of 4) in the first
@@ -134,7 +135,7 @@ def test_generation_config_column_has_no_batch_size(built):
 @pytest.mark.parametrize("per_token", [False, True], ids=["pooled", "per_token"])
 def test_activations_retried_at_half_the_batch_equal_a_small_batch_run(built, oom_above, monkeypatch, per_token):
     store, catalog, _ = built
-    monkeypatch.setattr(activations, "TOKEN_CHUNK", 7)  # per token: whole chunks written as batches come
+    monkeypatch.setattr(activations_stage, "TOKEN_CHUNK", 7)  # per token: whole chunks written as batches come
     flags = ["--unit-size", "16", "--position", "response[:]"] + (["--per-token"] if per_token else [])
     dataset = "activations-dev-instruct-ten-response__-residual" + ("-per_token" if per_token else "")
     assert _activations(store, catalog, "--batch-size", "4", *flags) == 0

@@ -56,12 +56,32 @@ def adapter_dir(store: Store | None, variant: Variant) -> Path | None:
     return store.local_dir(manifest, "adapter")  # object stores: a verified local download
 
 
+#: PEFT config fields that are sets: peft writes them in the process's set order, which
+#: changes with PYTHONHASHSEED, so the same adapter would get a new identity every run
+_SET_FIELDS = ("target_modules", "modules_to_save", "layers_to_transform", "exclude_modules")
+
+
+def canonical_adapter_config(config: dict[str, Any]) -> bytes:
+    """``adapter_config.json`` bytes that depend on the config only: set-valued fields
+    sorted, keys sorted."""
+    import json
+
+    fixed = {k: sorted(v) if k in _SET_FIELDS and isinstance(v, list) else v for k, v in config.items()}
+    return (json.dumps(fixed, indent=2, sort_keys=True) + "\n").encode()
+
+
 def adapter_fingerprint(folder: Path) -> str:
-    """sha256 of the adapter's config and weights (adapters are small: hash the bytes)."""
+    """sha256 of the adapter's config (canonical, see :func:`canonical_adapter_config`) and
+    weights (adapters are small: hash the bytes)."""
+    import json
+
     digest = hashlib.sha256()
     for path in sorted(folder.iterdir()):
         if path.is_file() and path.suffix in (".json", ".safetensors", ".bin"):
-            digest.update(path.name.encode() + b"\0" + path.read_bytes())
+            data = path.read_bytes()
+            if path.name == "adapter_config.json":
+                data = canonical_adapter_config(json.loads(data))
+            digest.update(path.name.encode() + b"\0" + data)
     return digest.hexdigest()[:16]
 
 

@@ -17,6 +17,7 @@ catalog variant names it with ``adapter: finetune-<experiment>-<variant>-<set>-<
 """
 from __future__ import annotations
 
+import json
 import logging
 import tempfile
 from pathlib import Path
@@ -26,7 +27,8 @@ from store import BuildResult, BuildSpec, Store
 
 from builders.shared import names
 from builders.shared.catalog import Catalog
-from builders.shared.common import (BuildError, placement, progress)
+from builders.shared.common import BuildError, placement, progress
+from builders.shared.variants import canonical_adapter_config
 from builders.stages.responses import generate_responses, model_identity
 
 log = logging.getLogger(__name__)
@@ -157,6 +159,8 @@ def train_lora(loaded: Any, rows: list[dict], opts: dict[str, Any], out_dir: Pat
     bar.close()
     model.eval()
     model.save_pretrained(str(out_dir))
+    config_path = out_dir / "adapter_config.json"  # same bytes for the same adapter, run after run
+    config_path.write_bytes(canonical_adapter_config(json.loads(config_path.read_text())))
     return log_rows
 
 
