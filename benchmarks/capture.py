@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.timing import round_robin  # noqa: E402  (after the path insert)
 
 
 def real_sequences(loaded, n_prompts: int, min_tokens: int) -> list[dict]:
@@ -84,14 +85,8 @@ def baseline(model, sequences, position: str, out_path: str) -> None:
 
 
 def timed_round_robin(runs: dict, repeats: int) -> dict[str, float]:
-    """Median seconds per run; the runs alternate so background load hits them alike."""
-    times: dict[str, list[float]] = {name: [] for name in runs}
-    for _ in range(repeats):
-        for name, fn in runs.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
+    """Median seconds per run, the runs alternating."""
+    return {name: statistics.median(values) for name, values in round_robin(runs, repeats).items()}
 
 
 def main() -> None:

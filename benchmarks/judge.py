@@ -32,6 +32,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from benchmarks.timing import round_robin  # noqa: E402  (after the path insert)
 
 ANSWERS = [
     "Offer to help them pick everything up and make sure nothing is broken.",
@@ -88,15 +89,7 @@ def brute_force(judge, ids: list[list[int]], pad_id: int) -> None:
             number_probs(judge.tree, *brute_logprobs(judge.loaded.model, judge.tree, prompt, pad_id, 16))
 
 
-def timed_round_robin(runs: dict, repeats: int) -> dict[str, list[float]]:
-    """Seconds of every repeat per run; the runs alternate so background load hits them alike."""
-    times: dict[str, list[float]] = {name: [] for name in runs}
-    for _ in range(repeats):
-        for name, fn in runs.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    return times
+timed_round_robin = round_robin  # seconds of every repeat per run, the runs alternating
 
 
 def main() -> None:

@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.timing import round_robin  # noqa: E402  (after the path insert)
 
 QUESTIONS = [
     "How should I prepare for a job interview next week?", "What is a good way to start learning to cook?",
@@ -74,12 +75,7 @@ def best_of(runs: dict, repeats: int) -> dict[str, float]:
     """``runs``: name -> (timed fn, warm-up fn). Warm each, alternate ``repeats`` rounds, min seconds."""
     for _, warm in runs.values():
         warm()
-    times: dict[str, list[float]] = {name: [] for name in runs}
-    for _ in range(repeats):
-        for name, (fn, _) in runs.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
+    times = round_robin({name: fn for name, (fn, _) in runs.items()}, repeats)
     return {name: min(values) for name, values in times.items()}
 
 
@@ -94,7 +90,9 @@ def main() -> None:
     from builders.shared.common import cached_model
     from transforms.judge import LocalJudge, load_templates, score_responses
     from transforms.judge import Lexicon, LexiconScorer
+    from transforms.batching import resolve_batch_size
     from transforms.judge import FEATURES, CoherenceCalibration, PerplexityFeaturizer, PerplexityScorer
+    from transforms.judge.perplexity import CPU_BATCH
     from transforms.judge import SentimentScorer
 
     model_id = "pkg:smollm2-135m-instruct"
@@ -104,7 +102,8 @@ def main() -> None:
     scorer = PerplexityScorer(featurizer, CoherenceCalibration(FEATURES, zeros, ones, zeros, 0.0, 1.0))
     encoded = [featurizer._encode(q, a) for q, a in items]  # prompt ids, answer ids, start token
     order = sorted(range(len(items)), key=lambda i: len(encoded[i][0]) + len(encoded[i][1]))
-    size = featurizer.batch_size
+    longest = max(len(e[0]) + len(e[1]) for e in encoded)
+    size = resolve_batch_size(featurizer.batch_size, loaded.model, longest, cpu_batch=CPU_BATCH)  # as the judge does
     batches = [[encoded[i][:2] for i in order[lo:lo + size]] for lo in range(0, len(order), size)]
     padded, pad = [], loaded.tokenizer.pad_token_id or 0
     for batch in batches:  # padded once, outside the timing: the baseline is the pass alone
@@ -136,7 +135,7 @@ def main() -> None:
         "lexicon (x1000)": (lambda: lexicon.score(cycled), lambda: lexicon.score(items)),
     }, args.repeats)
     judge, template = LocalJudge(loaded), load_templates()["coherence"]
-    score_responses(judge, template, items[:judge.batch_size])  # warm-up; no cache: nothing reused
+    score_responses(judge, template, items[:8])  # warm-up (the CPU batch); no cache: nothing reused
     start = time.perf_counter()
     llm_scores = score_responses(judge, template, items)
     seconds["llm judge (once)"] = time.perf_counter() - start
