@@ -66,6 +66,9 @@ def user_errors() -> tuple[type[BaseException], ...]:
         errors.extend([JudgeError, TemplateError])
     except ImportError:  # pragma: no cover
         pass
+    from transforms.dictionaries import DictionaryError
+
+    errors.append(DictionaryError)  # a checkpoint or SAE file that does not fit: named in one line
     try:
         from transforms.models import ModelLoadError
 

@@ -102,3 +102,31 @@ def precision_analysis(experiment: str, trait: str, replay_from: str | None = No
 
 def viewer(of: str) -> str:
     return f"viewer-{of}"
+
+
+def crosscoder(experiment: str, variant_a: str, variant_b: str, prompt_set: str, layer: int, kind: str) -> str:
+    """``kind``: the training objective (``l1``, ``batch_topk``) or ``imported`` (a public checkpoint)."""
+    return f"crosscoder-{experiment}-{variant_a}-{variant_b}-{prompt_set}-L{layer}-{kind}"
+
+
+def sae(experiment: str, variant: str, prompt_set: str, layer: int, kind: str) -> str:
+    return f"sae-{experiment}-{variant}-{prompt_set}-L{layer}-{kind}"
+
+
+def decomposition(dictionary: str, vectors_name: str, model_index: int | None = None) -> str:
+    """Trait vectors of ``vectors_name`` decomposed into the features of a dictionary dataset
+    (``model_index``: which model's slice of a crosscoder, ``-m<index>`` after its name)."""
+    slice_ = f"-m{model_index}" if model_index is not None else ""
+    return f"decomposition-{dictionary}{slice_}-{vectors_name.removeprefix('vectors-')}"
+
+
+def user_features(experiment: str, variant: str, prompt_set: str, layer: int) -> str:
+    return f"userfeatures-{experiment}-{variant}-{prompt_set}-L{layer}"
+
+
+def detector(experiment: str, variant: str, prompt_set: str) -> str:
+    return f"detector-{experiment}-{variant}-{prompt_set}"
+
+
+def clamping(experiment: str, variant: str, dictionary: str, prompt_set: str) -> str:
+    return f"clamping-{experiment}-{variant}-{prompt_set}-{dictionary}"

@@ -17,6 +17,15 @@ from transforms.diffing.directions import (
     top_singular_directions,
     unembedding_name,
 )
+from transforms.diffing.paired_features import (
+    FeatureStat,
+    PairedValues,
+    benjamini_hochberg,
+    mean_difference_direction,
+    paired_feature_stats,
+    sign_flips,
+    split_pairs,
+)
 from transforms.diffing.similarity import (
     SimilarityStats,
 )
@@ -34,21 +43,28 @@ from transforms.diffing.weights import (
 
 __all__ = [
     "AdapterError",
+    "FeatureStat",
     "LoraAdapter",
+    "PairedValues",
     "SimilarityStats",
     "TensorReader",
+    "benjamini_hochberg",
     "cohens_d_paired",
     "cohens_d_unpaired",
     "cosine_by_layer",
     "diff_cosine",
     "diff_norms",
     "logit_lens_many",
+    "mean_difference_direction",
+    "paired_feature_stats",
     "parse_param",
     "projections",
     "random_baseline",
     "random_directions",
     "random_specificity",
     "read_final_norm",
+    "sign_flips",
+    "split_pairs",
     "token_ok",
     "top_singular_directions",
     "unembedding_name",

@@ -60,6 +60,13 @@ from transforms.judge.scorers import LLMScorer, ResponseScorer, identity_hash, s
 from transforms.judge.sentiment import SentimentScorer
 from transforms.judge.lexicon import Lexicon, LexiconError, LexiconScorer
 from transforms.judge.number_tree import number_probs
+from transforms.judge.observable import (
+    OBSERVABLE_FEATURES,
+    ObservableDetector,
+    ObservableLexicons,
+    PairContext,
+    observable_features,
+)
 from transforms.judge.openai_judge import splits_numbers
 
 __all__ = [
@@ -80,8 +87,12 @@ __all__ = [
     "LexiconScorer",
     "LocalJudge",
     "MIN_NUMBER_MASS",
+    "OBSERVABLE_FEATURES",
+    "ObservableDetector",
+    "ObservableLexicons",
     "OpenAIJudge",
     "PMI_CAP",
+    "PairContext",
     "PerplexityFeaturizer",
     "PerplexityScorer",
     "RELEVANCE_CAP",
@@ -98,6 +109,7 @@ __all__ = [
     "load_templates",
     "number_probs",
     "number_value",
+    "observable_features",
     "score_cached",
     "score_coherence",
     "score_from_probs",

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from transforms.prompts.files import err, load_json
 from transforms.prompts.inference import parse_inference_set
+from transforms.prompts.paired import is_paired_set, load_paired_set
 from transforms.prompts.rows import PromptSet
 from transforms.prompts.traits import parse_instruction_trait, parse_natural_trait, parse_persona_vectors_trait
 
@@ -35,11 +36,14 @@ from transforms.prompts.traits import parse_instruction_trait, parse_natural_tra
 def load_prompt_set(path: str | Path, name: str | None = None) -> PromptSet:
     """Load any supported prompt set, detecting the format from what is at ``path``.
 
-    A folder with positive/negative ``.jsonl`` -> instruction trait; with ``.txt`` ->
+    A folder with ``categories.json`` -> paired set (:mod:`transforms.prompts.paired`);
+    a folder with positive/negative ``.jsonl`` -> instruction trait; with ``.txt`` ->
     natural trait; a ``.json`` object with ``instruction`` -> persona_vectors trait; any
     other ``.json`` (object with ``prompts``, or a list) -> inference set.
     """
     path = Path(path)
+    if is_paired_set(path):
+        return load_paired_set(path, name)
     if path.is_dir():
         present = {p.name for p in path.iterdir()}
         if present & {"positive.jsonl", "negative.jsonl"}:

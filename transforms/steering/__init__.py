@@ -3,10 +3,20 @@ the per-layer coefficient search.
 
 Modules: ``edits`` (what to change), ``apply`` (the :func:`steer` context: hooks and position
 masks, conventions in its docstring), ``generate`` (batched sweeps), ``norms`` (residual norms),
-``search`` (coefficient search). Importing this package imports neither torch nor numpy.
+``search`` (coefficient search), ``clamp`` (clamping dictionary latents while generating).
+Importing this package imports neither torch nor numpy.
 """
 
-from transforms.steering.apply import SteeringHandle, steer
+from transforms.steering.apply import SteeringHandle, position_hook, steer
+from transforms.steering.clamp import (
+    CLAMP_MODES,
+    Clamp,
+    ClampConfig,
+    LatentDictionary,
+    RowClamp,
+    clamp_latents,
+    generate_clamped,
+)
 from transforms.steering.edits import (
     EDIT_KINDS,
     POSITIONS,
@@ -27,17 +37,25 @@ from transforms.steering.search import (
 
 __all__ = [
     "AdaptiveSearch",
+    "CLAMP_MODES",
+    "Clamp",
+    "ClampConfig",
     "EDIT_KINDS",
     "Edit",
+    "LatentDictionary",
     "POSITIONS",
+    "RowClamp",
     "RowEdit",
     "SteeringConfig",
     "SteeringHandle",
+    "clamp_latents",
     "coefficient_grid",
     "combine_vectors",
+    "generate_clamped",
     "generate_steered",
     "mean_residual_norms",
     "perturbation_ratio",
+    "position_hook",
     "searches_from_norms",
     "start_coefficient",
     "steer",

@@ -68,6 +68,14 @@ class SteeringHandle:
     generation_start: int | None = None
     _masks: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
 
+    def mask(self, positions: str, shape_BT: tuple[int, ...], what: str = "steering") -> torch.Tensor:
+        """Bool ``[B, T]`` mask of ``positions`` for the forward pass now running (set by
+        :func:`position_hook`); RuntimeError when the trunk pre-hook did not run for it."""
+        found = self._masks.get(positions)
+        if found is None or tuple(found.shape) != tuple(shape_BT):
+            raise RuntimeError(f"{what}: no position masks for this forward pass (was the trunk pre-hook skipped?)")
+        return found
+
 
 class _Op:
     __slots__ = ("start", "end", "kind", "positions", "vec")
@@ -168,6 +176,21 @@ def _block_hook(handle: SteeringHandle, ops: list[_Op], layer: int):
     return hook
 
 
+def position_hook(
+    model: nn.Module, handle: SteeringHandle, *,
+    prompt_lens: Sequence[int] | None = None, generation_start: int | None = None,
+) -> Hook:
+    """The decoder-trunk pre-hook that sets ``handle``'s position masks before every forward
+    pass (conventions in the module docstring); shared by :func:`steer` and
+    :func:`transforms.steering.clamp.clamp_latents`. Register it before the block hooks."""
+    import torch
+
+    lens = torch.tensor(list(prompt_lens), dtype=torch.long) if prompt_lens is not None else None
+    return Hook(decoder_trunk(model),
+                lambda mod, args, kwargs: _position_masks(handle, args, kwargs, lens, generation_start),
+                pre=True, with_kwargs=True)
+
+
 @contextmanager
 def steer(
     model: nn.Module,
@@ -183,8 +206,6 @@ def steer(
     (the padded prompt width) instead of taking it from the prefill, for an uncached forward
     over prompt + response. Hooks are removed on exit, also after an exception.
     """
-    import torch
-
     blocks = decoder_layers(model)
     n_layers, d_model = model_dims(model)
     by_layer: dict[int, list[_Op]] = {}
@@ -195,13 +216,10 @@ def steer(
         if edit.vector_D.shape[0] != d_model:
             raise ValueError(f"layer {edit.layer}: vector has {edit.vector_D.shape[0]} dims, model d_model is {d_model}")
         by_layer.setdefault(edit.layer, []).append(_Op(start, end, edit))
-    lens = torch.tensor(list(prompt_lens), dtype=torch.long) if prompt_lens is not None else None
     handle = SteeringHandle(generation_start=generation_start)
     hooks: list[Hook] = []
     if by_layer:
-        hooks.append(Hook(decoder_trunk(model),
-                          lambda mod, args, kwargs: _position_masks(handle, args, kwargs, lens, generation_start),
-                          pre=True, with_kwargs=True))
+        hooks.append(position_hook(model, handle, prompt_lens=prompt_lens, generation_start=generation_start))
         # prepended: before transformers' own hidden_states hooks (see the module docstring)
         hooks += [Hook(blocks[layer], _block_hook(handle, ops, layer), prepend=True)
                   for layer, ops in sorted(by_layer.items())]
