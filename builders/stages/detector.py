@@ -44,7 +44,7 @@ from store import BuildResult, BuildSpec, Store
 from builders.shared import names
 from builders.shared.catalog import Catalog
 from builders.shared.common import BuildError
-from builders.stages.prompt_latents import (check_layer, latent_means, load_dictionary, pooled_samples, prompt_info)
+from builders.stages.prompt_latents import checked_run, latent_means, pooled_samples, prompt_info
 
 if TYPE_CHECKING:
     import numpy as np
@@ -247,43 +247,34 @@ def build_detector(store: Store, catalog: Catalog, variant: str, prompt_set: str
                    options: DetectorOptions = DetectorOptions(), max_new_tokens: int | None = None,
                    batch_size: int | str = "auto", force: bool = False, quiet: bool = False) -> BuildResult:
     """Build (or find up to date) the detectors of ``variant`` on ``prompt_set`` (module docstring)."""
-    from transforms.sequences import parse_position
-
     from builders.stages.prompts import ensure_prompt_set
     from builders.stages.responses import generate_responses
 
-    exp = catalog.experiment(experiment)
-    catalog.variant(exp.name, variant)
     options.check()
-    try:
-        parse_position(options.position)
-    except ValueError as err:
-        raise BuildError(f"--position: {err}") from None
-    check_layer(catalog, exp.name, variant, layer)
-    dic = load_dictionary(store, dictionary, exp.name, variant, layer) if dictionary else None
+    exp_name, dic = checked_run(store, catalog, experiment, variant, layer, options.position, dictionary)
     prompts = ensure_prompt_set(store, catalog, prompt_set)  # a bad set: one line before any model loads
     if options.category is not None:
         known = sorted({(r or "") for r in store.read_table(prompts).get_column("note").to_list()})
         if options.category not in known:
             raise BuildError(f"--category {options.category}: not a category of {prompt_set} (known: {', '.join(known)})")
-    responses = generate_responses(store, catalog, variant, prompt_set, exp.name,
+    responses = generate_responses(store, catalog, variant, prompt_set, exp_name,
                                    {"max_new_tokens": max_new_tokens}, quiet=quiet).manifest
     if dic is not None and dic.kind == "crosscoder" and dic.variants[0] != variant:
-        generate_responses(store, catalog, dic.variants[0], prompt_set, exp.name, {"max_new_tokens": max_new_tokens},
+        generate_responses(store, catalog, dic.variants[0], prompt_set, exp_name, {"max_new_tokens": max_new_tokens},
                            quiet=quiet)
-    pooled = pooled_samples(store, catalog, exp.name, variant, prompt_set, layer, options.position,
+    pooled = pooled_samples(store, catalog, exp_name, variant, prompt_set, layer, options.position,
                             batch_size=batch_size, quiet=quiet)
-    latents = None if dic is None else latent_means(store, catalog, exp.name, variant, prompt_set, layer,
+    latents = None if dic is None else latent_means(store, catalog, exp_name, variant, prompt_set, layer,
                                                     options.position, dic, batch_size=batch_size, quiet=quiet)
-    features = _user_feature_version(store, exp.name, variant, layer, dic)
-    params = {"experiment": exp.name, "variant": variant, "prompt_set": prompt_set, "layer": layer,
+    features = _user_feature_version(store, exp_name, variant, layer, dic)
+    params = {"experiment": exp_name, "variant": variant, "prompt_set": prompt_set, "layer": layer,
               "dictionary": dic.ref if dic else None, **asdict(options)}
     parents = {"responses": responses.ref, **pooled.parents}
     if latents is not None:
         parents.update({f"latents_{k}": v for k, v in latents.parents.items()}, dictionary=dic.ref)
     if features is not None:
         parents["user_features"] = features.ref
-    spec = BuildSpec(name=names.detector(exp.name, variant, prompt_set), kind="detector", builder=BUILDER,
+    spec = BuildSpec(name=names.detector(exp_name, variant, prompt_set), kind="detector", builder=BUILDER,
                      code_version=CODE_VERSION, params=params, parents=parents, identity={})
 
     def produce(writer: Any) -> None:

@@ -97,7 +97,9 @@ def load_dictionary(store: Store, ref: str, experiment: str, variant: str, layer
         model = load_crosscoder_version(store, manifest)
         variants: tuple[str, ...] = (params["a"], params["b"])
     else:
-        model = _load_sae_version(store, manifest)
+        from builders.stages.sae import load_sae_version
+
+        model = load_sae_version(store, manifest)
         variants = (params.get("variant") or variant,)
     if variant not in variants:
         raise BuildError(f"--dictionary {manifest.ref} is of {' and '.join(variants)}, not of --variant {variant}")
@@ -105,22 +107,20 @@ def load_dictionary(store: Store, ref: str, experiment: str, variant: str, layer
     return Dictionary(manifest.ref, kind, model, variants, params.get("layer"), int(model.dict_size))
 
 
-def _load_sae_version(store: Store, manifest: Manifest) -> Any:
-    """The SAE of an ``sae-...`` version: a folder in an SAE format (SAELens / Gemma Scope) or in
-    the crosscoder layout with one model (the project's own trainer)."""
-    from transforms.dictionaries import load_crosscoder, load_sae, sae_from_crosscoder
+def checked_run(store: Store, catalog: Catalog, experiment: str | None, variant: str, layer: int, position: str,
+                dictionary: str | None) -> tuple[str, "Dictionary | None"]:
+    """What the seed 000 prompt stages check before any work: experiment, variant, position,
+    layer, and the dictionary (loaded). Returns the experiment's name and the dictionary."""
+    from transforms.sequences import parse_position
 
-    folders: dict[str, set[str]] = {}
-    for rel in manifest.files:
-        folder, _, file = rel.rpartition("/")
-        folders.setdefault(folder, set()).add(file)
-    for folder, files in sorted(folders.items()):
-        if files & {"cfg.json", "params.npz"}:
-            return load_sae(store.local_dir(manifest, folder))
-    for folder, files in sorted(folders.items()):
-        if {"model.safetensors", "config.json"} <= files:
-            return sae_from_crosscoder(load_crosscoder(str(store.local_dir(manifest, folder))))
-    raise BuildError(f"--dictionary {manifest.ref}: no SAE weights found in the version")
+    exp = catalog.experiment(experiment)
+    catalog.variant(exp.name, variant)
+    try:
+        parse_position(position)
+    except ValueError as err:
+        raise BuildError(f"--position: {err}") from None
+    check_layer(catalog, exp.name, variant, layer)
+    return exp.name, (load_dictionary(store, dictionary, exp.name, variant, layer) if dictionary else None)
 
 
 def ensure_responses(store: Store, catalog: Catalog, experiment: str, variant: str, prompt_set: str,

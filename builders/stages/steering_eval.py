@@ -4,7 +4,9 @@ Shared by :mod:`builders.stages.steering` (single vectors: baseline, adaptive se
 ablation) and :mod:`builders.stages.combinations` (seed 001 phase 2). A :class:`SteeringSetup`
 holds what every evaluation of one run needs (application model, steering questions,
 generation settings, judge); :func:`evaluate` turns a list of :class:`Planned`
-configurations into one summary row per configuration and one row per response.
+configurations into one summary row per configuration and one row per response. Other ways
+of changing generation plug in through :class:`Editing` (:mod:`builders.stages.clamping`:
+clamping dictionary latents), with the same caches and judging.
 
 Finished configurations are never redone: each configuration's generations are cached in
 the store (``_cache/steering``) keyed by the model identity, the prompt token ids, the
@@ -19,6 +21,7 @@ import hashlib
 import json
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -198,13 +201,44 @@ def vector_sha(vector: Any) -> str:
 _POSITION_KEYS = {"response": "response+prompt[-1]", "generated": "response"}
 
 
-def config_key(setup: SteeringSetup, config: Any) -> str:
+@dataclass(frozen=True)
+class Editing:
+    """How one family of configurations changes generation: the seam :func:`evaluate` takes
+    (steering edits by default; :mod:`builders.stages.clamping` plugs latent clamps in).
+
+    ``key(config)``: JSON-able entries naming the configuration's generations beside the model,
+    prompts and generation settings (a family keys under its own name, so families never share
+    cache entries); ``generate(model, tokenizer, prompts_ids, configs, gen, max_batch)``:
+    ``result[config][prompt]``; ``summary(config)``: the run row's ``config`` column (JSON)."""
+
+    key: Callable[[Any], dict[str, Any]]
+    generate: Callable[..., list[list[Any]]]
+    summary: Callable[[Any], str]
+
+
+def _steering_key(config: Any) -> dict[str, Any]:
+    return {"edits": [{"layer": e.layer, "kind": e.kind, "positions": _POSITION_KEYS.get(e.positions, e.positions),
+                       "coef": repr(float(e.coef)), "vector": vector_sha(e.vector_D.numpy())} for e in config.edits]}
+
+
+def _steering_generate(model: Any, tokenizer: Any, prompts_ids: Any, configs: Any, gen: Any, max_batch: int) -> Any:
+    from transforms.steering import generate_steered  # looked up per call: tests patch it
+
+    return generate_steered(model, tokenizer, prompts_ids, configs, gen, max_batch=max_batch)
+
+
+def _steering_summary(config: Any) -> str:
+    return json.dumps([{"layer": e.layer, "kind": e.kind, "positions": e.positions, "coef": e.coef,
+                        "vector_norm": float(e.vector_D.norm())} for e in config.edits])
+
+
+STEERING = Editing(_steering_key, _steering_generate, _steering_summary)
+
+
+def config_key(setup: SteeringSetup, config: Any, editing: Editing = STEERING) -> str:
     """Identity of one configuration's generations (see the module docstring)."""
-    edits = [{"layer": e.layer, "kind": e.kind, "positions": _POSITION_KEYS.get(e.positions, e.positions),
-              "coef": repr(float(e.coef)),
-              "vector": vector_sha(e.vector_D.numpy())} for e in config.edits]
     payload = {"model": setup.identity, "prompts": [list(q.prompt_ids) for q in setup.questions],
-               "generation": setup.gen.as_dict(), "edits": edits}
+               "generation": setup.gen.as_dict(), **editing.key(config)}
     return json.dumps(payload, sort_keys=True)
 
 
@@ -212,11 +246,11 @@ def run_id(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
-def _generate_missing(setup: SteeringSetup, planned: list[Planned], keys: list[str]) -> dict[str, list[dict[str, Any]]]:
+def _generate_missing(setup: SteeringSetup, planned: list[Planned], keys: list[str],
+                      editing: Editing = STEERING) -> dict[str, list[dict[str, Any]]]:
     """Generations of every configuration, cache first; new ones are flushed after each
     batched call so that an interrupted run keeps them."""
     from transforms.batching import run_slices
-    from transforms.steering import generate_steered
 
     cache = KeyedCache(setup.store, "steering", ["generations"])
     found = {k: json.loads(v["generations"]) for k, v in cache.get_many(set(keys)).items()}
@@ -231,8 +265,8 @@ def _generate_missing(setup: SteeringSetup, planned: list[Planned], keys: list[s
     def call(lo: int, hi: int, size: int) -> None:
         # one batched call is the retried piece: it stores nothing until it has finished
         chunk = todo[lo:hi]
-        outs = generate_steered(setup.loaded.model, tok, [q.prompt_ids for q in setup.questions],
-                                [config_of[k] for k in chunk], setup.gen, max_batch=size)
+        outs = editing.generate(setup.loaded.model, tok, [q.prompt_ids for q in setup.questions],
+                                [config_of[k] for k in chunk], setup.gen, size)
         new = []
         for key, gens in zip(chunk, outs):
             found[key] = [{"response_ids": g.response_ids, "finish_reason": g.finish_reason,
@@ -265,15 +299,16 @@ def _std(values: list[float | None]) -> float | None:
     return math.sqrt(sum((v - mean) ** 2 for v in got) / len(got))  # population std (ddof=0)
 
 
-def evaluate(setup: SteeringSetup, planned: list[Planned]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def evaluate(setup: SteeringSetup, planned: list[Planned],
+             editing: Editing = STEERING) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """``(run rows, response rows)`` for ``planned`` configurations, in order.
 
     Run rows carry the planned columns plus ``run_id``, ``label``, ``trait_mean``,
     ``trait_std`` (ddof=0), ``coherence_mean``, ``relevance_mean``, ``n``, ``n_scored``
     and ``config`` (JSON of the edits). Deltas against a baseline are the caller's
-    (:func:`add_deltas`)."""
-    keys = [config_key(setup, p.config) for p in planned]
-    generations = _generate_missing(setup, planned, keys)
+    (:func:`add_deltas`). ``editing``: how the configurations change generation (:class:`Editing`)."""
+    keys = [config_key(setup, p.config, editing) for p in planned]
+    generations = _generate_missing(setup, planned, keys, editing)
     items, owners = [], []
     for i, key in enumerate(keys):
         for q, g in zip(setup.questions, generations[key]):
@@ -293,15 +328,13 @@ def evaluate(setup: SteeringSetup, planned: list[Planned]) -> tuple[list[dict[st
     run_rows = []
     for i, (p, key) in enumerate(zip(planned, keys)):
         rows = per_run.get(i, [])
-        edits = [{"layer": e.layer, "kind": e.kind, "positions": e.positions, "coef": e.coef,
-                  "vector_norm": float(e.vector_D.norm())} for e in p.config.edits]
         run_rows.append({
             **p.columns, "run_id": run_id(key), "label": p.config.describe(),
             "trait_mean": _mean([r["trait"] for r in rows]), "trait_std": _std([r["trait"] for r in rows]),
             "coherence_mean": _mean([r["coherence"] for r in rows]),
             "relevance_mean": _mean([r["relevance"] for r in rows]),
             "n": len(rows), "n_scored": sum(r["trait"] is not None for r in rows),
-            "config": json.dumps(edits),
+            "config": editing.summary(p.config),
         })
     return run_rows, response_rows
 

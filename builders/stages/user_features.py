@@ -41,8 +41,7 @@ from store import BuildResult, BuildSpec, Store
 from builders.shared import names
 from builders.shared.catalog import Catalog
 from builders.shared.common import BuildError
-from builders.stages.prompt_latents import (check_layer, ensure_responses, latent_means, load_dictionary,
-                                            pooled_samples, prompt_info)
+from builders.stages.prompt_latents import checked_run, ensure_responses, latent_means, pooled_samples, prompt_info
 
 if TYPE_CHECKING:
     import numpy as np
@@ -147,34 +146,26 @@ def find_user_features(store: Store, catalog: Catalog, variant: str, prompt_set:
                        options: UserFeatureOptions = UserFeatureOptions(), batch_size: int | str = "auto",
                        force: bool = False, quiet: bool = False) -> BuildResult:
     """Build (or find up to date) the user-model features of ``variant`` (module docstring)."""
-    from transforms.sequences import parse_position
 
-    exp = catalog.experiment(experiment)
-    catalog.variant(exp.name, variant)
     options.check()
-    try:
-        parse_position(options.position)
-    except ValueError as err:
-        raise BuildError(f"--position: {err}") from None
-    check_layer(catalog, exp.name, variant, layer)
-    dic = load_dictionary(store, dictionary, exp.name, variant, layer) if dictionary else None
+    exp_name, dic = checked_run(store, catalog, experiment, variant, layer, options.position, dictionary)
     source = dic.variants[0] if dic is not None and dic.kind == "crosscoder" else variant
-    responses = ensure_responses(store, catalog, exp.name, variant, prompt_set, options.max_new_tokens, quiet)
+    responses = ensure_responses(store, catalog, exp_name, variant, prompt_set, options.max_new_tokens, quiet)
     if source != variant:  # a crosscoder's tokens are its A's responses
-        ensure_responses(store, catalog, exp.name, source, prompt_set, options.max_new_tokens, quiet)
+        ensure_responses(store, catalog, exp_name, source, prompt_set, options.max_new_tokens, quiet)
     info = prompt_info(store, responses)
-    pooled = pooled_samples(store, catalog, exp.name, variant, prompt_set, layer, options.position,
+    pooled = pooled_samples(store, catalog, exp_name, variant, prompt_set, layer, options.position,
                             batch_size=batch_size, quiet=quiet)
     latents = None
     if dic is not None:
-        latents = latent_means(store, catalog, exp.name, variant, prompt_set, layer, options.position, dic,
+        latents = latent_means(store, catalog, exp_name, variant, prompt_set, layer, options.position, dic,
                                batch_size=batch_size, quiet=quiet)
-    params = {"experiment": exp.name, "variant": variant, "prompt_set": prompt_set, "layer": layer,
+    params = {"experiment": exp_name, "variant": variant, "prompt_set": prompt_set, "layer": layer,
               "dictionary": dic.ref if dic else None, **asdict(options)}
     parents = {**pooled.parents, **({f"latents_{k}": v for k, v in latents.parents.items()} if latents else {})}
     if dic is not None:
         parents["dictionary"] = dic.ref
-    spec = BuildSpec(name=names.user_features(exp.name, variant, prompt_set, layer), kind="userfeatures",
+    spec = BuildSpec(name=names.user_features(exp_name, variant, prompt_set, layer), kind="userfeatures",
                      builder=BUILDER, code_version=CODE_VERSION, params=params, parents=parents, identity={})
 
     def produce(writer: Any) -> None:

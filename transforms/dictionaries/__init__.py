@@ -10,6 +10,9 @@ import importlib
 from typing import Any
 
 _EXPORTS: dict[str, str] = {
+    "Alignment": "transforms.dictionaries.alignment",
+    "latent_alignment": "transforms.dictionaries.alignment",
+    "span_fraction": "transforms.dictionaries.alignment",
     "DictionaryError": "transforms.dictionaries.errors",
     "LatentActivationStats": "transforms.dictionaries.latents",
     "Tagging": "transforms.dictionaries.latents",
