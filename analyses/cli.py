@@ -19,16 +19,19 @@ def analysis_parser(prog: str, description: str) -> argparse.ArgumentParser:
 
 def run(body: Callable[[argparse.Namespace], int | None], parser: argparse.ArgumentParser,
         argv: Sequence[str] | None = None) -> int:
-    """Parse, set up logging, run ``body``; a ValueError or StoreError is one line + exit 2."""
+    """Parse, set up logging, run ``body``; a ValueError, StoreError or BuildError (a stage it
+    reuses) is one line + exit 2."""
     from store import StoreError
     from store.errors import storage_errors, storage_message
+
+    from builders.shared.common import BuildError
 
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         return int(body(args) or 0)
-    except (ValueError, StoreError) as err:
+    except (ValueError, StoreError, BuildError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except storage_errors() as err:

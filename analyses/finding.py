@@ -228,7 +228,29 @@ def finding_report(store: Store, experiment: str = "demo", trait_set: str = "opt
     lines.append(f"(d) transfer: {application}'s vectors steering {b}: " + (
         f"best delta {tb['delta']:+.1f} at layer {tb['layer']} (coherence {tb['coherence_mean']:.1f})" if tb
         else f"no configuration kept coherence ≥ {floor:g}"))
+    lines += seed000_lines(store, experiment, application, b)
     return "\n".join(lines)
+
+
+def seed000_lines(store: Store, experiment: str, a: str, b: str) -> list[str]:
+    """(e) the crosscoder of A and the organism (analyses.organism_latents), when the demo built it."""
+    prefix = f"analysis-crosscoder-{experiment}-{a}-{b}-"
+    found = sorted(n for n in store.datasets() if n.startswith(prefix))
+    if not found:
+        return []
+    manifest = store.resolve(found[0])
+    row = store.read_table(manifest).to_dicts()[0]
+    picked = ("b_only latents" if row["selection"] == "b_only" else
+              f"most B-leaning latents (none b_only; lowest dec_norm_diff {row['min_dec_norm_diff']:.2f})")
+    aligned = "aligned" if row["p_value"] < 0.05 else "NOT aligned"
+    line = (f"(e) crosscoder {a} vs {b}, layer {row['layer']}: its {row['n_selected']} {picked} are {aligned} with the "
+            f"vector (span share {row['span_fraction']:.3f} vs random {row['null_span_mean']:.3f}, p = "
+            f"{row['p_value']:.2g}); decoder-bias difference cos {row['bias_difference_cosine']:+.3f}")
+    if row.get("zero_chosen_trait_delta") is not None:
+        line += (f"; zeroing them on {b}: trait {row['zero_chosen_trait_delta']:+.1f} (random latents "
+                 f"{_f(row.get('zero_random_trait_delta'), '+.1f')}), coherence "
+                 f"{_f(row.get('zero_chosen_coherence_delta'), '+.1f')}")
+    return [line]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -24,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--revision", help="Hub revision of --checkpoint")
     add_training_args(parser)
     parser.add_argument("--top-k", type=int, default=10, help="top activating contexts kept per latent")
+    parser.add_argument("--max-new-tokens", type=int, help="for A's responses built on the way (default: the catalog's)")
     parser.add_argument("--activation-batch-size", metavar="N|auto", default="auto",
                         help="sequences per forward when activations are built on the way")
     return parser
@@ -62,7 +63,8 @@ def main(args: argparse.Namespace) -> int:
     report(build_crosscoder(store, catalog, args.a, args.b, args.prompts, args.layer, training_options(args),
                             experiment=args.experiment, position=args.position, checkpoint=args.checkpoint,
                             revision=args.revision, top_k=args.top_k,
-                            activation_batch_size=args.activation_batch_size, force=args.force, quiet=args.quiet))
+                            activation_batch_size=args.activation_batch_size,
+                            generation={"max_new_tokens": args.max_new_tokens}, force=args.force, quiet=args.quiet))
     return 0
 
 

@@ -2,8 +2,6 @@
 its source stays reviewable as Python). Run: python notebooks/make_walkthrough.py"""
 from pathlib import Path
 
-import nbformat as nbf
-
 CELLS = [
     ("md", """# traitstore walkthrough
 
@@ -69,12 +67,9 @@ print(f"norm grows from {norms.mean(0)[0]:.1f} at layer {layers[0]} to {norms.me
 
 
 def main() -> None:
-    nb = nbf.v4.new_notebook()
-    nb.cells = [nbf.v4.new_markdown_cell(src) if kind == "md" else nbf.v4.new_code_cell(src) for kind, src in CELLS]
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    path = Path(__file__).with_name("walkthrough.ipynb")
-    nbf.write(nb, path)
-    print(f"wrote {path}")
+    from notebook_writer import write_notebook  # a sibling file (notebooks/ is not a package)
+
+    print(f"wrote {write_notebook(CELLS, Path(__file__).with_name('walkthrough.ipynb'))}")
 
 
 if __name__ == "__main__":

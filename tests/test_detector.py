@@ -19,10 +19,9 @@ def env(tmp_path_factory, smollm2):
 
 def _fake_sae(store, d_model: int, n_latents: int = 16):
     """An ``sae-...`` version in the crosscoder layout with one model (what the project's trainer writes)."""
-    import tempfile
-    from pathlib import Path
+    from transforms.dictionaries import CrossCoder
 
-    from transforms.dictionaries import CrossCoder, save_crosscoder
+    from builders.stages.crosscoder import write_weights
 
     model = CrossCoder(1, d_model, n_latents, seed=3)
     with torch.no_grad():
@@ -31,10 +30,7 @@ def _fake_sae(store, d_model: int, n_latents: int = 16):
                      params={"experiment": "s", "variant": "a", "layer": LAYER}, parents={}, identity={})
 
     def produce(writer):
-        with tempfile.TemporaryDirectory() as tmp:
-            save_crosscoder(model, tmp)
-            for path in sorted(Path(tmp).iterdir()):
-                writer.write_bytes(f"sae/{path.name}", path.read_bytes())
+        write_weights(writer, model, {})  # the SAE stage's own writer: the crosscoder layout under crosscoder/
     return store.build(spec, produce).manifest, model
 
 

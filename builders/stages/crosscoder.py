@@ -75,7 +75,8 @@ class CrosscoderOptions:
     def train_config(self) -> Any:
         from transforms.dictionaries import TrainConfig
 
-        return TrainConfig(**asdict(self))
+        # no final pass: the stage's latent tables measure explained variance on every token anyway
+        return TrainConfig(**asdict(self), final_pass=False)
 
 
 def build_crosscoder(
@@ -93,16 +94,19 @@ def build_crosscoder(
     revision: str | None = None,
     top_k: int = 10,
     activation_batch_size: int | str = "auto",
+    generation: dict[str, Any] | None = None,
     force: bool = False,
     quiet: bool = False,
 ) -> BuildResult:
     """Train (or import) a crosscoder of ``variant_a`` / ``variant_b`` at ``layer`` and
-    publish it with its latent table."""
+    publish it with its latent table. ``generation``: settings for A's responses when they
+    are built on the way (e.g. ``{"max_new_tokens": 8}``; the catalog's defaults otherwise)."""
     exp = catalog.experiment(experiment)
     options.check()
     imported = load_checkpoint(checkpoint, revision) if checkpoint else None
     paired = paired_activations(store, catalog, exp.name, variant_a, variant_b, prompt_set, layer,
-                                position=position, batch_size=activation_batch_size, quiet=quiet)
+                                position=position, batch_size=activation_batch_size, generation=generation,
+                                quiet=quiet)
     if imported is not None:
         check_imported(imported, paired, checkpoint or "")
     params: dict[str, Any] = {"experiment": exp.name, "a": variant_a, "b": variant_b, "prompt_set": prompt_set,
@@ -147,7 +151,7 @@ def train_dictionary(store: Store, paired: StreamedActivations, options: Crossco
                               options.train_config(), progress=not quiet)
     rows = [asdict(r) for r in result.log]
     summary = {"tokens": paired.n_tokens, "tokens_seen": result.tokens_seen,
-               "explained_variance": [float(v) for v in result.explained_variance],
+               "last_batch_explained_variance": [float(v) for v in result.explained_variance],
                "dead_latents": result.dead, "resampled": result.resampled}
     return result.model, rows, summary
 

@@ -56,6 +56,11 @@ CLIFF_RATIOS = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0)
 ORGANISM = {"a": "instruct", "b": "finetuned", "control": "control", "train": "optimism_instruction",
             "polarity": "neg", "control_train": "optimism_questions", "heldout": "optimism_heldout"}
 
+# seed 000 on the organism: a crosscoder instruct vs finetuned on the user-model prompts (all tokens but
+# the attention sink), its most B-specific latents against the optimism vector, and zeroed on finetuned.
+# Layer 22: where the two models' activations differ most before the last layer (similarity table).
+SEED000 = {"prompts": "user_model", "layer": 22, "position": "all[1:]", "top": 8}
+
 SUMMARY_SQL = """
 SELECT r.variant, r.prompt_set, count(*) AS responses,
        round(avg(r.response_len), 1) AS mean_tokens,
@@ -139,10 +144,28 @@ def build_stages(store: Any, catalog: Any, experiment: str, *, force: bool = Fal
     s.add("similarity", activation_similarity(store, catalog, a, b, ORGANISM["heldout"], experiment=exp, **common))
     s.add("steering", steer_vectors(store, catalog, optimism.ref, HEADLINE["method"], experiment=exp, variant=b,
                                     judges=OPTIMISM_JUDGES, **search, **common))  # transfer: A's vectors on B
+    seed000_stages(s, optimism)
     s.add("projections", build_projections(store, catalog, "instruct", "optimism_instruction",
                                            [f"{optimism.ref}:{HEADLINE['method']}"], experiment=exp,
                                            layers="best", floor=FLOORS[1], **common))
     return s
+
+
+def seed000_stages(s: Stages, optimism: Any) -> None:
+    """Seed 000 on the planted organism (README): crosscoder, its most B-specific latents'
+    alignment with the optimism vector, and zeroing them on the organism."""
+    from analyses.organism_latents import most_b_specific, organism_latents
+    from builders.stages.clamping import clamp_run
+    from builders.stages.crosscoder import build_crosscoder
+
+    a, b = ORGANISM["a"], ORGANISM["b"]
+    cc = s.add("crosscoder", build_crosscoder(s.store, s.catalog, a, b, SEED000["prompts"], SEED000["layer"],
+                                              experiment=s.exp, position=SEED000["position"], **s.common))
+    chosen, _ = most_b_specific(s.store.read_table(cc).to_dicts(), SEED000["top"])
+    clamp = s.add("clamping", clamp_run(s.store, s.catalog, cc.ref, b, ORGANISM["heldout"], latents=chosen,
+                                        experiment=s.exp, judges=OPTIMISM_JUDGES, **s.common))
+    s.add("analysis", organism_latents(s.store, cc.ref, optimism.ref, top=SEED000["top"], clamping=clamp.ref,
+                                       force=s.force))
 
 
 def print_summary(store: Any, stages: Stages, started: float) -> None:

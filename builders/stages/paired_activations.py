@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 from builders.shared.catalog import Catalog
 from builders.shared.common import BuildError, model_config_dims
@@ -51,16 +51,38 @@ class StreamedActivations:
 
     def read(self, store: "Store", lo: int, hi: int) -> "np.ndarray":
         """Rows ``[lo, hi)`` as float32 ``[tokens, n_models, d_model]`` (model axis in ``sources`` order)."""
+        return self._read(self._arrays(store), lo, hi)
+
+    def _arrays(self, store: "Store") -> list[tuple[Any, int]]:
+        return [(store.open_array(manifest, "acts"), index) for manifest, index in self.sources]
+
+    @staticmethod
+    def _read(arrays: list[tuple[Any, int]], lo: int, hi: int) -> "np.ndarray":
         import numpy as np
 
-        return np.stack([np.asarray(store.open_array(manifest, "acts")[lo:hi, index, :], dtype=np.float32)
-                         for manifest, index in self.sources], axis=1)
+        return np.stack([np.asarray(array[lo:hi, index, :], dtype=np.float32) for array, index in arrays], axis=1)
+
+    def read_chunks(self, store: "Store", order: Sequence[int]) -> Iterator[tuple[int, "np.ndarray"]]:
+        """(first row, rows) of the chunks in ``order``, the next chunk read (decompressed) in a
+        background thread while the caller works on the current one: training waits on Zarr only
+        when a step is faster than a read."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        arrays, chunks = self._arrays(store), self.chunks()
+        if not order:
+            return
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="zarr-prefetch") as pool:
+            pending = pool.submit(self._read, arrays, *chunks[order[0]])
+            for k, i in enumerate(order):
+                rows = pending.result()
+                if k + 1 < len(order):
+                    pending = pool.submit(self._read, arrays, *chunks[order[k + 1]])
+                yield chunks[i][0], rows
 
     def ordered(self, store: "Store", batch_size: int) -> Iterator[tuple[int, "np.ndarray"]]:
         """(first row, batch ``[B, n_models, d]``) in token order, for analysis passes."""
-        for lo, hi in self.chunks():
-            chunk = self.read(store, lo, hi)
-            for start in range(0, hi - lo, batch_size):
+        for lo, chunk in self.read_chunks(store, range(len(self.chunks()))):
+            for start in range(0, len(chunk), batch_size):
                 yield lo + start, chunk[start:start + batch_size]
 
     def shuffled(self, store: "Store", batch_size: int, seed: int) -> "ShuffledBatches":
@@ -125,9 +147,8 @@ class ShuffledBatches:
         rng = np.random.default_rng([self.seed, epoch])
         chunks = self.source.chunks()
         carry = np.empty((0, self.source.n_models, self.source.d_model), dtype=np.float32)
-        for i in rng.permutation(len(chunks)):
-            lo, hi = chunks[i]
-            window = np.concatenate([carry, self.source.read(self.store, lo, hi)])
+        for _, rows in self.source.read_chunks(self.store, [int(i) for i in rng.permutation(len(chunks))]):
+            window = np.concatenate([carry, rows])
             window = window[rng.permutation(len(window))]
             whole = len(window) - len(window) % self.batch_size
             for start in range(0, whole, self.batch_size):
@@ -150,7 +171,7 @@ def paired_activations(store: "Store", catalog: Catalog, experiment: str, varian
     if variant_a == variant_b:
         raise BuildError(f"--a and --b are both {variant_a!r}: a paired analysis needs two variants")
     dims = {v: model_config_dims(e.model.id, e.model.revision) for v, e in entries.items()}
-    (layers_a, width_a), (layers_b, width_b) = dims[variant_a], dims[variant_b]
+    (_, width_a), (_, width_b) = dims[variant_a], dims[variant_b]
     if width_a != width_b:
         raise BuildError(f"{variant_a} has d_model {width_a}, {variant_b} has {width_b}: "
                          "paired activations need the same width")
@@ -160,7 +181,6 @@ def paired_activations(store: "Store", catalog: Catalog, experiment: str, varian
     common = {"experiment": exp.name, "prompt_set": prompt_set, "position": position, "layers": str(layer),
               "per_token": True, "batch_size": batch_size, "quiet": quiet}
     generate_responses(store, catalog, variant_a, prompt_set, exp.name, generation, quiet=quiet)
-    generate_responses(store, catalog, variant_a, prompt_set, exp.name, quiet=quiet)  # B replays these
     a = capture_activations(store, catalog, variant_a, **common).manifest
     b = capture_activations(store, catalog, variant_b, replay_from=variant_a, **common).manifest
     return pair_manifests(store, a, b, layer)
@@ -196,14 +216,15 @@ def pair_manifests(store: "Store", a: "Manifest", b: "Manifest", layer: int) -> 
 
 def variant_activations(store: "Store", catalog: Catalog, experiment: str, variant: str, prompt_set: str,
                         layer: int, *, position: str = "response[:]", batch_size: int | str = "auto",
-                        quiet: bool = False) -> VariantActivations:
-    """``variant``'s per-token activations over its own responses at ``layer``, built if missing."""
+                        generation: dict[str, Any] | None = None, quiet: bool = False) -> VariantActivations:
+    """``variant``'s per-token activations over its own responses at ``layer``, built if missing
+    (its responses too, with ``generation`` settings)."""
     exp = catalog.experiment(experiment)
     entry = catalog.variant(exp.name, variant)
     n_layers, _ = model_config_dims(entry.model.id, entry.model.revision)
     if not 0 <= layer < n_layers:
         raise BuildError(f"--layer {layer}: {variant} has layers 0..{n_layers - 1}")
-    generate_responses(store, catalog, variant, prompt_set, exp.name, quiet=quiet)
+    generate_responses(store, catalog, variant, prompt_set, exp.name, generation, quiet=quiet)
     manifest = capture_activations(store, catalog, variant, experiment=exp.name, prompt_set=prompt_set,
                                    position=position, layers=str(layer), per_token=True, batch_size=batch_size,
                                    quiet=quiet).manifest
