@@ -130,3 +130,26 @@ def detector(experiment: str, variant: str, prompt_set: str) -> str:
 
 def clamping(experiment: str, variant: str, dictionary: str, prompt_set: str) -> str:
     return f"clamping-{experiment}-{variant}-{prompt_set}-{dictionary}"
+
+
+# seed 003: persona probes, logit lens, patching, ablation (transforms/circuits)
+def persona_probe(experiment: str, variant: str, prompt_set: str, position_slug: str) -> str:
+    """Probe directions: a vectors dataset (``vectors-...-probe``) steering and projections read."""
+    return f"vectors-{experiment}-{variant}-{prompt_set}-{position_slug}-residual-probe"
+
+
+def logit_lens(experiment: str, variant: str, prompt_set: str, position_slug: str) -> str:
+    return f"logitlens-{experiment}-{variant}-{prompt_set}-{position_slug}"
+
+
+def patching(experiment: str, variant: str, prompt_set: str, kind: str) -> str:
+    """``kind``: ``residual``, ``attn_out``, ``mlp_out``, ``heads``, ``heads_by_position`` or ``direction``."""
+    return f"patching-{experiment}-{variant}-{prompt_set}-{kind}"
+
+
+def head_ablation(experiment: str, variant: str, prompt_set: str) -> str:
+    return f"ablation-{experiment}-{variant}-{prompt_set}"
+
+
+def circuits_report(experiment: str, variant: str, prompt_set: str) -> str:
+    return f"analysis-circuits-{experiment}-{variant}-{prompt_set}"

@@ -80,6 +80,8 @@ class Stages:
     force: bool = False
     quiet: bool = False
     results: list[tuple[str, Any, bool | None]] = field(default_factory=list)
+    seconds: list[float] = field(default_factory=list)
+    _mark: float = field(default_factory=time.time)
 
     @property
     def common(self) -> dict[str, bool]:
@@ -87,8 +89,16 @@ class Stages:
         return {"force": self.force, "quiet": self.quiet}
 
     def add(self, stage: str, result: Any) -> Any:
-        self.results.append((stage, result.manifest, result.built))
+        self.record(stage, result.manifest, result.built)
         return result.manifest
+
+    def record(self, stage: str, manifest: Any, built: bool | None) -> None:
+        # Stages run one after another, so the time since the previous one is this stage's
+        # (with whatever it built on the way: responses, activations).
+        now = time.time()
+        self.results.append((stage, manifest, built))
+        self.seconds.append(now - self._mark)
+        self._mark = now
 
 
 def cliff_grid(stages: Stages, vectors: Any, search: Any, variant: str | None = None) -> Any:
@@ -109,7 +119,7 @@ def build_stages(store: Any, catalog: Any, experiment: str, *, force: bool = Fal
     s = Stages(store, catalog, experiment, force, quiet)
     exp, common = s.exp, s.common
     for name in catalog.experiment(exp).prompt_sets:
-        s.results.append(("prompts", ensure_prompt_set(store, catalog, name), None))
+        s.record("prompts", ensure_prompt_set(store, catalog, name), None)
     for judge, per_label in CALIBRATED:  # instruments first
         s.add("calibration", calibrate(store, catalog, judge, experiment=exp, choice=OPTIMISM_JUDGES,
                                        per_label=per_label, **common))
@@ -174,11 +184,11 @@ def print_summary(store: Any, stages: Stages, started: float) -> None:
 
     print(f"\ndemo finished in {time.time() - started:.0f}s; store: {store.location.url}\n")
     seen = set()
-    for _stage, manifest, built in stages.results:
+    for (_stage, manifest, built), seconds in zip(stages.results, stages.seconds):
         if manifest.ref in seen:
             continue
         seen.add(manifest.ref)
         state = "up to date" if built is False else "built" if built else "ready"
-        print(f"  {state:<10} {manifest.ref:<84} {manifest.rows:>4} rows")
+        print(f"  {state:<10} {manifest.ref:<84} {manifest.rows:>5} rows {seconds:>6.0f}s")
     print("\nresponses per variant and prompt set (python -m store sql ...):")
     print_frame(query(store, SUMMARY_SQL))
