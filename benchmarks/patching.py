@@ -5,17 +5,21 @@ per configuration, side by side.
 
 The first pair of the persona set (datasets/persona, chat formatted; a fixed aligned pair when
 that set cannot be read) patched clean -> corrupted at every (layer, position) of ``--layers``:
-- batched:    ``patch_sweep`` (``--batch-size`` rows per forward, rows grouped by layer, the
-              blocks below a chunk's lowest layer replayed from the corrupted run);
+- batched:    ``patch_sweep`` (``--batch-size`` rows per forward, rows sorted by (layer,
+              position); a chunk runs only the blocks above its lowest layer and only the
+              tokens from its earliest position on, the corrupted run's keys/values of the
+              earlier tokens handed in as a cache: transforms.circuits.replay);
 - sequential: ``patch_sweep(batched=False)``, one full forward per configuration.
 Both must give the same numbers (max abs diff printed and asserted <= 1e-4). Prints a table,
-then as the last line one JSON object with the figures.
+then as the last line one JSON object with the figures, including the machine's load average
+(the timings of a shared machine mean little without it).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -87,8 +91,10 @@ def main(argv: list[str] | None = None) -> int:
     speedup = med["sequential"] / med["batched"]
     n_fwd = {"batched": -(-len(targets) // args.batch_size) + 2, "sequential": len(targets) + 2}
     sweep = out["batched"]
+    load = [round(x, 2) for x in os.getloadavg()]
     print(f"SmolLM2-135M-Instruct, residual patching, pair {pair_id}: {len(layers)} layers x {len(clean)} positions "
-          f"= {len(targets)} configurations, torch threads {torch.get_num_threads()}, {args.repeats} repeat(s)")
+          f"= {len(targets)} configurations, torch threads {torch.get_num_threads()}, {args.repeats} repeat(s), "
+          f"load average {load} on {os.cpu_count()} CPUs")
     print(f"{'way':<12} {'forwards':>9} {'rows/forward':>13} {'median s':>10} {'configs/s':>10}")
     for name, rows in (("batched", args.batch_size), ("sequential", 1)):
         print(f"{name:<12} {n_fwd[name]:>9} {rows:>13} {med[name]:>10.2f} {len(targets) / med[name]:>10.1f}")
@@ -100,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps({
         "benchmark": "patching_sweep", "model": MODEL, "pair": pair_id, "layers": layers,
         "positions": len(clean), "configurations": len(targets), "batch_size": args.batch_size,
-        "threads": torch.get_num_threads(), "repeats": args.repeats,
+        "threads": torch.get_num_threads(), "repeats": args.repeats, "load_average": load, "cpus": os.cpu_count(),
         "batched_s": round(med["batched"], 3), "sequential_s": round(med["sequential"], 3),
         "speedup": round(speedup, 2), "max_abs_diff": diff, "identical": diff <= 1e-4,
     }))

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from transforms.capture import decoder_layers
+from transforms.circuits import patching as patching_module
 from transforms.circuits import (PatchTarget, check_heads, head_site, head_targets, logit_diff, normalise,
                                  patch_sweep, residual_targets)
 
@@ -81,6 +82,23 @@ def tiny_gqa_llama(dtype: torch.dtype = torch.float32) -> torch.nn.Module:
     model = tf.LlamaForCausalLM(cfg)
     _reinit(model, 1)
     return model.to(dtype).eval()
+
+
+@functools.cache
+def tiny_gemma3(sliding_window: int = 3) -> torch.nn.Module:
+    """Sliding-window layers (window 3 < the 8-token prompt) around a full-attention layer,
+    grouped-query attention, sandwich norms, head_dim 8 != d_model / n_heads."""
+    import transformers as tf
+
+    cfg = tf.Gemma3TextConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=3,
+                              num_attention_heads=4, num_key_value_heads=2, head_dim=8, sliding_window=sliding_window,
+                              layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+                              max_position_embeddings=64, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+                              attn_implementation="eager")
+    torch.manual_seed(0)
+    model = tf.Gemma3ForCausalLM(cfg)
+    _reinit(model, 2)
+    return model.float().eval()
 
 
 def _last_diff(logits_1TV: torch.Tensor) -> float:
@@ -258,6 +276,67 @@ def test_batched_equals_one_forward_per_target(make):
     # nothing left behind: no hooks, no replaced block forward (skipped blocks are restored)
     assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
     assert all("forward" not in b.__dict__ for b in decoder_layers(model))
+
+
+def _per_position_targets(model, n_tokens: int) -> list[PatchTarget]:
+    n_layers = len(decoder_layers(model))
+    out = [PatchTarget(c, k, p) for c in ("residual", "attn_out", "mlp_out") for k in range(n_layers)
+           for p in range(-1, n_tokens)]  # -1 == the last position, by another name
+    return out + head_targets(model, True, n_tokens) + [PatchTarget("attn_out", 1, None)]
+
+
+def _embedded_lengths(model, fn) -> list[int]:
+    """Run ``fn`` and return the number of tokens of every forward (the embedding's input)."""
+    lengths: list[int] = []
+    handle = model.get_input_embeddings().register_forward_hook(lambda m, args, out: lengths.append(args[0].shape[1]))
+    try:
+        fn()
+    finally:
+        handle.remove()
+    return lengths
+
+
+@pytest.mark.parametrize("make", [tiny_gpt2, tiny_gqa_llama, tiny_gemma3])
+def test_prefix_cached_rows_equal_the_plain_path(make):
+    """Rows patched at position p run only tokens p.. with the corrupted keys/values before p
+    as a cache (GPT-2's absolute positions, Llama's RoPE + GQA, Gemma 3's sliding windows):
+    the same numbers as one full forward per target."""
+    model = make()
+    targets = _per_position_targets(model, len(CLEAN))
+    one = patch_sweep(model, CLEAN, CORRUPT, ANSWERS, targets, batched=False)
+    assert np.ptp(one.metric) > 0.1
+    for batch_size in (5, 16):
+        box = {}
+        lengths = _embedded_lengths(model, lambda: box.setdefault(
+            "s", patch_sweep(model, CLEAN, CORRUPT, ANSWERS, targets, batch_size=batch_size)))
+        np.testing.assert_allclose(box["s"].metric, one.metric, atol=ATOL, rtol=0)
+        # the clean and corrupted runs see the whole prompt; the late chunks only their suffix
+        assert lengths[:2] == [len(CLEAN)] * 2 and min(lengths) < len(CLEAN) // 2
+    assert all("forward" not in b.__dict__ for b in decoder_layers(model))
+
+
+def test_gemma3_sliding_window_is_in_effect():
+    """The tiny Gemma 3's window is shorter than the prompt and changes its output, so a
+    prefix cache that ignored the window would fail the test above."""
+    small, wide = tiny_gemma3(3), tiny_gemma3(64)
+    wide.load_state_dict(small.state_dict())
+    assert small.config.sliding_window < len(CLEAN)
+    with torch.no_grad():
+        a, b = small(torch.tensor([CORRUPT])).logits, wide(torch.tensor([CORRUPT])).logits
+    assert (a[0, -1] - b[0, -1]).abs().max() > 1e-2
+    assert torch.allclose(a[0, :3], b[0, :3], atol=1e-5)  # the first 3 tokens fit in both windows
+
+
+def test_models_without_prefix_support_replay_whole_prompts(monkeypatch):
+    model = tiny_gemma3()
+    targets = _per_position_targets(model, len(CLEAN))[::3]
+    want = patch_sweep(model, CLEAN, CORRUPT, ANSWERS, targets, batch_size=6).metric
+    monkeypatch.setattr(patching_module, "prefix_cache_supported", lambda m: False)
+    box = {}
+    lengths = _embedded_lengths(model, lambda: box.setdefault(
+        "s", patch_sweep(model, CLEAN, CORRUPT, ANSWERS, targets, batch_size=6)))
+    assert set(lengths) == {len(CLEAN)}
+    np.testing.assert_allclose(box["s"].metric, want, atol=ATOL, rtol=0)
 
 
 def test_planted_effects_of_whole_residual_and_last_layer_patches():

@@ -11,10 +11,14 @@ hooks, for benchmarks and checks). Targets:
 - ``head`` (layer k, head h): head h's slice of the input to the attention output projection
   (:mod:`transforms.circuits.sites`), which is exact under grouped-query attention.
 
-The batched path also skips what every row of a forward shares: targets are grouped by layer,
-and the blocks below a chunk's lowest layer L are not run; block L-1 hands on the corrupted
-run's recorded output instead (the same tensor a full forward would compute there, since no
-row is patched below L). ``batched=False`` runs every block, the plain reference.
+The batched path also skips what every row of a forward shares (:mod:`transforms.circuits.replay`):
+targets are sorted by (lowest block, earliest position); a chunk runs only the blocks from its
+lowest block on (block ``L-1`` hands on the corrupted run's recorded output) and only the
+tokens from its earliest patched position ``p`` on (the corrupted run's keys and values of
+the tokens before ``p`` go in as a cache: causal attention makes every row equal the corrupted
+run there). Targets at every position have ``p = 0``; models whose cache layers are not plain
+or sliding-window dynamic layers get ``p = 0`` always. ``batched=False`` runs one full forward
+per target, the plain reference.
 
 ``position=None`` patches every position; a negative position counts from the end. The metric
 is the logit difference of ``answer_ids`` at the last position, from the full model (final
@@ -24,14 +28,15 @@ norm, LM head, any logit softcap), in float32.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from transforms.capture.hooks import Hook, attached, input_device
-from transforms.capture.layers import component_module, decoder_layers, first_tensor
+from transforms.capture.layers import component_module, decoder_layers
 from transforms.circuits.metrics import logit_diff, normalise
+from transforms.circuits.replay import (final_logits, keeps_last, prefix_cache_supported, record_run, replay_logits,
+                                        with_first)
 from transforms.circuits.sites import check_heads, head_shape, head_site
 
 if TYPE_CHECKING:
@@ -129,34 +134,6 @@ def _sites(model: nn.Module, targets: Sequence[PatchTarget], n_tokens: int) -> d
     return sites
 
 
-def _with_first(output: Any, tensor: torch.Tensor) -> Any:
-    """``output`` with its primary tensor replaced (a tensor, or element 0 of a tuple)."""
-    if isinstance(output, tuple):
-        return (tensor, *output[1:])
-    if isinstance(output, list):
-        return [tensor, *output[1:]]
-    return tensor
-
-
-def _final_logits(model: nn.Module, ids_BT: torch.Tensor, keep_last: bool) -> torch.Tensor:
-    """Next-token logits after the prompt, ``[B, V]`` (only the last position through the
-    LM head when the model supports ``logits_to_keep``)."""
-    extra = {"logits_to_keep": 1} if keep_last else {}
-    out = model(input_ids=ids_BT, use_cache=False, **extra)
-    return out.logits[:, -1]
-
-
-def _keeps_last(model: nn.Module) -> bool:
-    import inspect
-
-    from transforms.capture.layers import unwrap_model
-
-    try:
-        return "logits_to_keep" in inspect.signature(unwrap_model(model).forward).parameters
-    except (TypeError, ValueError):
-        return False
-
-
 def _clean_cache(model: nn.Module, sites: dict, ids_1T: torch.Tensor, keep_last: bool):
     """One clean forward: ``({site key: activation [1, T, width]}, logits [1, V])``."""
     cache: dict[tuple[str, int], torch.Tensor] = {}
@@ -167,13 +144,13 @@ def _clean_cache(model: nn.Module, sites: dict, ids_1T: torch.Tensor, keep_last:
         return Hook(site.module, lambda m, args, out: cache.__setitem__(site.key, site.read(out).detach().clone()))
 
     with attached([make(s) for s in sites.values()]):
-        logits = _final_logits(model, ids_1T, keep_last)
+        logits = final_logits(model, ids_1T, keep_last)
     return cache, logits
 
 
-def _patch_hooks(sites: dict, cache: dict, rows: Sequence[PatchTarget], n_tokens: int) -> list[Hook]:
+def _patch_hooks(sites: dict, cache: dict, rows: Sequence[PatchTarget], n_tokens: int, prefix: int = 0) -> list[Hook]:
     """Hooks making row r of the batch patched at ``rows[r]`` only (a mask per site: rows at
-    other sites keep their corrupted activations)."""
+    other sites keep their corrupted activations); the forward sees positions ``prefix ..``."""
     import torch
 
     masks: dict[tuple[str, int], torch.Tensor] = {}
@@ -189,7 +166,7 @@ def _patch_hooks(sites: dict, cache: dict, rows: Sequence[PatchTarget], n_tokens
 
     hooks = []
     for key, mask in masks.items():
-        site, clean = sites[key], cache[key]
+        site, clean, mask = sites[key], cache[key][:, prefix:], mask[:, prefix:]
         if key[0] == "head":
             def pre(m: Any, args: tuple, mask: torch.Tensor = mask, clean: torch.Tensor = clean) -> tuple:
                 return (torch.where(mask, clean, args[0]), *args[1:])
@@ -198,55 +175,16 @@ def _patch_hooks(sites: dict, cache: dict, rows: Sequence[PatchTarget], n_tokens
         else:
             def post(m: Any, args: tuple, out: Any, mask: torch.Tensor = mask, clean: torch.Tensor = clean,
                      read: Any = site.read) -> Any:
-                return _with_first(out, torch.where(mask, clean, read(out)))
+                return with_first(out, torch.where(mask, clean, read(out)))
 
             hooks.append(Hook(site.module, post))
     return hooks
 
 
-def _recorded_blocks(model: nn.Module, ids_1T: torch.Tensor, keep_last: bool) -> tuple[list[Any], torch.Tensor]:
-    """A forward recording every block's output (as returned: a tensor or a tuple); and the
-    final logits."""
-    blocks = decoder_layers(model)
-    outputs: list[Any] = [None] * len(blocks)
-
-    def make(i: int) -> Hook:
-        return Hook(blocks[i], lambda m, args, out: outputs.__setitem__(i, out))
-
-    with attached([make(i) for i in range(len(blocks))]):
-        logits = _final_logits(model, ids_1T, keep_last)
-    return outputs, logits
-
-
-@contextmanager
-def _skipped_blocks(model: nn.Module, recorded: list[Any], start: int, n_rows: int) -> Iterator[None]:
-    """Blocks ``0 .. start-1`` not run: each passes its input on untouched, and block
-    ``start-1`` returns its recorded output repeated over ``n_rows`` rows. The override is an
-    instance ``forward`` (hooks still fire), restored on exit; an existing instance forward
-    (accelerate's device-map wrapper) is put back as it was."""
-    blocks = decoder_layers(model)[:start]
-    saved = [b.__dict__.get("forward") for b in blocks]
-
-    def passthrough(structure: Any, replay: torch.Tensor | None) -> Any:
-        def forward(*args: Any, **kwargs: Any) -> Any:
-            hidden = replay if replay is not None else (args[0] if args else kwargs["hidden_states"])
-            return _with_first(structure, hidden)
-
-        return forward
-
-    try:
-        for i, block in enumerate(blocks):
-            replay = None
-            if i == start - 1:
-                replay = first_tensor(recorded[i]).expand(n_rows, -1, -1).contiguous()
-            block.forward = passthrough(recorded[i], replay)
-        yield
-    finally:
-        for block, old in zip(blocks, saved):
-            if old is None:
-                block.__dict__.pop("forward", None)
-            else:
-                block.forward = old
+def _first_block(target: PatchTarget) -> int:
+    """The lowest block a row patched at ``target`` must run: a residual patch replaces block
+    k's output, so block k itself can be replayed; the others act inside block k."""
+    return target.layer + 1 if target.component == "residual" else target.layer
 
 
 def patch_sweep(
@@ -281,7 +219,7 @@ def patch_sweep(
     sites = _sites(model, targets, n_tokens)
     rows_per_forward = batch_size if batched else 1
     device = input_device(model)
-    keep_last = _keeps_last(model)
+    keep_last = keeps_last(model)
     clean_1T = torch.tensor([clean_ids_T], device=device)
     corrupted_1T = torch.tensor([corrupted_ids_T], device=device)
 
@@ -293,17 +231,21 @@ def patch_sweep(
             raise ValueError(f"answer ids {tuple(answer_ids)} must be two token ids in 0..{vocab - 1}")
         pair = [[int(a) for a in answer_ids]]
         clean_metric = float(logit_diff(clean_logits, pair)[0])
-        recorded, corrupted_logits = _recorded_blocks(model, corrupted_1T, keep_last)
-        corrupted_metric = float(logit_diff(corrupted_logits, pair)[0])
-        # batched: rows grouped by layer so a chunk's lowest layer (blocks skipped below it) is high
-        order = sorted(range(len(targets)), key=lambda i: targets[i].layer) if batched else list(range(len(targets)))
+        run = record_run(model, corrupted_1T, keep_last, with_prefix=batched and prefix_cache_supported(model))
+        corrupted_metric = float(logit_diff(run.logits, pair)[0])
+        # batched: rows sorted by (first block run, first position patched) so that a chunk's
+        # lowest block and earliest position, below which it replays the corrupted run, are high
+        plan = [(_first_block(t), 0 if t.position is None else t.position % n_tokens) if batched else (0, 0)
+                for t in targets]
+        if run.keys_values is None:
+            plan = [(b, 0) for b, _ in plan]
+        order = sorted(range(len(targets)), key=lambda i: plan[i]) if batched else list(range(len(targets)))
         metric = np.empty(len(targets), dtype=np.float64)
-        for start in range(0, len(order), rows_per_forward):
-            idx = order[start:start + rows_per_forward]
-            rows = [targets[i] for i in idx]
-            skip = min(t.layer for t in rows) if batched else 0
-            with attached(_patch_hooks(sites, cache, rows, n_tokens)), _skipped_blocks(model, recorded, skip, len(rows)):
-                logits = _final_logits(model, corrupted_1T.expand(len(rows), -1), keep_last)
-            metric[idx] = logit_diff(logits, pair * len(rows)).cpu().numpy()
+        for at in range(0, len(order), rows_per_forward):
+            idx = order[at:at + rows_per_forward]
+            start, prefix = min(plan[i][0] for i in idx), min(plan[i][1] for i in idx)
+            with attached(_patch_hooks(sites, cache, [targets[i] for i in idx], n_tokens, prefix)):
+                logits = replay_logits(model, run, start, prefix, len(idx), keep_last)
+            metric[idx] = logit_diff(logits, pair * len(idx)).cpu().numpy()
     logger.debug("patched %d targets in %d forwards", len(targets), -(-len(targets) // rows_per_forward))
     return PatchSweep(targets, metric, clean_metric, corrupted_metric)
