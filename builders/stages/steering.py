@@ -79,7 +79,10 @@ class SteeringSearchOptions:
 def vector_columns(store: Store, vectors: Manifest, method: str) -> dict[str, Any]:
     """Columns naming a vector set in run tables: where it came from, for group-bys."""
     p = vectors.params
-    prompts = store.resolve(store.resolve(store.resolve(vectors.parents["activations"]).parents["responses"]).parents["prompts"])
+    if "activations" in vectors.parents:
+        prompts = store.resolve(store.resolve(store.resolve(vectors.parents["activations"]).parents["responses"]).parents["prompts"])
+    else:  # vectors read straight off prompts (persona probes: builders/stages/persona_probe.py)
+        prompts = store.resolve(vectors.parents["prompts"])
     trait = json.loads(store.read_bytes(prompts, "prompt_set.json")).get("trait")
     return {"vectors": vectors.ref, "vectors_dataset": vectors.name, "method": method, "trait": trait,
             "source_set": p["prompt_set"], "extraction_variant": p["variant"], "position": p["position"],

@@ -29,6 +29,7 @@ from pathlib import Path
 from transforms.prompts.files import err, load_json
 from transforms.prompts.inference import parse_inference_set
 from transforms.prompts.paired import is_paired_set, load_paired_set
+from transforms.prompts.persona import is_persona_set, persona_prompt_set
 from transforms.prompts.rows import PromptSet
 from transforms.prompts.traits import parse_instruction_trait, parse_natural_trait, parse_persona_vectors_trait
 
@@ -37,6 +38,7 @@ def load_prompt_set(path: str | Path, name: str | None = None) -> PromptSet:
     """Load any supported prompt set, detecting the format from what is at ``path``.
 
     A folder with ``categories.json`` -> paired set (:mod:`transforms.prompts.paired`);
+    with ``persona.json`` -> persona set (:mod:`transforms.prompts.persona`: pos = expert, neg = child);
     a folder with positive/negative ``.jsonl`` -> instruction trait; with ``.txt`` ->
     natural trait; a ``.json`` object with ``instruction`` -> persona_vectors trait; any
     other ``.json`` (object with ``prompts``, or a list) -> inference set.
@@ -44,6 +46,8 @@ def load_prompt_set(path: str | Path, name: str | None = None) -> PromptSet:
     path = Path(path)
     if is_paired_set(path):
         return load_paired_set(path, name)
+    if is_persona_set(path):
+        return persona_prompt_set(path, name)
     if path.is_dir():
         present = {p.name for p in path.iterdir()}
         if present & {"positive.jsonl", "negative.jsonl"}:
