@@ -137,7 +137,7 @@ def built(tmp_path_factory, smollm2):
 @pytest.mark.slow
 def test_builder_publishes_a_vectors_dataset(built):
     from builders.shared import names
-    from builders.stages.persona_probe import ProbeOptions, persona_probe
+    from builders.stages.persona_probe import persona_probe
 
     store, catalog, options, result = built
     m = result.manifest

@@ -79,7 +79,6 @@ def patching_figures(data: list[dict[str, Any]], baselines: list[dict[str, Any]]
     used = {b["pair_id"] for b in baselines if b["used"]}
     used_rows = [r for r in data if r["pair_id"] in used]
     out: dict[str, bytes] = {}
-    by_position = any(r["position"] is not None for r in data)
     first = baselines[0]["pair_id"] if baselines else None
     labels_by_offset = {r["offset"]: token_label(r["clean_token"], r["token"])
                         for r in data if r["pair_id"] == first and r["offset"] is not None}
