@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Sequence
 if TYPE_CHECKING:
     import polars as pl
 
-LAST = -1  # ``offset`` of the last prompt token: the next-token logits the metric reads
+LAST = -1  # ``from_end`` of the last prompt token: the next-token logits the metric reads
 
 
 @dataclass(frozen=True)
@@ -143,7 +143,7 @@ def patch_layers(data: "pl.DataFrame") -> list[PatchLayer]:
     used = data.filter(pl.col("normalised").is_not_null())
     persona = (used.filter(persona_mask(used)).group_by("component", "layer", "pair_id")
                .agg(pl.col("normalised").mean()))
-    last = used.filter(pl.col("offset") == LAST)
+    last = used.filter(pl.col("from_end") == LAST)
     out = []
     for component, layer in sorted(set(zip(used["component"].to_list(), used["layer"].to_list()))):
         def pick(frame: "pl.DataFrame") -> list[float]:
@@ -199,7 +199,7 @@ def head_positions(by_position: "pl.DataFrame") -> dict[tuple[int, int], tuple[f
     out = {}
     for (layer, head), group in used.group_by("layer", "head"):
         total = float(group["size"].sum())
-        at_last = group.filter(pl.col("offset") == LAST)
+        at_last = group.filter(pl.col("from_end") == LAST)
         last_share = float(at_last["size"].sum()) / total if total > 0 else math.nan
         persona_share = float(group.filter(pl.col("is_persona"))["size"].sum()) / total if total > 0 else math.nan
         out[(int(layer), int(head))] = (last_share, persona_share, estimate(at_last["normalised"].to_list()))

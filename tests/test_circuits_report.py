@@ -37,7 +37,7 @@ def publish(store: Store, name: str, tables: dict[str, list[dict]], kind: str = 
 def _row(pair, component, layer, position, value, head=None):
     used = pair != TINY
     return {"pair_id": pair, "component": component, "layer": layer, "head": head, "position": position,
-            "offset": None if position is None else position - N_TOK,
+            "from_end": None if position is None else position - N_TOK,
             "token": None if position is None else (CHILD if position == 2 else TOKENS[position]),
             "clean_token": None if position is None else TOKENS[position],
             "metric": value * 4.0 - 2.0, "normalised": value if used else None}
@@ -169,7 +169,7 @@ def test_planted_tables_give_the_planted_report(planted_store):
     findings = {f["claim"]: f for f in store.read_table(manifest).to_dicts()}
 
     # the best last-token residual layer and its number, recomputed with numpy over the used pairs
-    last = {layer: [r["normalised"] for r in residual if r["layer"] == layer and r["offset"] == -1
+    last = {layer: [r["normalised"] for r in residual if r["layer"] == layer and r["from_end"] == -1
                     and r["normalised"] is not None] for layer in range(LAYERS)}
     best = max(last, key=lambda k: np.mean(last[k]))
     f = findings[f"patching residual: clean into corrupted at the last token restores the expert answer (best layer "

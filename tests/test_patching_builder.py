@@ -111,7 +111,7 @@ def test_residual_and_head_patching_equal_a_direct_sweep(env, smollm2):
             if kind == "residual":
                 targets = [PatchTarget("residual", k, p) for k in LAYERS for p in range(n - 3, n)]
                 got = rows.sort_values(["layer", "position"])
-                assert got.offset.tolist() == [t.position - n for t in targets]
+                assert got.from_end.tolist() == [t.position - n for t in targets]
                 assert got.token.tolist() == [tok.decode([pair.corrupted_ids[t.position]]) for t in targets]
                 assert got.clean_token.tolist() == [tok.decode([pair.clean_ids[t.position]]) for t in targets]
             else:

@@ -15,7 +15,7 @@ them), clean activations are written into the corrupted run one target at a time
 Published ``patching-<experiment>-<variant>-<set>-<kind>``:
 
 - ``data``: one row per pair x target: ``pair_id, component, layer, head, position`` (absolute;
-  null = all), ``offset`` (position - n_tokens: -1 = last), ``token`` / ``clean_token`` (the
+  null = all), ``from_end`` (position - n_tokens: -1 = last), ``token`` / ``clean_token`` (the
   corrupted / clean prompt's token there), ``metric`` (raw), ``normalised`` (clean = 1,
   corrupted = 0; null for a pair whose ``|clean - corrupted| < min_gap``);
 - ``baselines``: per pair ``n_tokens, clean_metric, corrupted_metric, gap`` (clean - corrupted),
@@ -282,7 +282,7 @@ def patch_pair(model: Any, tokenizer: Any, plan: PairPlan, kind: str, layers: li
     for t, metric, norm in zip(targets, sweep.metric.tolist(), normalised.tolist()):
         p = t.position
         rows.append({"pair_id": tok.pair_id, "component": t.component, "layer": t.layer, "head": t.head,
-                     "position": p, "offset": None if p is None else p - n,
+                     "position": p, "from_end": None if p is None else p - n,
                      "token": None if p is None else tokenizer.decode([tok.corrupted_ids[p]]),
                      "clean_token": None if p is None else tokenizer.decode([tok.clean_ids[p]]),
                      "metric": float(metric), "normalised": float(norm) if used and math.isfinite(norm) else None})
@@ -294,7 +294,7 @@ def patch_pair(model: Any, tokenizer: Any, plan: PairPlan, kind: str, layers: li
 
 DATA_SCHEMA: dict[str, str] = {
     "pair_id": "string", "component": "string", "layer": "int64", "head": "int64", "position": "int64",
-    "offset": "int64", "token": "string", "clean_token": "string", "metric": "float64", "normalised": "float64"}
+    "from_end": "int64", "token": "string", "clean_token": "string", "metric": "float64", "normalised": "float64"}
 BASELINE_SCHEMA: dict[str, str] = {
     "pair_id": "string", "n_tokens": "int64", "clean_metric": "float64", "corrupted_metric": "float64",
     "gap": "float64", "used": "bool", "expert_token": "string", "simple_token": "string"}

@@ -80,8 +80,8 @@ def patching_figures(data: list[dict[str, Any]], baselines: list[dict[str, Any]]
     used_rows = [r for r in data if r["pair_id"] in used]
     out: dict[str, bytes] = {}
     first = baselines[0]["pair_id"] if baselines else None
-    labels_by_offset = {r["offset"]: token_label(r["clean_token"], r["token"])
-                        for r in data if r["pair_id"] == first and r["offset"] is not None}
+    labels_by_offset = {r["from_end"]: token_label(r["clean_token"], r["token"])
+                        for r in data if r["pair_id"] == first and r["from_end"] is not None}
     if kind in ("residual", "attn_out", "mlp_out"):
         for i, base in enumerate(baselines[:N_PAIR_FIGURES]):
             rows = [r for r in data if r["pair_id"] == base["pair_id"]]
@@ -101,7 +101,7 @@ def patching_figures(data: list[dict[str, Any]], baselines: list[dict[str, Any]]
         row_names = [str(k) for k in row_ids]
     elif kind == "heads_by_position":
         # the heads whose mean effect peaks highest over offsets: all 270+ heads would not read
-        cells = _cells(used_rows, _head_name, lambda r: r["offset"], "normalised")
+        cells = _cells(used_rows, _head_name, lambda r: r["from_end"], "normalised")
         peak: dict[str, float] = {}
         for (head, _), values in cells.items():
             peak[head] = max(peak.get(head, 0.0), abs(float(np.mean(values))))
@@ -109,9 +109,9 @@ def patching_figures(data: list[dict[str, Any]], baselines: list[dict[str, Any]]
         rows_key, ylabel = _head_name, f"head (top {N_TOP_HEADS} by peak |effect|)"
     else:
         return {"figures/heads.png": _head_grid(used_rows, title, len(used))}
-    offsets = sorted({r["offset"] for r in data if r["offset"] is not None})[-N_OFFSETS:]
+    offsets = sorted({r["from_end"] for r in data if r["from_end"] is not None})[-N_OFFSETS:]
     if row_ids and offsets:
-        m = _matrix(_cells(used_rows, rows_key, lambda r: r["offset"], "normalised"), row_ids, offsets)
+        m = _matrix(_cells(used_rows, rows_key, lambda r: r["from_end"], "normalised"), row_ids, offsets)
         out["figures/by_offset.png"] = heatmap(
             m, row_names, [f"{labels_by_offset.get(o, '?')} ({o})" for o in offsets],
             f"{title}\nmean normalised effect over {len(used)} used pair(s); tokens of pair {first}",
