@@ -40,17 +40,10 @@ class Estimate:
 
 def estimate(values: Sequence[float]) -> Estimate:
     """Mean and 95% t interval of ``values`` (nan values dropped)."""
-    import numpy as np
-    from scipy import stats
+    from transforms.stats import mean_t_interval
 
-    x = np.asarray([v for v in values if v is not None and not math.isnan(v)], dtype=np.float64)
-    if len(x) == 0:
-        return Estimate(math.nan, math.nan, math.nan, 0)
-    mean = float(x.mean())
-    if len(x) < 2:
-        return Estimate(mean, math.nan, math.nan, 1)
-    half = float(stats.t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)))
-    return Estimate(mean, mean - half, mean + half, len(x))
+    n = sum(1 for v in values if v is not None and not math.isnan(v))
+    return Estimate(*mean_t_interval(values), n)
 
 
 # ---- data set facts -------------------------------------------------------------------------

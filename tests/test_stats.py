@@ -147,3 +147,19 @@ def test_bootstrap_ci_undefined_is_nan_with_a_reason(groups, caplog):
         lo, hi = bootstrap_ci(_d, tuple(np.asarray(g) for g in groups), n_resamples=500, seed=0)
     assert math.isnan(lo) and math.isnan(hi)
     assert "BCa interval undefined" in caplog.text
+
+
+def test_mean_t_interval_matches_the_t_formula_and_drops_missing_values():
+    import math
+
+    from scipy import stats as sps
+
+    from transforms.stats import mean_t_interval
+
+    x = [1.0, 2.5, 4.0, 3.5, None, float("nan")]
+    kept = np.array([1.0, 2.5, 4.0, 3.5])
+    half = sps.t.ppf(0.975, 3) * kept.std(ddof=1) / 2.0
+    mean, low, high = mean_t_interval(x)
+    assert math.isclose(mean, kept.mean()) and math.isclose(low, kept.mean() - half) and math.isclose(high, kept.mean() + half)
+    assert math.isnan(mean_t_interval([2.0])[1]) and mean_t_interval([2.0])[0] == 2.0
+    assert all(math.isnan(v) for v in mean_t_interval([]))

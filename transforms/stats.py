@@ -10,6 +10,8 @@
 - :func:`pearson`: ``scipy.stats.pearsonr`` (r, two-sided p from the exact null
   distribution, the same p as the t test with n − 2 degrees of freedom); ``(nan, nan)`` for
   fewer than 3 pairs or a constant input.
+- :func:`mean_t_interval`: mean and 95% Student-t interval over the finite values (None and
+  NaN dropped); ``(nan, nan, nan)`` for none, nan bounds for one.
 - :func:`bootstrap_ci`: ``scipy.stats.bootstrap`` (BCa, each sample resampled on its own).
   BCa needs every bootstrap draw and every jackknife value of the statistic to be finite;
   when one is not (a resample or a leave-one-out sample with no spread, e.g. groups of 2),
@@ -91,6 +93,20 @@ def pearson(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray) ->
         return math.nan, math.nan
     res = stats.pearsonr(a, b)
     return float(res.statistic), float(res.pvalue)
+
+
+def mean_t_interval(values: Sequence[float | None], level: float = 0.95) -> tuple[float, float, float]:
+    """``(mean, low, high)`` of the finite ``values`` with a Student-t interval at ``level``."""
+    from scipy import stats
+
+    x = np.asarray([v for v in values if v is not None and not math.isnan(v)], dtype=np.float64)
+    if len(x) == 0:
+        return math.nan, math.nan, math.nan
+    mean = float(x.mean())
+    if len(x) < 2:
+        return mean, math.nan, math.nan
+    half = float(stats.t.ppf(0.5 + level / 2, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)))
+    return mean, mean - half, mean + half
 
 
 def bootstrap_ci(statistic: Callable[..., np.ndarray], samples: Sequence[np.ndarray], *, n_resamples: int = 2000,

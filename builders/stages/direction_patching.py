@@ -211,15 +211,9 @@ def steered_metrics(model: Any, pair: Any, layer: int, v_D: Any, coefs: Sequence
 
 def mean_interval(values: Sequence[float]) -> tuple[float, float, float]:
     """``(mean, low, high)``: a 95% t interval (nan bounds below 2 values)."""
-    import numpy as np
-    from scipy import stats
+    from transforms.stats import mean_t_interval
 
-    x = np.asarray(values, np.float64)
-    mean = float(x.mean())
-    if len(x) < 2:
-        return mean, math.nan, math.nan
-    half = float(stats.t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)))
-    return mean, mean - half, mean + half
+    return mean_t_interval(values)
 
 
 def alpha_summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -108,17 +108,9 @@ def top_by_effect(effects: dict[Head, float], k: int) -> list[Head]:
 
 def mean_interval(values: Sequence[float]) -> tuple[float, float, float]:
     """Mean with a 95% t interval over finite values (NaN interval below 2 values)."""
-    import numpy as np
-    from scipy import stats
+    from transforms.stats import mean_t_interval
 
-    x = np.asarray([v for v in values if not math.isnan(v)], np.float64)
-    if len(x) == 0:
-        return math.nan, math.nan, math.nan
-    mean = float(x.mean())
-    if len(x) < 2:
-        return mean, math.nan, math.nan
-    half = float(stats.t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)))
-    return mean, mean - half, mean + half
+    return mean_t_interval(values)
 
 
 def set_summary(data: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:

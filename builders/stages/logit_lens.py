@@ -231,21 +231,16 @@ def lens_rows(item: LensInput, logits_LV: "np.ndarray", layers: list[int], top_k
 
 def layer_summary(tracked: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Mean ``logit_diff`` per (side, layer) over pairs with a 95% t interval (nan below 2 pairs)."""
-    import math
-
-    import numpy as np
-    from scipy import stats
+    from transforms.stats import mean_t_interval
 
     groups: dict[tuple[str, int], list[float]] = {}
     for r in tracked:
         groups.setdefault((r["side"], r["layer"]), []).append(r["logit_diff"])
     out = []
     for (side, layer), values in sorted(groups.items()):
-        x = np.asarray(values, np.float64)
-        mean = float(x.mean())
-        half = float(stats.t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x))) if len(x) > 1 else math.nan
-        out.append({"side": side, "layer": layer, "n_pairs": len(x), "mean_logit_diff": mean,
-                    "ci_low": mean - half, "ci_high": mean + half})
+        mean, low, high = mean_t_interval(values)
+        out.append({"side": side, "layer": layer, "n_pairs": len(values), "mean_logit_diff": mean,
+                    "ci_low": low, "ci_high": high})
     return out
 
 
