@@ -9,9 +9,11 @@ temporary store in the layout ``builders.activations --per-token`` writes (Zarr 
 - speed: ``train_crosscoder`` fed by ``PairedActivations.shuffled`` (chunks read from Zarr,
   shuffled in a two-chunk window) against a bare loop over one in-memory tensor (random
   permutation, same model, same loss, Adam) — same tokens, epochs and batch size, the two
-  runs alternating (``benchmarks/timing.round_robin``). Our time includes everything the
-  trainer does besides the steps: the input-scale pass, dead-latent tracking, the log (as
-  ``builders.crosscoder`` runs it: no final explained-variance pass, the stage's latent pass
+  runs alternating (``benchmarks/timing.round_robin``). Our time is the stage's own training
+  call (``builders.stages.crosscoder.train_dictionary``) and includes everything the trainer
+  does besides the steps: the input-scale estimate (a seeded sample of at most
+  ``SCALE_SAMPLE_TOKENS`` tokens of whole chunks), gradient clipping, the LR schedule,
+  dead-latent tracking, the log (no final explained-variance pass: the stage's latent pass
   measures that). Goal: ours ≥ 0.8× the plain loop's tokens/s.
 - memory: a child process trains on ``--big-tokens`` tokens whose activations are larger
   than the memory the child is given (``RLIMIT_DATA``: half the array size above what the child
@@ -102,17 +104,18 @@ def plain_loop(x, d: int, seed: int, epochs: int = EPOCHS) -> float:
 
 
 def streamed(root: str, refs: tuple[str, str], d: int, seed: int, epochs: int = EPOCHS) -> list[float]:
+    """The stage's own training call (``builders.stages.crosscoder.train_dictionary``)."""
     from store import Store
-    from transforms.dictionaries import TrainConfig, train_crosscoder
 
+    from builders.stages.crosscoder import CrosscoderOptions, train_dictionary
     from builders.stages.paired_activations import pair_manifests
 
     store = Store(root)
     paired = pair_manifests(store, store.resolve(refs[0]), store.resolve(refs[1]), 0)
-    config = TrainConfig(kind="l1", dict_size=DICT, l1_coefficient=2.0, k=32, lr=1e-3, batch_size=BATCH,
-                         epochs=epochs, seed=seed, target_rms=1.0, dead_after=50_000, resample_every=0,
-                         final_pass=False)  # as builders.crosscoder trains (its latent pass measures it)
-    return train_crosscoder(paired.shuffled(store, BATCH, seed), 2, d, config, progress=False).log[-1].explained_variance
+    options = CrosscoderOptions(kind="l1", dict_size=DICT, l1_coefficient=2.0, k=32, lr=1e-3, batch_size=BATCH,
+                                epochs=epochs, seed=seed, target_rms=1.0, dead_after=50_000, resample_every=0)
+    _, rows, _ = train_dictionary(store, paired, options, quiet=True)
+    return rows[-1]["explained_variance"]
 
 
 CHILD = r"""

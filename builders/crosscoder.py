@@ -48,6 +48,8 @@ def add_training_args(parser: argparse.ArgumentParser) -> None:
                        help="steps between dead-latent resamplings (0: never)")
     train.add_argument("--dead-after", type=int, default=defaults.dead_after,
                        help="a latent silent for this many tokens is dead")
+    train.add_argument("--auxk-alpha", type=float, default=defaults.auxk_alpha,
+                       help="batch_topk: auxiliary-k loss weight reviving dead latents (0: off; 1/32 is usual)")
 
 
 def training_options(args: argparse.Namespace) -> CrosscoderOptions:
@@ -55,7 +57,7 @@ def training_options(args: argparse.Namespace) -> CrosscoderOptions:
     return CrosscoderOptions(kind=args.kind, dict_size=args.dict_size, l1_coefficient=args.l1, k=args.k,
                              lr=args.lr, batch_size=args.batch_size, epochs=args.epochs, seed=args.seed,
                              target_rms=args.target_rms, resample_every=args.resample_every,
-                             dead_after=args.dead_after)
+                             dead_after=args.dead_after, auxk_alpha=args.auxk_alpha)
 
 
 def main(args: argparse.Namespace) -> int:

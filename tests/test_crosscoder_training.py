@@ -161,3 +161,109 @@ def test_bad_inputs_are_refused(data):
         train_crosscoder(lambda epoch: [], 2, D, TrainConfig(dict_size=8), progress=False)
     with pytest.raises(ValueError, match="kind"):
         TrainConfig(kind="topk")
+
+
+def numpy_auxk(model: CrossCoder, x: np.ndarray, x_hat: np.ndarray, dead: np.ndarray, k_aux: int) -> float:
+    """The auxiliary-k loss token by token, in float64 numpy."""
+    w_enc = model.encoder["weight"].detach().double().numpy()  # [M, d, F]
+    b_enc = model.encoder["bias"].detach().double().numpy()
+    w_dec = model.decoder["weight"].detach().double().numpy()  # [M, F, d]
+    n, m, d = x.shape
+    pre = np.maximum(x.reshape(n, -1).astype(np.float64) @ w_enc.reshape(m * d, -1) + b_enc, 0.0)
+    score = pre * np.linalg.norm(w_dec, axis=2).sum(axis=0)
+    e = (x - x_hat).reshape(n, -1).astype(np.float64)
+    dead_ids = np.flatnonzero(dead)
+    e_hat = np.zeros_like(e)
+    for t in range(n):
+        for j in dead_ids[np.argsort(-score[t, dead_ids])[:min(k_aux, len(dead_ids))]]:
+            e_hat[t] += pre[t, j] * w_dec[:, j, :].reshape(-1)  # every model's decoder row, no bias
+    return float(((e - e_hat) ** 2).sum(axis=1).mean() / ((e - e.mean(axis=0)) ** 2).sum(axis=1).mean())
+
+
+def test_auxk_loss_matches_numpy_and_only_trains_dead_latents():
+    from transforms.dictionaries import auxk_loss
+
+    rng = np.random.default_rng(3)
+    model = CrossCoder(2, D, 32, kind="batch_topk", k=3, seed=1)
+    with torch.no_grad():
+        model.encoder["bias"].copy_(torch.from_numpy(rng.normal(0, 0.3, 32).astype(np.float32)))
+        model.decoder["weight"].mul_(torch.from_numpy(rng.uniform(0.2, 2.0, (2, 32, 1)).astype(np.float32)))
+        model.decoder["bias"].copy_(torch.from_numpy(rng.normal(0, 0.1, (2, D)).astype(np.float32)))
+    x = rng.standard_normal((40, 2, D)).astype(np.float32)
+    x_hat = model(torch.from_numpy(x))[0].detach().numpy()
+    dead = np.zeros(32, dtype=bool)
+    dead[rng.choice(32, 10, replace=False)] = True
+    for k_aux in (3, 8, 50):  # 50 > the 10 dead: all of them
+        got = auxk_loss(model, torch.from_numpy(x), torch.from_numpy(x_hat), torch.from_numpy(dead), k_aux)
+        assert np.isclose(float(got.detach()), numpy_auxk(model, x, x_hat, dead, k_aux), rtol=1e-5), k_aux
+    none = auxk_loss(model, torch.from_numpy(x), torch.from_numpy(x_hat), torch.zeros(32, dtype=torch.bool), 8)
+    assert float(none) == 0.0
+    got = auxk_loss(model, torch.from_numpy(x), torch.from_numpy(x_hat), torch.from_numpy(dead), 4)
+    got.backward()
+    enc_grad = model.encoder["weight"].grad.abs().sum(dim=(0, 1)).numpy()
+    dec_grad = model.decoder["weight"].grad.abs().sum(dim=(0, 2)).numpy()
+    assert np.all(enc_grad[~dead] == 0) and np.all(dec_grad[~dead] == 0)
+    assert (enc_grad[dead] > 0).sum() >= 8 and (dec_grad[dead] > 0).sum() >= 8
+    assert model.decoder["bias"].grad is None or float(model.decoder["bias"].grad.abs().sum()) == 0.0
+
+
+def shrunk(n_dead: int, seed: int = 0) -> CrossCoder:
+    """A batch_topk crosscoder whose first ``n_dead`` latents still have positive pre-activations
+    but decoder rows too small to ever win a top-k slot: dead without an auxiliary loss."""
+    model = CrossCoder(2, D, 48, kind="batch_topk", k=4, seed=seed)
+    with torch.no_grad():
+        model.decoder["weight"][:, :n_dead] *= 1e-3
+    return model
+
+
+def test_auxk_revives_dead_batch_topk_latents(data):
+    x = data[0][:3000]
+    fired = {}
+    for alpha in (0.0, 1 / 32):
+        config = TrainConfig(kind="batch_topk", dict_size=48, k=4, lr=3e-3, batch_size=200, epochs=2, seed=0,
+                             dead_after=600, resample_every=0, threshold_start_step=10, auxk_alpha=alpha)
+        result = train_crosscoder(streamed(x), 2, D, config, progress=False, log_every=5, init=shrunk(12))
+        result.model.train()  # batch top-k selection, independent of the learnt threshold
+        hits = np.zeros(48, dtype=bool)
+        for f in encode_batches(result.model, streamed(x)(0)):
+            hits |= (f.numpy() > 0).any(axis=0)
+        fired[alpha] = int(hits[:12].sum())
+        aux = [row.auxk_loss for row in result.log]
+        if alpha == 0:
+            assert all(a == 0.0 for a in aux)
+        else:
+            assert max(aux) > 0
+            assert all(np.isclose(row.loss, row.mse + alpha * row.auxk_loss, rtol=1e-5) for row in result.log)
+    assert fired[0.0] == 0, fired
+    assert fired[1 / 32] >= 9, fired
+
+
+def test_auxk_config_is_checked():
+    with pytest.raises(ValueError, match="batch_topk only"):
+        TrainConfig(kind="l1", auxk_alpha=0.1)
+    with pytest.raises(ValueError, match="auxk_alpha"):
+        TrainConfig(kind="batch_topk", auxk_alpha=-1.0)
+
+
+def test_scale_from_a_sample_with_a_given_token_count(data):
+    x, _ = data
+    config = TrainConfig(kind="l1", dict_size=16, batch_size=500, epochs=1, seed=0, final_pass=False)
+    sample = x[::7]
+    result = train_crosscoder(streamed(x), 2, D, config, progress=False, log_every=1, scale_sample=[sample[:900], sample[900:]],
+                              n_tokens=len(x))
+    rms = np.sqrt((sample.astype(np.float64) ** 2).sum(axis=2).mean(axis=0) / D)
+    np.testing.assert_allclose(result.model.input_scale.numpy(), 1.0 / rms, rtol=1e-6)
+    assert result.log[-1].step == 24 and result.tokens_seen == len(x)  # the schedule follows n_tokens
+    with pytest.raises(ValueError, match="n_tokens"):
+        train_crosscoder(streamed(x), 2, D, config, progress=False, scale_sample=[sample])
+
+
+def test_auxk_alpha_enters_the_version_params_only_when_set():
+    from builders.shared.common import BuildError
+    from builders.stages.crosscoder import CrosscoderOptions
+
+    assert "auxk_alpha" not in CrosscoderOptions().params()
+    on = CrosscoderOptions(kind="batch_topk", auxk_alpha=1 / 32)
+    assert on.params()["auxk_alpha"] == 1 / 32 and on.train_config().auxk_alpha == 1 / 32
+    with pytest.raises(BuildError, match="--auxk-alpha"):
+        CrosscoderOptions(kind="l1", auxk_alpha=0.1).check()

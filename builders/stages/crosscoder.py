@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 BUILDER = "builders.crosscoder"
-CODE_VERSION = "1"
+CODE_VERSION = "2"  # 2: input scale from a bounded chunk sample
 KINDS = ("l1", "batch_topk")
 WEIGHTS = "crosscoder"  # folder of the version holding model.safetensors + config.json
 
@@ -61,6 +61,15 @@ class CrosscoderOptions:
     target_rms: float = 1.0
     resample_every: int = 200
     dead_after: int = 20_000
+    auxk_alpha: float = 0.0  # batch_topk auxiliary-k loss weight (1/32 in dictionary_learning); 0 = off
+
+    def params(self) -> dict[str, Any]:
+        """The version-id params: ``auxk_alpha`` only when set, so versions trained before it
+        existed (and every run without it) keep their ids."""
+        values = asdict(self)
+        if not values["auxk_alpha"]:
+            del values["auxk_alpha"]
+        return values
 
     def check(self) -> None:
         if self.kind not in KINDS:
@@ -71,6 +80,8 @@ class CrosscoderOptions:
                 raise BuildError(f"{field} must be at least 1, got {value}")
         if self.l1_coefficient < 0 or self.lr <= 0 or self.target_rms <= 0:
             raise BuildError("--l1, --lr and --target-rms must be positive")
+        if self.auxk_alpha < 0 or (self.auxk_alpha > 0 and self.kind != "batch_topk"):
+            raise BuildError(f"--auxk-alpha {self.auxk_alpha}: must be >= 0, and is for --kind batch_topk only")
 
     def train_config(self) -> Any:
         from transforms.dictionaries import TrainConfig
@@ -113,7 +124,7 @@ def build_crosscoder(
                               "layer": layer, "position": position, "top_k": top_k}
     identity: dict[str, Any] = {}
     if imported is None:
-        params["training"] = asdict(options)
+        params["training"] = options.params()
     else:
         params["checkpoint"] = checkpoint
         identity["checkpoint_digest"] = state_digest(imported)
@@ -147,8 +158,10 @@ def train_dictionary(store: Store, paired: StreamedActivations, options: Crossco
     the model, the training log rows and the summary entries."""
     from transforms.dictionaries import train_crosscoder
 
+    # input scale from a bounded seeded sample of chunks (paired_activations.SCALE_SAMPLE_TOKENS)
     result = train_crosscoder(paired.shuffled(store, options.batch_size, options.seed), paired.n_models, paired.d_model,
-                              options.train_config(), progress=not quiet)
+                              options.train_config(), progress=not quiet,
+                              scale_sample=paired.scale_sample(store, seed=options.seed), n_tokens=paired.n_tokens)
     rows = [asdict(r) for r in result.log]
     summary = {"tokens": paired.n_tokens, "tokens_seen": result.tokens_seen,
                "last_batch_explained_variance": [float(v) for v in result.explained_variance],

@@ -26,6 +26,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# Tokens the input scale (target RMS) is estimated from: whole chunks drawn at random (seeded),
+# so a large store is not read one extra time before training; the scale is stored with the
+# weights, so every later use of the crosscoder sees the same one.
+SCALE_SAMPLE_TOKENS = 1 << 15
+
 
 class StreamedActivations:
     """What every per-token reader shares: rows ``[lo, hi)`` of one or more per-token arrays
@@ -87,6 +92,21 @@ class StreamedActivations:
 
     def shuffled(self, store: "Store", batch_size: int, seed: int) -> "ShuffledBatches":
         return ShuffledBatches(self, store, batch_size, seed)
+
+    def scale_sample(self, store: "Store", max_tokens: int = SCALE_SAMPLE_TOKENS, seed: int = 0) -> Iterator["np.ndarray"]:
+        """Whole chunks drawn at random (seeded) until they hold ``max_tokens`` rows (every chunk
+        when the store has no more), read in row order: what the input scale is estimated from."""
+        import numpy as np
+
+        chunks = self.chunks()
+        picked, rows = [], 0
+        for i in np.random.default_rng([seed, 0x5CA1E]).permutation(len(chunks)):
+            if rows >= max_tokens:
+                break
+            picked.append(int(i))
+            rows += chunks[i][1] - chunks[i][0]
+        for _, chunk in self.read_chunks(store, sorted(picked)):
+            yield chunk
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 BUILDER = "builders.sae"
-CODE_VERSION = "1"
+CODE_VERSION = "2"  # 2: input scale from a bounded chunk sample
 IMPORTED = "sae"  # folder of an imported SAE's files, byte for byte as they came
 CAPTURED_COMPONENT = "residual"  # what variant_activations captures
 LAYER_CONVENTION = "layer k = output of decoder block k = hidden_states[k+1]"
@@ -89,7 +89,7 @@ def build_sae(
                               "position": position, "top_k": top_k}
     identity: dict[str, Any] = {}
     if imported is None:
-        params["training"] = asdict(options)
+        params["training"] = options.params()
     else:
         params.update(checkpoint=checkpoint, subfolder=subfolder, revision=revision,
                       norm_scaling_factor=norm_scaling_factor)

@@ -29,6 +29,7 @@ _EXPORTS: dict[str, str] = {
     "load_crosscoder": "transforms.dictionaries.checkpoint",
     "save_crosscoder": "transforms.dictionaries.checkpoint",
     "TrainConfig": "transforms.dictionaries.training",
+    "auxk_loss": "transforms.dictionaries.training",
     "TrainLogRow": "transforms.dictionaries.training",
     "TrainResult": "transforms.dictionaries.training",
     "encode_batches": "transforms.dictionaries.training",

@@ -30,7 +30,7 @@ class DeadLatents:
         if self.since_fired.device != f_BF.device:
             self.since_fired = self.since_fired.to(f_BF.device)
         self.since_fired += f_BF.shape[0]
-        self.since_fired[(f_BF > 0).any(dim=0)] = 0
+        self.since_fired[f_BF.amax(dim=0) > 0] = 0  # fired somewhere; one reduction, no [B, F] mask
 
     def mask(self) -> "torch.Tensor":
         return self.since_fired >= self.dead_after
