@@ -14,7 +14,10 @@ device and precision's own:
   steering    ``generate_steered``, 4 configurations: identical-token share, and the edit
               itself (steered minus unsteered residual at the edited layer) vs float32;
   judgments   ``LocalJudge`` exact 0-100 score on the tiny chat model: max |difference|;
-  projections ``LiveProjector`` during generation: max relative error of the scores.
+  projections ``LiveProjector`` during generation: max relative error of the scores;
+  circuits    ``patch_sweep`` (residual, every layer × the last 4 positions, and every head) on
+              a clean/corrupted pair, and the ``logit_lens`` at the last token: max error
+              relative to the largest reference value.
 
 Then, on the device only: the ``auto`` batch size it picks for long sequences, a real
 out-of-memory error under a capped memory fraction that ``with_backoff`` must survive with
@@ -41,7 +44,8 @@ CHAT = ("{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] }} <|end|> {
         "{% if add_generation_prompt %}<|assistant|> {% endif %}")
 # the largest differences a correct bf16 run shows on this model (bf16 keeps 8 bits of mantissa)
 TOLERANCE = {"activations_max_rel_err": 0.08, "vectors_min_cos": 0.98, "steering_edit_rel_err": 0.02,
-             "judge_max_abs_diff": 5.0, "projections_max_rel_err": 0.08, "int8_min_cos": 0.98}
+             "judge_max_abs_diff": 5.0, "projections_max_rel_err": 0.08, "int8_min_cos": 0.98,
+             "patching_max_rel_err": 0.08, "lens_max_rel_err": 0.08}
 
 
 def tiny_chat_model(layers: int, width: int):
@@ -125,7 +129,25 @@ def run_stages(loaded, prompts, sequences, labels, sync) -> dict:
     with projector.attach(model):
         generate_batch(model, tok, prompts[:2], gen, 0)
     out["projections"] = projector.per_row(mid, 0)[0][:, 0]
+    out.update(circuit_stages(model, sequences))
     return out
+
+
+def circuit_stages(model, sequences) -> dict:
+    """Seed 003's patching and logit lens on a clean/corrupted pair of equal length."""
+    import numpy as np
+
+    from transforms.circuits import PatchTarget, head_targets, logit_lens, patch_sweep
+
+    clean = list(sequences[0]["ids"])
+    corrupted = list(clean)
+    corrupted[1:3] = sequences[1]["ids"][1:3] if sequences[1]["ids"][1:3] != clean[1:3] else clean[2:0:-1]
+    layers = range(model.config.num_hidden_layers)
+    targets = [PatchTarget("residual", layer, p) for layer in layers for p in range(-4, 0)]
+    targets += head_targets(model, False, len(clean))
+    sweep = patch_sweep(model, clean, corrupted, (5, 6), targets, batch_size=16)
+    lens = logit_lens(model, clean, -1, list(layers))
+    return {"patching": np.asarray(sweep.metric, np.float64), "lens": np.asarray(lens, np.float64)}
 
 
 def compare(ref: dict, dev: dict) -> dict:
@@ -154,6 +176,10 @@ def compare(ref: dict, dev: dict) -> dict:
         "judge_scored": [sum(s is not None for s in ref["judge"]), sum(s is not None for s in dev["judge"])],
         "projections_max_rel_err": round(float(np.abs(dev["projections"][:n] - proj[:n]).max()
                                                / max(np.abs(proj[:n]).max(), 1e-12)), 4),
+        "patching_max_rel_err": round(float(np.abs(dev["patching"] - ref["patching"]).max()
+                                            / max(np.abs(ref["patching"]).max(), 1e-12)), 4),
+        "lens_max_rel_err": round(float(np.abs(dev["lens"] - ref["lens"]).max()
+                                        / max(np.abs(ref["lens"]).max(), 1e-12)), 4),
         "throughput_capture_x": round(ref["capture_s"] / dev["capture_s"], 2),
         "throughput_sweep_x": round(ref["sweep_s"] / dev["sweep_s"], 2),
     }

@@ -17,6 +17,7 @@ def test_gpu_check_runs_every_stage_in_bf16_within_tolerance(monkeypatch, capsys
     last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert code == 0 and last["failed"] == [], last
     assert last["judge_scored"] == [4, 4] and 0 < last["activations_max_rel_err"] < 0.08
+    assert 0 < last["patching_max_rel_err"] < 0.08 and 0 < last["lens_max_rel_err"] < 0.08  # circuits ran in bf16
     assert last["steering_edit_rel_err"] > 0  # bf16 really ran: not bit-identical to float32
     assert last["auto_batch_2048_tokens"] == 8  # off CUDA, auto is the CPU batch
     assert 0.98 <= last["int8_min_cos"] < 1.0  # torchao int8 really quantized, and close
