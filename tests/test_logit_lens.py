@@ -159,28 +159,9 @@ QUESTIONS = [("light", "Why is the sky blue?", " light", " big"),
 
 @pytest.fixture(scope="module")
 def lens_env(tmp_path_factory):
-    import json
+    from tests.persona_set import persona_catalog
 
-    import yaml
-
-    from builders.shared.catalog import load_catalog
-    from store import Store
-
-    root = tmp_path_factory.mktemp("lens")
-    folder = root / "persona_t"
-    folder.mkdir()
-    templates = [dict(zip(("id", "pair", "side", "register", "text"), t)) for t in TEMPLATES]
-    (folder / "persona.json").write_text(json.dumps({"templates": templates}))
-    (folder / "questions.jsonl").write_text("".join(
-        json.dumps(dict(zip(("id", "question", "expert_token", "simple_token"), q))) + "\n" for q in QUESTIONS))
-    path = root / "catalog.yaml"
-    path.write_text(yaml.safe_dump({
-        "models": {"smol": {"id": "pkg:smollm2-135m-instruct"}},
-        "prompt_sets": {"persona_t": {"path": str(folder)}},
-        "experiments": {"s": {"variants": {"a": {"model": "smol"}}, "prompt_sets": ["persona_t"]}},
-        "defaults": {"experiment": "s"},
-    }))
-    return Store(str(root / "store")), load_catalog(path), path
+    return persona_catalog(tmp_path_factory.mktemp("lens"), TEMPLATES, QUESTIONS)
 
 
 def _cli_base(store, catalog_path) -> list[str]:

@@ -31,27 +31,10 @@ VEC_LAYERS = [5, 10]
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    import yaml
+    from tests.persona_set import persona_catalog
 
-    from builders.shared.catalog import load_catalog
-    from store import Store
-
-    root = tmp_path_factory.mktemp("patching")
-    folder = root / "persona_t"
-    folder.mkdir()
-    templates = [dict(zip(("id", "pair", "side", "register", "text"), t)) for t in TEMPLATES]
-    (folder / "persona.json").write_text(json.dumps({"templates": templates,
-                                                     "prompt_format": "{persona} {question} Answer with one word."}))
-    (folder / "questions.jsonl").write_text("".join(
-        json.dumps(dict(zip(("id", "question", "expert_token", "simple_token"), q))) + "\n" for q in QUESTIONS))
-    path = root / "catalog.yaml"
-    path.write_text(yaml.safe_dump({
-        "models": {"smol": {"id": "pkg:smollm2-135m-instruct"}},
-        "prompt_sets": {"persona_t": {"path": str(folder)}},
-        "experiments": {"s": {"variants": {"a": {"model": "smol"}}, "prompt_sets": ["persona_t"]}},
-        "defaults": {"experiment": "s"},
-    }))
-    return Store(str(root / "store")), load_catalog(path), path
+    return persona_catalog(tmp_path_factory.mktemp("patching"), TEMPLATES, QUESTIONS,
+                           prompt_format="{persona} {question} Answer with one word.")
 
 
 def _base(store, catalog_path) -> list[str]:
