@@ -1,4 +1,4 @@
-"""The logit lens (transforms/circuits/logit_lens.py) and its builder (builders/logit_lens.py).
+"""The logit lens (transforms/circuits/lens.py) and its builder (builders/logit_lens.py).
 
 Exactness: at the last layer the lens is the model's own logits; at every other layer it equals
 a plain-numpy computation of ``hidden_states[k+1]`` through the final norm (RMSNorm, Gemma's
@@ -258,6 +258,6 @@ def test_package_exports_the_function_not_the_module():
     import subprocess
     import sys
 
-    code = ("import sys, transforms.circuits.logit_lens, transforms.circuits as c; "
+    code = ("import sys, transforms.circuits.lens, transforms.circuits as c; "
             "assert callable(c.logit_lens) and callable(c.final_norm_and_unembed); assert 'torch' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)

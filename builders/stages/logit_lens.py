@@ -5,7 +5,7 @@
 For every pair of a persona set (:mod:`transforms.prompts.persona`) and each side (``clean`` =
 the expert persona, ``corrupted`` = the child one), the residual at the position (a single
 token, or a span of the prompt mean-pooled) is read at each layer through the model's own final
-norm and unembedding (:func:`transforms.circuits.logit_lens.span_logit_lens`). Prompts are
+norm and unembedding (:func:`transforms.circuits.lens.span_logit_lens`). Prompts are
 formatted as every stage formats them (:func:`transforms.sequences.format_prompt`: the chat
 template when there is one); the two sides need not align token for token here.
 

@@ -31,18 +31,13 @@ _EXPORTS: dict[str, str] = {
     "ablated_heads": "transforms.circuits.ablation",
     "head_means": "transforms.circuits.ablation",
     # logit lens
-    "LensHead": "transforms.circuits.logit_lens",
-    "final_norm_and_unembed": "transforms.circuits.logit_lens",
-    "logit_lens": "transforms.circuits.logit_lens",
-    "span_logit_lens": "transforms.circuits.logit_lens",
+    "LensHead": "transforms.circuits.lens",
+    "final_norm_and_unembed": "transforms.circuits.lens",
+    "logit_lens": "transforms.circuits.lens",
+    "span_logit_lens": "transforms.circuits.lens",
 }
 
 __all__ = sorted(_EXPORTS)
-
-# ``logit_lens`` is both a function and its module's name: importing the submodule sets the package
-# attribute to the module, which would hide the function from ``__getattr__``. That module imports
-# no torch, so bind the function now (a later import of the submodule does not rebind it).
-from transforms.circuits.logit_lens import logit_lens  # noqa: E402
 
 
 def __getattr__(name: str) -> Any:
