@@ -7,7 +7,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from analyses.circuits_tables import (AblationEffect, DirectionCurve, Estimate, HeadEffect, LensLayer, PairFacts,
+from analyses.circuits_tables import (AblationEffect, ablation_verdict, DirectionCurve, Estimate, HeadEffect, LensLayer, PairFacts,
                                       PatchLayer, ProbeFacts, best_last, first_separated, head_role)
 
 
@@ -179,7 +179,7 @@ def _circuitry(facts: CircuitsFacts) -> list[str]:
         for a in facts.ablation:
             rng = "no random control" if a.random_range is None else (
                 f"random heads {_f(a.random_range[0], '+.2f')} .. {_f(a.random_range[1], '+.2f')}")
-            verdict = "beyond the random heads" if a.beyond_random else "within the random-head range"
+            verdict = ablation_verdict(a)
             out.append(f"- {a.heads}, {a.mode} ablation, {a.side} prompts: {_ci(a.delta, '+.2f')} vs {rng}: {verdict}")
             if a.register_delta is not None and a.register_delta.n:
                 control = facts.random_register.get(a.mode)
@@ -215,7 +215,7 @@ def _negatives(facts: CircuitsFacts) -> list[str]:
         out.append(f"- top heads whose patch effect interval includes 0: {', '.join(weak)}")
     for a in facts.ablation or []:
         if not a.beyond_random:
-            out.append(f"- ablating {a.heads} ({a.mode}, {a.side} prompts) is within the random-head range "
+            out.append(f"- ablating {a.heads} ({a.mode}, {a.side} prompts) is {ablation_verdict(a)} "
                        f"({_f(a.delta.mean, '+.2f')}): no evidence these heads matter more than any others")
     for c in facts.direction or []:
         if not c.monotone:

@@ -212,6 +212,9 @@ def head_role(head: HeadEffect) -> str:
     if head.persona_share is not None and head.persona_share >= ROLE_SHARE:
         return (f"hypothesis: acts at the persona tokens themselves ({head.persona_share:.0%} of its effect), "
                 f"not a mover to the last position")
+    if head.last_share >= ROLE_SHARE:  # where the effect sits is clear, but not that it is there at all
+        return (f"{head.last_share:.0%} of its per-position effect at the last token, but that effect's interval "
+                f"includes 0: no role assigned")
     return (f"effect spread over positions (last token {head.last_share:.0%}, persona tokens "
             f"{head.persona_share or 0:.0%}): no role assigned")
 
@@ -235,6 +238,18 @@ class AblationEffect:
             return False
         lo, hi = self.random_range
         return not (lo <= self.delta.mean <= hi) and self.delta.excludes(0.0)
+
+
+def ablation_verdict(effect: AblationEffect) -> str:
+    """Why an ablation does or does not count as beyond the random heads, in words."""
+    if effect.beyond_random:
+        return "beyond the random heads"
+    if effect.random_range is None:
+        return "without a random control"
+    lo, hi = effect.random_range
+    if lo <= effect.delta.mean <= hi:
+        return "within the random-head range"
+    return "outside the random-head range, but its interval includes 0"
 
 
 def random_range(draws: Sequence[Estimate]) -> tuple[float, float] | None:

@@ -241,3 +241,16 @@ def test_cli_without_patching_is_one_line_exit_2(tmp_path, capsys):
     assert cli(["--store", str(tmp_path / "empty"), "--experiment", EXP]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: no residual and heads patching datasets") and "\n" not in err
+
+
+def test_ablation_verdict_says_which_condition_failed():
+    from analyses.circuits_tables import AblationEffect, Estimate, ablation_verdict
+
+    def effect(mean, lo, hi, rng):
+        return AblationEffect("L1H1", "chosen", "zero", "clean", Estimate(mean, lo, hi, 5), rng, None)
+
+    assert ablation_verdict(effect(-2.0, -3.0, -1.0, (-0.3, 0.1))) == "beyond the random heads"
+    assert ablation_verdict(effect(-0.1, -0.5, 0.3, (-0.3, 0.1))) == "within the random-head range"
+    assert ablation_verdict(effect(-0.7, -4.6, 3.2, (-0.3, -0.05))) == ("outside the random-head range, "
+                                                                       "but its interval includes 0")
+    assert ablation_verdict(effect(-2.0, -3.0, -1.0, None)) == "without a random control"
