@@ -1,4 +1,4 @@
-"""``python -m store ls | show <ref> | lineage <ref> | sql "<query>" | reindex | gc | push <ref> | pull <repo>``."""
+"""``python -m store ls | show <ref> | lineage <ref> | sql "<query>" | reindex | gc | push <ref> | pull <repo> | export <ref>``."""
 from __future__ import annotations
 
 import argparse
@@ -163,6 +163,28 @@ def cmd_pull(store: Store, args: argparse.Namespace) -> None:
         print(f"{result.ref}  {'installed' if result.installed else 'already here'}")
 
 
+def cmd_export(store: Store, args: argparse.Namespace) -> None:
+    # the writers are pure functions over arrays (transforms.vectors.export); the store only
+    # hands them the file's bytes, so it still knows nothing about models
+    from transforms.vectors import ExportError, export_vectors, read_vector_file
+
+    manifest = store.resolve(args.ref)
+    if manifest.kind != "vectors":
+        raise StoreError(f"{manifest.ref} is a {manifest.kind} dataset; export needs a vectors dataset")
+    path = f"vectors/{args.method}.safetensors"
+    if path not in manifest.files:
+        have = sorted(p.split("/")[-1].removesuffix(".safetensors") for p in manifest.files if p.startswith("vectors/"))
+        raise StoreError(f"{manifest.ref} has no {args.method!r} vectors (methods: {', '.join(have) or 'none'})")
+    try:
+        vectors = read_vector_file(store.read_bytes(manifest, path), where=f"{manifest.ref}/{path}")
+        result = export_vectors(vectors, args.output, args.format, layers=args.layers, scale=args.scale,
+                                source=manifest.ref, model_hint=args.model_hint, force=args.force)
+    except ExportError as err:
+        raise StoreError(str(err)) from None
+    print(f"{manifest.ref} {args.method} -> {', '.join(result.paths)}  ({result.fmt}, layers "
+          f"{','.join(map(str, result.layers))}, scale {args.scale:g})")
+
+
 def _is_duckdb_error(err: Exception) -> bool:
     import duckdb
 
@@ -222,6 +244,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--path-in-repo", help="only versions under this folder, e.g. <dataset> or <dataset>/<version>")
     p.add_argument("--with-parents", action="store_true", help="also pull the selected versions' parents on the repo")
     p.add_argument("--endpoint", help=hub_help)
+    p = sub.add_parser("export", help="a vectors version as a llama.cpp control vector (gguf), a repeng-loadable "
+                                      "gguf, or plain tensors (pt)")
+    p.add_argument("ref", help="vectors dataset: name or name@version")
+    # the names of transforms.vectors.EXPORT_FORMATS, spelled out so --help imports no numpy
+    p.add_argument("--format", required=True, choices=["gguf", "repeng", "pt"],
+                   help="gguf: llama.cpp --control-vector (direction.N = our layer N, layer 0 left out); "
+                        "repeng: ControlVector.import_gguf; pt: torch.save({layer: tensor}) + .json, or "
+                        "{'layer_<k>': tensor} when PATH ends in .safetensors")
+    p.add_argument("--method", default="mean_diff", help="which method's vectors (default mean_diff)")
+    p.add_argument("--layers", default="all", help="all (default) or a comma list, e.g. 12,14")
+    p.add_argument("--scale", type=float, default=1.0, help="multiply the vectors by this (default 1.0)")
+    p.add_argument("--model-hint", help="controlvector.model_hint (default the vectors' model id; repeng "
+                                        "uses model.config.model_type)")
+    p.add_argument("--output", required=True, metavar="PATH")
+    p.add_argument("--force", action="store_true", help="overwrite PATH if it exists")
     return parser
 
 
@@ -229,7 +266,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     commands = {"ls": cmd_ls, "show": cmd_show, "lineage": cmd_lineage, "sql": cmd_sql, "reindex": cmd_reindex, "gc": cmd_gc,
-                "push": cmd_push, "pull": cmd_pull}
+                "push": cmd_push, "pull": cmd_pull, "export": cmd_export}
     try:
         store = Store(args.store)
         if args.command == "pull":  # pull installs versions: it may create the root, later

@@ -5,6 +5,14 @@ evaluation.
 from transforms.vectors.evaluation import (
     SMALL_SAMPLE,
 )
+from transforms.vectors.export import (
+    EXPORT_FORMATS,
+    ExportError,
+    ExportResult,
+    VectorFile,
+    export_vectors,
+    read_vector_file,
+)
 from transforms.vectors.extraction import (
     ExtractionResult,
     METHODS,
@@ -20,6 +28,12 @@ from transforms.vectors.probe import (
 )
 
 __all__ = [
+    "EXPORT_FORMATS",
+    "ExportError",
+    "ExportResult",
+    "VectorFile",
+    "export_vectors",
+    "read_vector_file",
     "ExtractionResult",
     "METHODS",
     "PROBE_C_GRID",
