@@ -209,21 +209,17 @@ def steered_metrics(model: Any, pair: Any, layer: int, v_D: Any, coefs: Sequence
     return out
 
 
-def mean_interval(values: Sequence[float]) -> tuple[float, float, float]:
-    """``(mean, low, high)``: a 95% t interval (nan bounds below 2 values)."""
-    from transforms.stats import mean_t_interval
-
-    return mean_t_interval(values)
-
 
 def alpha_summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Mean ``delta`` and ``metric`` per (side, alpha) over pairs."""
     groups: dict[tuple[str, float], list[dict[str, Any]]] = {}
     for r in rows:
         groups.setdefault((r["side"], r["alpha"]), []).append(r)
+    from transforms.stats import mean_t_interval
+
     out = []
     for (side, alpha), group in sorted(groups.items()):
-        mean, lo, hi = mean_interval([r["delta"] for r in group])
+        mean, lo, hi = mean_t_interval([r["delta"] for r in group])
         out.append({"side": side, "alpha": alpha, "n_pairs": len(group), "mean_delta": mean, "ci_low": lo,
                     "ci_high": hi, "mean_metric": sum(r["metric"] for r in group) / len(group)})
     return out

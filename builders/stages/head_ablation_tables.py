@@ -106,21 +106,17 @@ def top_by_effect(effects: dict[Head, float], k: int) -> list[Head]:
     return sorted(order[:k])
 
 
-def mean_interval(values: Sequence[float]) -> tuple[float, float, float]:
-    """Mean with a 95% t interval over finite values (NaN interval below 2 values)."""
-    from transforms.stats import mean_t_interval
-
-    return mean_t_interval(values)
-
 
 def set_summary(data: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """``by_set``: per head set, mode and side the mean delta over pairs with a 95% t interval."""
     groups: dict[tuple[str, str, str, str, str], list[float]] = {}
     for r in data:
         groups.setdefault((r["heads"], r["kind"], r["members"], r["mode"], r["side"]), []).append(r["delta"])
+    from transforms.stats import mean_t_interval
+
     out = []
     for (label, kind, members, mode, side), deltas in groups.items():  # insertion order: chosen first
-        mean, lo, hi = mean_interval(deltas)
+        mean, lo, hi = mean_t_interval(deltas)
         out.append({"heads": label, "kind": kind, "members": members, "mode": mode, "side": side,
                     "n_pairs": len(deltas), "mean_delta": mean, "ci_low": lo, "ci_high": hi})
     return out
