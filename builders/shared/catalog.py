@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from builders.graph.spec import StageSpec
     from transforms.models import QuantizationSpec
 
 CATALOG_ENV = "TRAITSTORE_CATALOG"
@@ -79,6 +80,9 @@ class Experiment:
     description: str = ""
     extraction: tuple[ExtractionConfig, ...] = ()
     application: str | None = None  # the variant vectors are applied to when steering
+    # named judge choices and the declared stage graph (builders.graph; python -m builders.run)
+    judges: dict[str, dict[str, Any]] = field(default_factory=dict)
+    stages: dict[str, "StageSpec"] = field(default_factory=dict)
 
 
 @dataclass
@@ -213,6 +217,25 @@ def _extraction(raw: Any, where: str, file: str, variants: dict[str, Variant],
     return tuple(configs)
 
 
+def _graph(entry: dict[str, Any], where: str, file: str, models: dict[str, ModelEntry], variants: dict[str, Variant],
+           prompt_sets: dict[str, PromptSetEntry]) -> tuple[dict[str, dict[str, Any]], dict[str, "StageSpec"]]:
+    """The experiment's named judges and its stages (:mod:`builders.graph.spec`)."""
+    from builders.graph.spec import SpecError, parse_judges, parse_stages
+
+    try:
+        judges = parse_judges(entry.get("judges"), f"{where}.judges")
+        for jname, judge in judges.items():
+            reference = judge.get("reference")
+            if reference is not None and reference not in models:
+                raise SpecError(f"{where}.judges.{jname}.reference", f"unknown model {reference!r} (known: "
+                                f"{', '.join(models)})")
+        names = {"variant": set(variants), "prompt_set": set(prompt_sets), "judges": set(judges)}
+        stages = parse_stages(entry.get("stages"), f"{where}.stages", names) if "stages" in entry else {}
+    except SpecError as err:
+        raise CatalogError(f"{file}: {err}") from None
+    return judges, stages
+
+
 def parse_catalog(data: Any, path: Path) -> Catalog:
     file = path.name
     root = _mapping(data, "top level", file)
@@ -250,7 +273,8 @@ def parse_catalog(data: Any, path: Path) -> Catalog:
     for name, entry in _mapping(root.get("experiments", {}), "experiments", file).items():
         where = f"experiments.{name}"
         entry = _mapping(entry, where, file)
-        _check_keys(entry, {"variants", "prompt_sets", "description", "extraction", "application"}, where, file)
+        _check_keys(entry, {"variants", "prompt_sets", "description", "extraction", "application", "judges",
+                            "stages"}, where, file)
         variants = {}
         raw_variants = _mapping(entry.get("variants"), f"{where}.variants", file)
         if not raw_variants:
@@ -277,8 +301,9 @@ def parse_catalog(data: Any, path: Path) -> Catalog:
         application = _string(entry, "application", where, file, required=False)
         if application is not None and application not in variants:
             raise CatalogError(f"{file}: {where}.application: unknown variant {application!r} (known: {', '.join(variants)})")
+        judges, stages = _graph(entry, where, file, models, variants, prompt_sets)
         experiments[name] = Experiment(name, variants, tuple(sets), str(entry.get("description", "")),
-                                       extraction, application)
+                                       extraction, application, judges, stages)
 
     defaults = _mapping(root.get("defaults", {}), "defaults", file)
     _check_keys(defaults, {"experiment", *STAGES}, "defaults", file)

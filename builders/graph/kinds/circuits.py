@@ -1,0 +1,4 @@
+"""Stage kinds: circuits."""
+from __future__ import annotations
+
+KINDS: list = []
