@@ -1,6 +1,9 @@
-"""``python -m builders.demo``: the demo experiment, end to end on the two offline models, in a few minutes on a CPU.
+"""``python -m builders.demo``: the demo experiment, end to end on the two offline models, on a CPU.
 
-The command line only; the stage itself is :mod:`builders.stages.demo`.
+A thin alias: it runs ``python -m builders.run --experiment demo`` (the stages declared in
+``catalog.yaml``) and then prints the demo's report (:mod:`builders.stages.demo`): the datasets,
+the steering tables, the model-diff report and the finding, each read from the store.
+Rerunning it is a no-op.
 """
 from __future__ import annotations
 
@@ -9,7 +12,6 @@ import time
 from typing import Sequence
 
 from builders.shared.common import base_parser, open_store_and_catalog, run
-from builders.stages.demo import FLOORS, ORGANISM, build_stages, print_summary
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -19,26 +21,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> int:
-    from analyses import model_diff
-    from analyses.finding import finding_report
-    from analyses.steering import analyze, print_tables
-    from analyses.viewer import build_viewer
+    from builders.graph.execute import RunContext, execute, make_plan
+    from builders.run import on_event, print_plan, print_summary
+    from builders.stages.demo import print_outputs, print_report
 
     store, catalog = open_store_and_catalog(args)
     started = time.time()
-    stages = build_stages(store, catalog, args.experiment, force=args.force, quiet=args.quiet)
-    print_summary(store, stages, started)
-    analysis, tables = analyze(store, *FLOORS, force=args.force)
-    print_tables({"best_layers": tables["best_layers"]}, *FLOORS)
-    print(f"steering tables and heatmaps: {analysis.manifest.ref}; python -m analyses.steering --floors 80,70")
-    diff, _, text = model_diff.analyze(store, FLOORS[1], force=args.force)
-    print("\n" + text)
-    print(f"model-diff tables, plots and report: {diff.manifest.ref}; python -m analyses.model_diff --floor 70")
-    print("\n" + finding_report(store, args.experiment, plant=-1 if ORGANISM["polarity"] == "neg" else 1))
-    projections = next(m for stage, m, _ in stages.results if stage == "projections")
-    viewer = build_viewer(store, projections.ref, force=args.force).manifest
-    print(f"\ntrait-dynamics viewer (per-token projections, steering heatmaps, steered responses):\n"
-          f"  open {store.location.uri(store.path(viewer, 'index.html'))}")
+    planned = make_plan(store, catalog, args.experiment, force=args.force)
+    print_plan(planned)
+    ctx = RunContext(store, catalog, planned.experiment, force=args.force, quiet=args.quiet)
+    outcomes = execute(planned, ctx, on_event)
+    status = print_summary(outcomes, time.time() - started)
+    print_outputs(store, outcomes)
+    if status:
+        return status
+    print_report(store, planned.experiment, outcomes, force=args.force)
     print("\nnext: python -m store ls | python -m store lineage <dataset> | python -m store sql \"SELECT * FROM catalog\"")
     return 0
 

@@ -104,3 +104,22 @@ def test_bad_stages_name_stage_and_field(graph, where, message):
         parse_stages(graph, "experiments.toy.stages", {}, kinds=KINDS)
     assert info.value.where == where
     assert "\n" not in str(info.value)
+
+
+def test_matrix_expands_to_one_stage_per_combination_and_globs_collect_them():
+    graph = {
+        "src": {"kind": "source", "matrix": {"name": ["x", "y"]}, "label": "s-{name}", "value": 1.0},
+        "pair": {"kind": "add", "matrix": {"name": ["x", "y"], "plus": ["1", "2"]}, "label": "p-{name}-{plus}",
+                 "inputs": ["$src.{name}"]},
+        "all": {"kind": "add", "label": "all", "inputs": ["$pair.*", "$src.x"]},
+    }
+    stages = parse_stages(graph, "experiments.toy.stages", {}, kinds=KINDS)
+    assert list(stages)[:2] == ["src.x", "src.y"]
+    assert {n for n in stages if n.startswith("pair.")} == {"pair.x.1", "pair.x.2", "pair.y.1", "pair.y.2"}
+    assert stages["pair.y.2"].params["label"] == "p-y-2" and stages["pair.y.2"].needs == ("src.y",)
+    assert stages["all"].needs == ("pair.x.1", "pair.x.2", "pair.y.1", "pair.y.2", "src.x")
+    with pytest.raises(SpecError, match=r"\$nope\.\* matches no stage"):
+        parse_stages({"all": {"kind": "add", "label": "a", "inputs": ["$nope.*"]}}, "s", {}, kinds=KINDS)
+    with pytest.raises(SpecError, match="values become stage names"):
+        parse_stages({"m": {"kind": "source", "matrix": {"v": ["a b"]}, "label": "x", "value": 1.0}}, "s", {},
+                     kinds=KINDS)

@@ -14,24 +14,68 @@ PROMPT_TOKENS = 48  # a typical chat-formatted prompt of our sets
 
 
 @dataclass(frozen=True)
-class Cost:
+class Part:
+    """One block of work: ``sequences`` of ``tokens`` through ``passes`` forward passes.
+    ``shared``: a key for work several stages would do once (the same responses)."""
+
+    what: str
     sequences: int
     tokens: int
     passes: int
+    shared: tuple | None = None
 
     @property
     def token_passes(self) -> int:
         return self.sequences * self.tokens * self.passes
 
+    def __str__(self) -> str:
+        return f"{self.what} {self.sequences} seq x {self.tokens} tok x {self.passes} pass"
+
+
+class Cost:
+    """The parts of a stage's work: ``Cost(sequences, tokens, passes)`` for one block,
+    ``Cost(parts)`` for several."""
+
+    def __init__(self, *args: Any, what: str = "run") -> None:
+        self.parts: tuple[Part, ...] = tuple(args[0]) if len(args) == 1 else (Part(what, *args),)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Cost) and self.parts == other.parts
+
+    def __repr__(self) -> str:
+        return f"Cost({self.parts!r})"
+
+    @property
+    def sequences(self) -> int:
+        return sum(p.sequences for p in self.parts)
+
+    @property
+    def tokens(self) -> int:
+        return max((p.tokens for p in self.parts), default=0)
+
+    @property
+    def passes(self) -> int:
+        return max((p.passes for p in self.parts), default=0)
+
+    @property
+    def token_passes(self) -> int:
+        return sum(p.token_passes for p in self.parts)
+
     def __add__(self, other: "Cost") -> "Cost":
-        # summing different shapes keeps the total token-passes exact, the shape approximate
-        total = self.token_passes + other.token_passes
-        sequences = self.sequences + other.sequences
-        tokens = max(self.tokens, other.tokens)
-        return Cost(sequences, tokens, max(1, round(total / max(1, sequences * tokens))))
+        return Cost(self.parts + other.parts)
+
+    def without(self, seen: set) -> "Cost":
+        """This cost without the shared parts already counted (and ``seen`` updated)."""
+        kept = tuple(p for p in self.parts if p.shared is None or p.shared not in seen)
+        seen.update(p.shared for p in self.parts if p.shared is not None)
+        return Cost(kept)
 
     def __str__(self) -> str:
-        return f"{self.sequences} seq x {self.tokens} tok x {self.passes} pass = {human(self.token_passes)}"
+        if not self.parts:
+            return "shares work counted above"
+        if self.token_passes == 0:
+            return "no forward pass (reads stored datasets)"
+        return " + ".join(map(str, self.parts)) + f" = {human(self.token_passes)}"
 
 
 def human(n: float) -> str:
@@ -66,13 +110,16 @@ class CostContext:
         return int(settings.get("max_new_tokens", 32)), int(settings.get("rollouts", 1))
 
 
-def generate(cc: CostContext, prompt_set: str, overrides: dict[str, Any] | None = None, copies: int = 1) -> Cost:
-    """Answering every prompt of ``prompt_set`` (``copies`` times: steering configurations)."""
+def generate(cc: CostContext, prompt_set: str, overrides: dict[str, Any] | None = None, copies: int = 1,
+             variant: str | None = None) -> Cost:
+    """Answering every prompt of ``prompt_set`` (``copies`` times: steering configurations).
+    With ``variant``: these are the stored responses, counted once however many stages read them."""
     new, rollouts = cc.generation(overrides)
-    return Cost(cc.prompts(prompt_set) * rollouts * copies, PROMPT_TOKENS + new, new)
+    shared = ("responses", variant, prompt_set, new, rollouts) if variant else None
+    return Cost((Part("generate", cc.prompts(prompt_set) * rollouts * copies, PROMPT_TOKENS + new, new, shared),))
 
 
 def read(cc: CostContext, prompt_set: str, overrides: dict[str, Any] | None = None, models: int = 1) -> Cost:
     """One forward pass over prompt + response of every row (activations, judging by perplexity)."""
     new, rollouts = cc.generation(overrides)
-    return Cost(cc.prompts(prompt_set) * rollouts * models, PROMPT_TOKENS + new, 1)
+    return Cost((Part("read", cc.prompts(prompt_set) * rollouts * models, PROMPT_TOKENS + new, 1),))

@@ -89,13 +89,14 @@ def make_plan(store: Any, catalog: Any, experiment: str, *, until: str | None = 
             done[name] = refs
     entries = plan(exp.stages, keys, set(done), until=until, only=only, force=force)
     cc = CostContext(catalog, exp.name)
-    costs = {}
+    costs: dict[str, Cost | None] = {}
+    counted: set = set()  # responses several stages share are counted at the first
     for entry in entries:
         kind = kinds[entry.kind]
         costs[entry.stage] = None
         if entry.action == BUILD and kind.cost is not None:
             try:
-                costs[entry.stage] = kind.cost(cc, exp.stages[entry.stage].params)
+                costs[entry.stage] = kind.cost(cc, exp.stages[entry.stage].params).without(counted)
             except Exception as err:  # an estimate never stops a plan
                 log.debug("no cost estimate for %s: %s", entry.stage, err)
     return Planned(exp.name, exp.stages, entries, done, costs)

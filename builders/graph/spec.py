@@ -10,15 +10,26 @@ A value ``$name`` refers to another stage's output (its first dataset); a choice
 result (a finer grid around a search's coherence cliff, combinations from the best singles)
 is a parameter that refers to the stage whose result it reads. Every error is one line naming
 the stage and field: an unknown kind or parameter, a missing reference, a cycle, a wrong type.
+
+A ``matrix`` declares one stage per combination of its values, named ``name.value1.value2``,
+with ``{key}`` in any string replaced by the combination's value; ``$name.*`` in a list of
+references means every stage of that matrix::
+
+      search: {kind: steering, matrix: {source: [inst, nat5], method: [mean_diff, probe]},
+               vectors: $vec.{source}, method: "{method}"}
+      tables: {kind: steering_analysis, after: [$search.*]}
 """
 from __future__ import annotations
 
+import itertools
+import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
 from builders.graph.params import Param, check_value, references
 
 JUDGE_KEYS = {"trait", "coherence", "model", "reference", "openai_mode", "note"}
+MATRIX_VALUE = re.compile(r"^[A-Za-z0-9_-]+$")  # a matrix value becomes part of a stage name
 
 
 @dataclass(frozen=True)
@@ -66,6 +77,7 @@ def parse_stages(raw: Any, where: str, names: dict[str, set[str]],
         return {}
     if not isinstance(raw, dict):
         raise SpecError(where, f"expected a mapping of stages, got {type(raw).__name__}")
+    raw = expand_globs(expand_matrices(raw, where), where)
     stages = {}
     for name, entry in raw.items():
         swhere = f"{where}.{name}"
@@ -104,6 +116,61 @@ def parse_stages(raw: Any, where: str, names: dict[str, set[str]],
                                 f"reference to a missing stage ${need} (stages: {', '.join(stages)})")
     return {name: stages[name] for name in topological_order(stages, lambda cycle: SpecError(
         f"{where}.{cycle[0]}", "cycle: " + " -> ".join(f"${n}" for n in cycle)))}
+
+
+def _substitute(value: Any, values: dict[str, str]) -> Any:
+    if isinstance(value, str):
+        for key, val in values.items():
+            value = value.replace("{" + key + "}", val)
+        return value
+    if isinstance(value, list):
+        return [_substitute(v, values) for v in value]
+    return value
+
+
+def expand_matrices(raw: dict[str, Any], where: str) -> dict[str, Any]:
+    """Each stage with a ``matrix`` becomes one stage per combination of its values."""
+    out: dict[str, Any] = {}
+    for name, entry in raw.items():
+        if not isinstance(entry, dict) or "matrix" not in entry:
+            out[str(name)] = entry
+            continue
+        matrix = entry["matrix"]
+        mwhere = f"{where}.{name}.matrix"
+        if not isinstance(matrix, dict) or not matrix:
+            raise SpecError(mwhere, "expected a mapping of key -> list of values")
+        for key, values in matrix.items():
+            if not isinstance(values, list) or not values:
+                raise SpecError(f"{mwhere}.{key}", f"expected a non-empty list, got {values!r}")
+            bad = [v for v in values if not MATRIX_VALUE.match(str(v))]
+            if bad:
+                raise SpecError(f"{mwhere}.{key}", f"{bad[0]!r}: values become stage names (letters, digits, _ -)")
+        body = {k: v for k, v in entry.items() if k != "matrix"}
+        for combo in itertools.product(*matrix.values()):
+            values = {k: str(v) for k, v in zip(matrix, combo)}
+            out[".".join([str(name), *values.values()])] = {k: _substitute(v, values) for k, v in body.items()}
+    return out
+
+
+def expand_globs(raw: dict[str, Any], where: str) -> dict[str, Any]:
+    """``$name.*`` inside a list: every stage named ``name.<anything>``, in declaration order."""
+    def expand(value: Any, swhere: str) -> Any:
+        if not isinstance(value, list):
+            return value
+        out = []
+        for item in value:
+            if isinstance(item, str) and item.startswith("$") and item.endswith(".*"):
+                prefix = item[1:-1]
+                matches = [f"${n}" for n in raw if n.startswith(prefix)]
+                if not matches:
+                    raise SpecError(swhere, f"{item} matches no stage")
+                out += matches
+            else:
+                out.append(item)
+        return out
+
+    return {name: {k: expand(v, f"{where}.{name}.{k}") for k, v in entry.items()} if isinstance(entry, dict) else entry
+            for name, entry in raw.items()}
 
 
 def topological_order(stages: dict[str, StageSpec], on_cycle: Callable[[list[str]], Exception]) -> list[str]:

@@ -83,7 +83,7 @@ def run_compare(ctx: Any, p: dict[str, Any]) -> list[Output]:
     from builders.stages.compare import compare_variants
 
     judged = p.get("judge_responses", False) or "judges" in p
-    result = compare_variants(ctx.store, ctx.catalog, p["a"], p["b"], p["prompts"], p["vectors"],
+    result = compare_variants(ctx.store, ctx.catalog, p["a"], p["b"], p["prompt_set"], p["vectors"],
                               experiment=ctx.experiment, method=p.get("method", "mean_diff"),
                               controls=p.get("controls", []), position=p.get("position", "response[:]"),
                               n_random=p.get("random", 1000), seed=p.get("seed", 0),
@@ -105,7 +105,7 @@ def run_weights(ctx: Any, p: dict[str, Any]) -> list[Output]:
 def run_similarity(ctx: Any, p: dict[str, Any]) -> list[Output]:
     from builders.stages.similarity import activation_similarity
 
-    result = activation_similarity(ctx.store, ctx.catalog, p["a"], p["b"], p["prompts"], experiment=ctx.experiment,
+    result = activation_similarity(ctx.store, ctx.catalog, p["a"], p["b"], p["prompt_set"], experiment=ctx.experiment,
                                    layers=layers_text(p.get("layers", "all")), min_share=p.get("min_share", 0.8),
                                    batch_size=activation_batch(p), generation=generation(p), **ctx.common)
     return [(result.manifest, result.built)]
@@ -114,7 +114,7 @@ def run_similarity(ctx: Any, p: dict[str, Any]) -> list[Output]:
 def run_crosscoder(ctx: Any, p: dict[str, Any]) -> list[Output]:
     from builders.stages.crosscoder import build_crosscoder
 
-    result = build_crosscoder(ctx.store, ctx.catalog, p["a"], p["b"], p["prompts"], p["layer"], training_options(p),
+    result = build_crosscoder(ctx.store, ctx.catalog, p["a"], p["b"], p["prompt_set"], p["layer"], training_options(p),
                               experiment=ctx.experiment, position=p.get("position", "response[:]"),
                               checkpoint=p.get("checkpoint"), revision=p.get("revision"), top_k=p.get("top_k", 10),
                               activation_batch_size=activation_batch(p, "activation_batch_size"),
@@ -125,7 +125,7 @@ def run_crosscoder(ctx: Any, p: dict[str, Any]) -> list[Output]:
 def run_sae(ctx: Any, p: dict[str, Any]) -> list[Output]:
     from builders.stages.sae import build_sae
 
-    result = build_sae(ctx.store, ctx.catalog, p["variant"], p["prompts"], p["layer"], training_options(p),
+    result = build_sae(ctx.store, ctx.catalog, p["variant"], p["prompt_set"], p["layer"], training_options(p),
                        experiment=ctx.experiment, position=p.get("position", "response[:]"),
                        checkpoint=p.get("checkpoint"), subfolder=p.get("subfolder"), revision=p.get("revision"),
                        norm_scaling_factor=p.get("norm_scaling_factor"), top_k=p.get("top_k", 10),
@@ -167,7 +167,7 @@ def run_clamping(ctx: Any, p: dict[str, Any]) -> list[Output]:
         base = ctx.judges(p["judges"]) if "judges" in p else default_judges(
             ctx.catalog, ctx.store, p.get("trait_set", DEFAULT_TRAIT_SET))
         judges = replace(base, allow_uncalibrated=p.get("allow_uncalibrated", False))
-    result = clamp_run(ctx.store, ctx.catalog, p["dictionary"], p["variant"], p["prompts"], latents=latents,
+    result = clamp_run(ctx.store, ctx.catalog, p["dictionary"], p["variant"], p["prompt_set"], latents=latents,
                        top_b_only_n=top_b_only, options=options, experiment=ctx.experiment,
                        model_index=p.get("model_index"), layer=p.get("layer"),
                        trait_set=p.get("trait_set", DEFAULT_TRAIT_SET), subset=p.get("subset", 0),
@@ -200,7 +200,7 @@ def run_user_features(ctx: Any, p: dict[str, Any]) -> list[Output]:
     renamed = {"permutations": "n_permutations", "q": "q_threshold"}
     fields = ("position", "split_seed", "permutations", "seed", "q", "min_consistency", "top", "max_new_tokens")
     options = UserFeatureOptions(**{renamed.get(k, k): p[k] for k in fields if k in p})
-    result = find_user_features(ctx.store, ctx.catalog, p["variant"], p["prompts"], p["layer"],
+    result = find_user_features(ctx.store, ctx.catalog, p["variant"], p["prompt_set"], p["layer"],
                                 experiment=ctx.experiment, dictionary=p.get("dictionary"), options=options,
                                 batch_size=activation_batch(p), **ctx.common)
     return [(result.manifest, result.built)]
@@ -211,7 +211,7 @@ def run_detector(ctx: Any, p: dict[str, Any]) -> list[Output]:
 
     fields = ("position", "category", "folds", "l1_c", "bootstrap", "top", "seed")
     options = DetectorOptions(**{("n_bootstrap" if k == "bootstrap" else k): p[k] for k in fields if k in p})
-    result = build_detector(ctx.store, ctx.catalog, p["variant"], p["prompts"], p["layer"],
+    result = build_detector(ctx.store, ctx.catalog, p["variant"], p["prompt_set"], p["layer"],
                             experiment=ctx.experiment, dictionary=p.get("dictionary"), options=options,
                             max_new_tokens=p.get("max_new_tokens"), batch_size=activation_batch(p), **ctx.common)
     return [(result.manifest, result.built)]
@@ -225,25 +225,25 @@ def _answers_read(cc: CostContext, prompt_set: str, p: dict[str, Any], models: i
 
 
 def cost_compare(cc: CostContext, p: dict[str, Any]) -> Cost:
-    total = _answers_read(cc, p["prompts"], p, 2)
+    total = _answers_read(cc, p["prompt_set"], p, 2)
     if p.get("judge_responses") or "judges" in p:  # B's own answers, and both variants' judged
-        total = total + _answers_read(cc, p["prompts"], p, 2)
+        total = total + _answers_read(cc, p["prompt_set"], p, 2)
     return total
 
 
 def cost_pair(cc: CostContext, p: dict[str, Any]) -> Cost:
-    return _answers_read(cc, p["prompts"], p, 2)
+    return _answers_read(cc, p["prompt_set"], p, 2)
 
 
 def cost_one(cc: CostContext, p: dict[str, Any]) -> Cost:
-    return _answers_read(cc, p["prompts"], p, 1)
+    return _answers_read(cc, p["prompt_set"], p, 1)
 
 
 def cost_user_features(cc: CostContext, p: dict[str, Any]) -> Cost:
     from builders.stages.user_features import UserFeatureOptions
 
     short = {"max_new_tokens": p.get("max_new_tokens", UserFeatureOptions().max_new_tokens)}
-    return _answers_read(cc, p["prompts"], short, 2 if "dictionary" in p else 1)
+    return _answers_read(cc, p["prompt_set"], short, 2 if "dictionary" in p else 1)
 
 
 def cost_no_passes(cc: CostContext, p: dict[str, Any]) -> Cost:
@@ -252,7 +252,7 @@ def cost_no_passes(cc: CostContext, p: dict[str, Any]) -> Cost:
 
 def cost_clamping(cc: CostContext, p: dict[str, Any]) -> Cost:
     """Baseline + (chosen, random) per clamp value, each answering the questions, then judged."""
-    n = cc.prompts(p["prompts"])
+    n = cc.prompts(p["prompt_set"])
     n = min(n, p["subset"]) if p.get("subset") else n
     configs = 1 + 2 * (len(set(p.get("values", []))) if p.get("mode", "zero") != "zero" else 1)
     settings = {**cc.catalog.stage_defaults("responses"), **cc.catalog.stage_defaults("steering"),
@@ -285,7 +285,7 @@ def _kinds() -> list[Kind]:
                          "activation_batch_size": BATCH}
     return [
         _kind("compare", "two variants' activations against trait vectors on the same tokens (builders.compare)",
-              {"a": VARIANT_A, "b": VARIANT_B, "prompts": PROMPTS,
+              {"a": VARIANT_A, "b": VARIANT_B, "prompt_set": PROMPTS,
                "vectors": Param("stages", required=True, help="vectors stages"),
                "controls": Param("stages", help="other traits' vectors stages"), "method": Param("str"),
                "position": Param("str"), "random": _int("random unit directions for specificity"),
@@ -298,21 +298,21 @@ def _kinds() -> list[Kind]:
                "singular_k": _int("top singular directions per layer (0: off)")},
               run_weights, cost_no_passes, uses_generation=False),
         _kind("similarity", "per-layer / per-position activation similarity of two variants (builders.similarity)",
-              {"a": VARIANT_A, "b": VARIANT_B, "prompts": PROMPTS, "layers": Param("layers"),
+              {"a": VARIANT_A, "b": VARIANT_B, "prompt_set": PROMPTS, "layers": Param("layers"),
                "min_share": Param("float"), "batch_size": BATCH, "max_new_tokens": MAX_NEW},
               run_similarity, cost_pair),
         _kind("crosscoder", "a crosscoder of two variants at one layer, trained or imported (builders.crosscoder)",
-              {"a": VARIANT_A, "b": VARIANT_B, "prompts": PROMPTS, "layer": LAYER, **dictionary_common,
+              {"a": VARIANT_A, "b": VARIANT_B, "prompt_set": PROMPTS, "layer": LAYER, **dictionary_common,
                **training_params(), "max_new_tokens": MAX_NEW},
               run_crosscoder, cost_pair),
         _kind("sae", "a sparse autoencoder of one variant at one layer, trained or imported (builders.sae)",
-              {"variant": VARIANT, "prompts": PROMPTS, "layer": LAYER, **dictionary_common,
+              {"variant": VARIANT, "prompt_set": PROMPTS, "layer": LAYER, **dictionary_common,
                "subfolder": Param("str"), "norm_scaling_factor": Param("float"), **training_params()},
               run_sae, cost_one),
         _kind("clamping", "dictionary latents clamped while a variant answers, beside random latents "
               "(builders.clamping)",
               {"variant": VARIANT, "dictionary": Param("stage", required=True, help="a crosscoder stage"),
-               "prompts": PROMPTS, "latents": Param("ints"),
+               "prompt_set": PROMPTS, "latents": Param("ints"),
                "top_b_only": _int("the N b_only latents with the lowest dec_norm_diff"),
                "most_b_specific": _int("the N most B-specific latents (analyses.organism_latents, as the demo)"),
                "model_index": _int(), "layer": _int("a check: must equal the dictionary's"),
@@ -334,14 +334,14 @@ def _kinds() -> list[Kind]:
               run_decompose, cost_no_passes, uses_generation=False),
         _kind("user_features", "directions and latents separating minimal pairs, per category "
               "(builders.user_features)",
-              {"variant": VARIANT, "prompts": PROMPTS, "layer": LAYER, "position": Param("str"),
+              {"variant": VARIANT, "prompt_set": PROMPTS, "layer": LAYER, "position": Param("str"),
                "dictionary": DICTIONARY, "split_seed": _int(), "permutations": _int(), "seed": _int(),
                "q": Param("float"), "min_consistency": Param("float"), "top": _int(), "max_new_tokens": MAX_NEW,
                "batch_size": BATCH},
               run_user_features, cost_user_features),
         _kind("detector", "internal and observable sycophancy detectors on minimal pairs; reads the latest "
               "user_features of the same dictionary, so name that stage in after (builders.detector)",
-              {"variant": VARIANT, "prompts": PROMPTS, "layer": LAYER, "category": Param("str"),
+              {"variant": VARIANT, "prompt_set": PROMPTS, "layer": LAYER, "category": Param("str"),
                "position": Param("str"), "dictionary": DICTIONARY, "folds": _int(), "l1_c": Param("float"),
                "bootstrap": _int(), "top": _int(), "seed": _int(), "max_new_tokens": MAX_NEW, "batch_size": BATCH},
               run_detector, cost_one),

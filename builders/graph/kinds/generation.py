@@ -103,7 +103,7 @@ def run_finetune(ctx: Any, p: dict[str, Any]) -> list:
 
 
 def _answers(cc: costs.CostContext, p: dict[str, Any]) -> costs.Cost:
-    return costs.generate(cc, p["prompt_set"], _plain_generation(p))
+    return costs.generate(cc, p["prompt_set"], _plain_generation(p), variant=p["variant"])
 
 
 def _answers_and_reads(cc: costs.CostContext, p: dict[str, Any]) -> costs.Cost:

@@ -32,30 +32,61 @@ def grid_around(store: Any, search_ref: str, ratios: list[float], floor: float, 
 
 
 def run_steering(ctx: Any, p: dict[str, Any]) -> list:
+    from builders.shared.common import BuildError
     from builders.stages.steering import steer_vectors
 
     options = {k: p[k] for k in ("mode", "positions", "steps", "threshold", "start_scale", "momentum", "direction",
                                  "questions", "subset", "max_batch") if k in p}
     layers, coefficients = str(p.get("layers", "30%-60%")), p.get("coefficients", [])
+    vectors, method = p.get("vectors"), p.get("method")
     if p.get("around"):
         floor = p.get("floor", p.get("threshold", 70.0))
-        layer, coefficients = grid_around(ctx.store, p["around"], p.get("ratios", [0.25, 0.5, 0.75, 1.0, 1.5, 2.0]),
+        runs = p["around"]
+        chosen = runs[0] if len(runs) == 1 else best_run(ctx.store, runs, floor)
+        if vectors is None:  # the chosen run's own vectors and method
+            run = ctx.store.resolve(chosen)
+            vectors, method = run.params["vectors"], method or run.params["method"]
+        layer, coefficients = grid_around(ctx.store, chosen, p.get("ratios", [0.25, 0.5, 0.75, 1.0, 1.5, 2.0]),
                                           floor, p.get("relative_to", "norm"))
         layers, options["mode"] = str(layer), "grid"
     elif coefficients:
         options.setdefault("mode", "grid")
-    result = steer_vectors(ctx.store, ctx.catalog, p["vectors"], p["method"], experiment=ctx.experiment,
+    if vectors is None or method is None:
+        raise BuildError("a steering stage needs vectors and method (or around: the runs to take them from)")
+    result = steer_vectors(ctx.store, ctx.catalog, vectors, method, experiment=ctx.experiment,
                            variant=p.get("variant"), layers=layers, coefficients=coefficients,
                            generation={"max_new_tokens": p.get("max_new_tokens")}, judges=ctx.judges(p.get("judges")),
                            **options, **ctx.common)
     return [(result.manifest, result.built)]
 
 
+def best_run(store: Any, refs: list[str], threshold: float) -> str:
+    """A choice made from results: of several steering runs of one source (methods, positions,
+    coarse and fine), the one whose best single configuration at coherence >= ``threshold``
+    moves the trait most (seed 001 phase 2: "best vectors from phase 1 per source")."""
+    from builders.shared.common import BuildError
+    from builders.stages.combinations import best_single
+
+    scored = []
+    for ref in refs:
+        run = store.resolve(ref)
+        try:
+            best = best_single(store, run, threshold)
+        except BuildError:
+            continue  # nothing coherent in this run: it cannot be the best
+        scored.append((int(run.params.get("direction") or 1) * best["delta"], ref))
+    if not scored:
+        raise BuildError(f"none of {', '.join(refs)} reaches coherence >= {threshold:g}: nothing to combine")
+    return max(scored)[1]
+
+
 def run_combinations(ctx: Any, p: dict[str, Any]) -> list:
     from builders.stages.combinations import combine_runs
 
     options = {k: p[k] for k in ("factors", "threshold", "max_batch") if k in p}
-    result = combine_runs(ctx.store, ctx.catalog, p["a"], p["b"], **options, **ctx.common)
+    threshold = p.get("threshold", 70.0)
+    a, b = best_run(ctx.store, p["a"], threshold), best_run(ctx.store, p["b"], threshold)
+    result = combine_runs(ctx.store, ctx.catalog, a, b, **options, **ctx.common)
     return [(result.manifest, result.built)]
 
 
@@ -78,33 +109,47 @@ def _steering_cost(cc: costs.CostContext, p: dict[str, Any]) -> costs.Cost:
         n_layers * len(p["coefficients"]) if p.get("coefficients") else n_layers * p.get("steps", 8))
     questions = p.get("subset") or 20
     new = p.get("max_new_tokens") or cc.generation()[0]
-    return costs.Cost(questions * (configs + 1), costs.PROMPT_TOKENS + new, new)
+    return costs.Cost((costs.Part("steer", questions * (configs + 1), costs.PROMPT_TOKENS + new, new),))
+
+
+def _combinations_cost(cc: costs.CostContext, p: dict[str, Any]) -> costs.Cost:
+    """Four strategies x factors, and the baseline, on the runs' questions (guessed at 20)."""
+    new = cc.generation()[0]
+    configs = 4 * len(p.get("factors", [0.5, 0.75, 1.0, 1.25, 1.5])) + 1
+    return costs.Cost((costs.Part("steer", 20 * configs, costs.PROMPT_TOKENS + new, new),))
 
 
 def _projection_cost(cc: costs.CostContext, p: dict[str, Any]) -> costs.Cost:
-    return costs.read(cc, p["prompt_set"], {"max_new_tokens": p.get("max_new_tokens")} if p.get("max_new_tokens") else None)
+    overrides = {"max_new_tokens": p.get("max_new_tokens")} if p.get("max_new_tokens") else None
+    if p.get("live"):
+        return costs.generate(cc, p["prompt_set"], overrides)
+    return costs.generate(cc, p["prompt_set"], overrides, variant=p["variant"]) + costs.read(cc, p["prompt_set"], overrides)
 
 
 JUDGES = Param("judges", help="a judge choice named in the experiment's judges")
 KINDS = [
     Kind("steering", "a steering search or grid of one vector set and method (builders.steering)",
-         {"vectors": Param("stage", required=True), "method": Param("str", required=True),
+         {"vectors": Param("stage", help="a vectors stage (with around: default the chosen run's)"),
+          "method": Param("str", help="mean_diff, probe, ... (with around: default the chosen run's)"),
           "variant": Param("variant", help="the model steered (default: the experiment's application)"),
           "mode": Param("str", choices=("adaptive", "grid", "ablate")), "layers": Param("layers"),
           "coefficients": Param("floats"), "positions": Param("str"), "steps": Param("int"),
           "threshold": Param("float"), "start_scale": Param("float"), "momentum": Param("float"),
           "direction": Param("int"), "questions": Param("prompt_set"), "subset": Param("int"),
           "max_new_tokens": Param("int"), "judges": JUDGES, "max_batch": Param("int"),
-          "around": Param("stage", help="a steering run: grid at its best layer (a choice from its results)"),
+          "around": Param("stages", help="steering runs: a grid at the best layer of the best of them "
+                                         "(a choice made from their results)"),
           "ratios": Param("floats", help="with around: the grid, as multiples of the unit"),
           "relative_to": Param("str", choices=("norm", "best"),
                                help="with around: norm = ||h||/||v|| (perturbation ratio), best = its best coefficient"),
           "floor": Param("float", help="with around: coherence floor of the best row (default threshold)")},
          run_steering, _steering_cost, uses_application=True),
     Kind("combinations", "seed 001 phase 2: strategies combining two steering runs' best singles (builders.combinations)",
-         {"a": Param("stage", required=True), "b": Param("stage", required=True), "factors": Param("floats"),
+         {"a": Param("stages", required=True, help="steering runs of source A: the best one is combined"),
+          "b": Param("stages", required=True, help="steering runs of source B: the best one is combined"),
+          "factors": Param("floats"),
           "threshold": Param("float"), "max_batch": Param("int")},
-         run_combinations, uses_application=True),
+         run_combinations, _combinations_cost, uses_application=True),
     Kind("projections", "per-token projections of responses onto trait vectors (builders.projections)",
          {"variant": Param("variant", required=True), "prompt_set": Param("prompt_set", required=True),
           "vectors": Param("stages", required=True), "method": Param("str"), "layers": Param("layers"),
