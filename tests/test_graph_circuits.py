@@ -186,7 +186,8 @@ def test_declarations_refused_in_one_line(tmp_path):
 def test_runner_refusals_and_roles(tmp_path):
     from types import SimpleNamespace
 
-    from builders.graph.kinds.circuits import best_layer, input_role, layers_text, run_patching
+    from builders.graph.kinds.circuits import best_layer, input_role, run_patching
+    from builders.graph.params import layers_text
     from builders.shared.common import BuildError
 
     assert (layers_text([6, 8]), layers_text(12), layers_text("9-19")) == ("6,8", "12", "9-19")

@@ -17,7 +17,8 @@ import yaml
 
 from builders.graph.execute import BUILT, UP_TO_DATE, RunContext, execute, make_plan
 from builders.graph.kinds import registry
-from builders.graph.kinds.diffing import cli_values, layers_text
+from builders.graph.kinds.diffing import cli_values
+from builders.graph.params import layers_text
 from builders.shared.catalog import load_catalog
 from store import Store
 from tests.test_user_features import write_pairs

@@ -42,8 +42,8 @@ class RunContext:
 
         if name is None:
             return JudgeChoice()
-        return JudgeChoice.from_dict({"trait": "local", "coherence": "perplexity",
-                                      **self.catalog.experiment(self.experiment).judges[name]})
+        spec = {"trait": "local", "coherence": "perplexity", **self.catalog.experiment(self.experiment).judges[name]}
+        return JudgeChoice.from_dict(spec, allow_uncalibrated=bool(spec.get("allow_uncalibrated", False)))
 
 
 @dataclass

@@ -55,7 +55,7 @@ def stage_facts(catalog: Any, experiment: Any, stages: dict[str, StageSpec], kin
                 fact[key] = judge
         if kind.uses_application and experiment.application:
             fact["application"] = variant_fact(experiment.variants[experiment.application])
-        if kind.uses_generation:
-            fact["generation"] = catalog.stage_defaults("responses")
+        if kind.uses_generation:  # every stage default (responses, activations, steering ...)
+            fact["defaults"] = {k: v for k, v in catalog.defaults.items() if k != "experiment"}
         facts[name] = fact
     return facts

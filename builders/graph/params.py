@@ -80,6 +80,13 @@ def check_value(param: Param, value: Any) -> str | None:
     raise AssertionError(kind)
 
 
+def layers_text(value: Any) -> str:
+    """A ``layers`` value (12, [6, 8] or "6-10") as the command lines' ``--layers`` text."""
+    if isinstance(value, list):
+        return ",".join(str(v) for v in value)
+    return str(value)
+
+
 def references(param: Param, value: Any) -> list[str]:
     """The stages a parameter value names."""
     if param.type == "stage":

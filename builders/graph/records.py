@@ -49,9 +49,9 @@ def write_record(store: Store, experiment: str, stage: str, kind: str, key: str,
     refs = [m.ref for m, _ in outputs]
 
     def produce(writer: Any) -> None:
-        writer.write_table([{"stage": stage, "kind": kind, "key": key, "output": m.ref, "dataset": m.name,
+        writer.write_table([{"stage": stage, "kind": kind, "key": key, "output": m.ref, "output_dataset": m.name,
                              "built": bool(built)} for m, built in outputs] or
-                           [{"stage": stage, "kind": kind, "key": key, "output": None, "dataset": None,
+                           [{"stage": stage, "kind": kind, "key": key, "output": None, "output_dataset": None,
                              "built": False}])
         writer.summary.update(outputs=refs, seconds=round(seconds, 1))
 

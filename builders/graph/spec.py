@@ -28,7 +28,7 @@ from typing import Any, Callable
 
 from builders.graph.params import Param, check_value, references
 
-JUDGE_KEYS = {"trait", "coherence", "model", "reference", "openai_mode", "note"}
+JUDGE_KEYS = {"trait", "coherence", "model", "reference", "openai_mode", "allow_uncalibrated", "note"}
 MATRIX_VALUE = re.compile(r"^[A-Za-z0-9_-]+$")  # a matrix value becomes part of a stage name
 
 

@@ -15,20 +15,13 @@ from typing import Any
 from builders.graph import costs
 from builders.graph.kinds import Kind
 from builders.graph.kinds.options import make_options, options_params
-from builders.graph.params import Param
+from builders.graph.params import Param, layers_text
 from builders.stages.direction_patching import SCALES, DirectionOptions
 from builders.stages.head_ablation import MODES, AblationOptions
 from builders.stages.logit_lens import LensOptions
 from builders.stages.patching import KINDS as PATCH_KINDS
 from builders.stages.patching import PatchOptions
 from builders.stages.persona_probe import METHODS, ProbeOptions
-
-
-def layers_text(value: Any) -> str:
-    """A ``layers`` parameter (12, [6, 8] or "6-10") as the CLI's ``--layers`` text."""
-    if isinstance(value, list):
-        return ",".join(str(v) for v in value)
-    return str(value)
 
 
 def _options(cls: type, p: dict[str, Any], **given: Any) -> Any:
@@ -299,4 +292,4 @@ KINDS = [
          run_circuits_report, uses_generation=False),
 ]
 
-__all__ = ["KINDS", "best_layer", "input_role", "layers_text", "n_pairs", "positions_count", "top_heads"]
+__all__ = ["KINDS", "best_layer", "input_role", "n_pairs", "positions_count", "top_heads"]

@@ -15,7 +15,7 @@ from typing import Any, Callable
 from builders.graph import costs
 from builders.graph.costs import Cost, CostContext
 from builders.graph.kinds import Kind, Output
-from builders.graph.params import Param
+from builders.graph.params import Param, layers_text
 
 Runner = Callable[[Any, dict[str, Any]], list[Output]]
 NO_PASSES = Cost(0, 0, 0)  # reads published datasets (or weights) only: no forward pass
@@ -32,13 +32,6 @@ def cli_values(params: dict[str, Param], values: dict[str, Any]) -> dict[str, An
         elif ptype == "floats" and value is not None:
             out[key] = [float(v) for v in value]
     return out
-
-
-def layers_text(value: Any) -> str:
-    """A ``layers`` value (12, [6, 8] or "6-10") as the CLI's ``--layers`` string."""
-    if isinstance(value, list):
-        return ",".join(str(v) for v in value)
-    return str(value)
 
 
 def generation(p: dict[str, Any]) -> dict[str, Any]:

@@ -7,7 +7,7 @@ from typing import Any
 
 from builders.graph import costs
 from builders.graph.kinds import Kind
-from builders.graph.params import Param
+from builders.graph.params import Param, layers_text
 
 # generation settings a stage may override (catalog defaults.responses otherwise)
 GENERATION = {
@@ -54,10 +54,17 @@ def run_responses(ctx: Any, p: dict[str, Any]) -> list:
 def run_activations(ctx: Any, p: dict[str, Any]) -> list:
     from builders.stages.activations import capture_activations
 
-    result = capture_activations(ctx.store, ctx.catalog, p["variant"], p["prompt_set"], p.get("position", "response[:5]"),
-                                 str(p.get("layers", "all")), p.get("component", "residual"), ctx.experiment,
+    from builders.stages.responses import generate_responses
+
+    # the responses it reads (the command line expects them built; the catalog's defaults)
+    generate_responses(ctx.store, ctx.catalog, p["variant"], p["prompt_set"], ctx.experiment, quiet=ctx.quiet)
+    defaults = ctx.catalog.stage_defaults("activations")  # as the CLI: catalog defaults, then its own
+    result = capture_activations(ctx.store, ctx.catalog, p["variant"], p["prompt_set"],
+                                 p.get("position", defaults.get("position", "response[:]")),
+                                 layers_text(p.get("layers", defaults.get("layers", "all"))),
+                                 p.get("component", defaults.get("component", "residual")), ctx.experiment,
                                  replay_from=p.get("replay_from"), per_token=p.get("per_token", False),
-                                 executor=ctx.executor, **ctx.common)
+                                 batch_size=defaults.get("batch_size", "auto"), executor=ctx.executor, **ctx.common)
     return [(result.manifest, result.built)]
 
 

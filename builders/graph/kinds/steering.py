@@ -6,7 +6,7 @@ from typing import Any
 
 from builders.graph import costs
 from builders.graph.kinds import Kind
-from builders.graph.params import Param
+from builders.graph.params import Param, layers_text
 
 MAX_RATIO_STEPS = 64
 
@@ -37,7 +37,7 @@ def run_steering(ctx: Any, p: dict[str, Any]) -> list:
 
     options = {k: p[k] for k in ("mode", "positions", "steps", "threshold", "start_scale", "momentum", "direction",
                                  "questions", "subset", "max_batch") if k in p}
-    layers, coefficients = str(p.get("layers", "30%-60%")), p.get("coefficients", [])
+    layers, coefficients = layers_text(p.get("layers", "30%-60%")), p.get("coefficients", [])
     vectors, method = p.get("vectors"), p.get("method")
     if p.get("around"):
         floor = p.get("floor", p.get("threshold", 70.0))
@@ -74,10 +74,10 @@ def best_run(store: Any, refs: list[str], threshold: float) -> str:
             best = best_single(store, run, threshold)
         except BuildError:
             continue  # nothing coherent in this run: it cannot be the best
-        scored.append((int(run.params.get("direction") or 1) * best["delta"], ref))
+        scored.append((int(run.params.get("direction") or 1) * best["delta"], -len(scored), ref))
     if not scored:
         raise BuildError(f"none of {', '.join(refs)} reaches coherence >= {threshold:g}: nothing to combine")
-    return max(scored)[1]
+    return max(scored)[2]  # a tie goes to the run listed first
 
 
 def run_combinations(ctx: Any, p: dict[str, Any]) -> list:
@@ -95,7 +95,7 @@ def run_projections(ctx: Any, p: dict[str, Any]) -> list:
 
     specs = [f"{ref}:{p.get('method', 'mean_diff')}" for ref in p["vectors"]]
     result = build_projections(ctx.store, ctx.catalog, p["variant"], p["prompt_set"], specs, experiment=ctx.experiment,
-                               layers=str(p.get("layers", "best")), floor=p.get("floor", 70.0), live=p.get("live", False),
+                               layers=layers_text(p.get("layers", "best")), floor=p.get("floor", 70.0), live=p.get("live", False),
                                generation={"max_new_tokens": p.get("max_new_tokens")}, **ctx.common)
     return [(result.manifest, result.built)]
 
