@@ -77,7 +77,8 @@ def on_event(outcome: Any) -> None:
     from builders.graph.execute import BUILT, FAILED
 
     if outcome.state == BUILT:
-        print(f"built       {outcome.stage} ({outcome.kind}, {outcome.seconds:.0f}s): {', '.join(outcome.outputs)}",
+        note = f" ({outcome.detail})" if outcome.detail else ""
+        print(f"built       {outcome.stage} ({outcome.kind}, {outcome.seconds:.0f}s): {', '.join(outcome.outputs)}{note}",
               flush=True)
     elif outcome.state == FAILED:
         print(f"FAILED      {outcome.stage} ({outcome.kind}): {outcome.detail}", flush=True)

@@ -240,3 +240,29 @@ def test_ray_actor_pool_runs_each_unit_once_reuses_workers_and_reraises(ray_clus
         third: list[dict] = []
         executor.map_units(Job(), units[:3], third.append)
         assert sorted(m["unit"] for m in third) == [0, 1, 2] and not {m["pid"] for m in third} & pids
+
+
+def test_builders_run_executor_ray_builds_what_local_builds(ray_cluster, tmp_path, capsys):
+    """``python -m builders.run --executor ray``: a declared responses stage runs its units on Ray,
+    and its version (id and content) is the one ``--executor local`` builds."""
+    import yaml
+
+    from builders.run import cli
+
+    catalog = tmp_path / "catalog.yaml"
+    catalog.write_text(yaml.safe_dump({
+        "models": {"smol": {"id": "pkg:smollm2-135m-instruct"}},
+        "prompt_sets": {"general": {"path": str(REPO / "datasets" / "inference" / "general.json")}},
+        "experiments": {"toy": {"variants": {"instruct": {"model": "smol"}}, "stages": {
+            "answers": {"kind": "responses", "variant": "instruct", "prompt_set": "general", "max_new_tokens": 4,
+                        "batch_size": 2}}}}}))
+    refs = {}
+    for executor in ("ray", "local"):
+        root = tmp_path / executor
+        assert cli(["--store", str(root), "--catalog", str(catalog), "--experiment", "toy", "-q",
+                    "--executor", executor]) == 0
+        store = Store(str(root))
+        refs[executor] = store.latest("responses-toy-instruct-general")
+    assert refs["ray"].ref == refs["local"].ref
+    assert refs["ray"].content_hash == refs["local"].content_hash
+    assert refs["ray"].summary["responses"] == 10

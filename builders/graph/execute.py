@@ -166,6 +166,8 @@ def _run_stage(ctx: RunContext, kind: Any, entry: PlanEntry, spec: Any, outputs:
         return outcome
     outcome.state = BUILT
     outcome.outputs = [m.ref for m, _ in produced]
+    if produced and not any(built for _, built in produced):
+        outcome.detail = "its datasets were already in the store"  # e.g. built by the command line
     outcome.seconds = time.time() - started
     return outcome
 

@@ -290,7 +290,7 @@ def parse_layers(spec: str, n_layers: int) -> list[int]:
     if n_layers <= 0:
         raise ValueError(f"layer spec {spec!r}: model has no layers (n_layers={n_layers})")
     valid = f"valid layers are 0-{n_layers - 1}"
-    forms = "expected all, 12, 9-19, 0-30:5, 30%-60% or a comma list of these"
+    forms = "expected all, 12, 9-19, 0-30:5, 50%, 30%-60% or a comma list of these"
     text = str(spec).strip().lower().replace(" ", "")
     if not text:
         raise ValueError(f"bad layer spec {spec!r}: empty; {forms}; {valid}")
@@ -306,6 +306,9 @@ def parse_layers(spec: str, n_layers: int) -> list[int]:
                 raise ValueError(f"bad layer spec {spec!r}: range {part!r} is reversed; {valid}")
         elif re.fullmatch(_INT, part):
             start = stop = int(part)
+            step = 1
+        elif re.fullmatch(_PCT, part):  # one layer as a share of depth: 50% of 30 layers = 15
+            start = stop = _layer_of(part, n_layers, spec)
             step = 1
         else:
             raise ValueError(f"bad layer spec {spec!r}: cannot parse {part!r}; {forms}; {valid}")

@@ -42,7 +42,7 @@ def run_steering(ctx: Any, p: dict[str, Any]) -> list:
     if p.get("around"):
         floor = p.get("floor", p.get("threshold", 70.0))
         runs = p["around"]
-        chosen = runs[0] if len(runs) == 1 else best_run(ctx.store, runs, floor)
+        chosen = runs[0] if len(runs) == 1 else best_run(ctx.store, runs, floor, fallback=True)
         if vectors is None:  # the chosen run's own vectors and method
             run = ctx.store.resolve(chosen)
             vectors, method = run.params["vectors"], method or run.params["method"]
@@ -60,10 +60,12 @@ def run_steering(ctx: Any, p: dict[str, Any]) -> list:
     return [(result.manifest, result.built)]
 
 
-def best_run(store: Any, refs: list[str], threshold: float) -> str:
+def best_run(store: Any, refs: list[str], threshold: float, fallback: bool = False) -> str:
     """A choice made from results: of several steering runs of one source (methods, positions,
     coarse and fine), the one whose best single configuration at coherence >= ``threshold``
-    moves the trait most (seed 001 phase 2: "best vectors from phase 1 per source")."""
+    moves the trait most (seed 001 phase 2: "best vectors from phase 1 per source"). With
+    ``fallback``, when no run reaches the threshold, the one that moves the trait most at any
+    coherence (a grid around it still brackets where coherence drops)."""
     from builders.shared.common import BuildError
     from builders.stages.combinations import best_single
 
@@ -75,6 +77,8 @@ def best_run(store: Any, refs: list[str], threshold: float) -> str:
         except BuildError:
             continue  # nothing coherent in this run: it cannot be the best
         scored.append((int(run.params.get("direction") or 1) * best["delta"], -len(scored), ref))
+    if not scored and fallback:  # a grid around an incoherent search still brackets its cliff
+        return best_run(store, refs, float("-inf"))
     if not scored:
         raise BuildError(f"none of {', '.join(refs)} reaches coherence >= {threshold:g}: nothing to combine")
     return max(scored)[2]  # a tie goes to the run listed first
