@@ -9,9 +9,6 @@ if TYPE_CHECKING:
 
 def figures(facts: "CircuitsFacts", frames: dict[str, Any]) -> dict[str, bytes]:
     """``figures/<name>.png`` -> PNG bytes, one per section that has data."""
-    import matplotlib
-
-    matplotlib.use("Agg")
     out = {}
     by_layer = frames.get("lens_by_layer")
     if by_layer is not None and by_layer.height:
@@ -24,11 +21,9 @@ def figures(facts: "CircuitsFacts", frames: dict[str, Any]) -> dict[str, bytes]:
 
 
 def _lens(rows: list[dict[str, Any]]) -> bytes:
-    import matplotlib.pyplot as plt
+    from builders.shared.figures import png_bytes, subplots
 
-    from builders.shared.figures import png_bytes
-
-    fig, ax = plt.subplots(figsize=(6, 3.4))
+    fig, ax = subplots(figsize=(6, 3.4))
     for i, side in enumerate(sorted({r["side"] for r in rows})):
         mine = sorted((r for r in rows if r["side"] == side), key=lambda r: r["layer"])
         x = [r["layer"] for r in mine]
@@ -44,11 +39,9 @@ def _lens(rows: list[dict[str, Any]]) -> bytes:
 
 
 def _patching(facts: "CircuitsFacts") -> bytes:
-    import matplotlib.pyplot as plt
+    from builders.shared.figures import png_bytes, subplots
 
-    from builders.shared.figures import png_bytes
-
-    fig, ax = plt.subplots(figsize=(6, 3.4))
+    fig, ax = subplots(figsize=(6, 3.4))
     for i, component in enumerate(sorted({p.component for p in facts.patch})):
         rows = sorted((p for p in facts.patch if p.component == component), key=lambda p: p.layer)
         x = [p.layer for p in rows]
@@ -65,24 +58,24 @@ def _patching(facts: "CircuitsFacts") -> bytes:
 
 
 def _heads(facts: "CircuitsFacts") -> bytes:
-    import matplotlib.pyplot as plt
     import numpy as np
+    from matplotlib.patches import Rectangle
 
-    from builders.shared.figures import png_bytes
+    from builders.shared.figures import png_bytes, subplots
 
     layers = sorted({h.layer for h in facts.heads_all})
     n_heads = max(h.head for h in facts.heads_all) + 1
     grid = np.full((len(layers), n_heads), np.nan)
     for h in facts.heads_all:
         grid[layers.index(h.layer), h.head] = h.effect.mean
-    fig, ax = plt.subplots(figsize=(1 + 0.45 * n_heads, 1 + 0.3 * len(layers)))
+    fig, ax = subplots(figsize=(1 + 0.45 * n_heads, 1 + 0.3 * len(layers)))
     bound = float(np.nanmax(np.abs(grid))) or 1.0
     image = ax.imshow(grid, cmap="RdBu", vmin=-bound, vmax=bound, aspect="auto")
     ax.set_yticks(range(len(layers)), [f"L{x}" for x in layers], fontsize=6)
     ax.set_xticks(range(n_heads), [str(x) for x in range(n_heads)], fontsize=6)
     ax.set_xlabel("head")
     for h in facts.heads:
-        ax.add_patch(plt.Rectangle((h.head - 0.5, layers.index(h.layer) - 0.5), 1, 1, fill=False, lw=1.5))
+        ax.add_patch(Rectangle((h.head - 0.5, layers.index(h.layer) - 0.5), 1, 1, fill=False, lw=1.5))
     fig.colorbar(image, ax=ax, label="normalised effect")
     ax.set_title("head patching, all positions (boxed: reported heads)", fontsize=8)
     fig.tight_layout()

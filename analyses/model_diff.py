@@ -22,7 +22,7 @@ import re
 from typing import TYPE_CHECKING, Any, Sequence
 
 from builders.shared import names
-from builders.shared.figures import png_bytes
+from builders.shared.figures import png_bytes, subplots
 from store import BuildResult, BuildSpec, Store
 
 if TYPE_CHECKING:
@@ -117,15 +117,9 @@ def run_queries(con: duckdb.DuckDBPyConnection, floor: float = 70.0) -> dict[str
 
 def profile_plot(frame: pl.DataFrame, title: str) -> bytes:
     """Similarity, weight-diff norm and transfer delta per layer, stacked on one layer axis."""
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     series = [("similarity", "activation cosine (B replays A)"), ("weight_diff_norm", "‖θ_B − θ_A‖_F"),
               ("transfer_delta", "best trait Δ, A's vectors on B")]
-    fig, axes = plt.subplots(len(series), 1, figsize=(8, 6.5), sharex=True)
+    fig, axes = subplots(len(series), 1, figsize=(8, 6.5), sharex=True)
     for ax, (column, label) in zip(axes, series):
         pts = [(r["layer"], r[column]) for r in frame.iter_rows(named=True) if r[column] is not None]
         if pts:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from typing import Any, Sequence
 
-from builders.shared.figures import png_bytes
+from builders.shared.figures import png_bytes, subplots
 
 # bf16 keeps 8 significant bits; vectors this close point the same way for every purpose
 # steering or monitoring has (seed 002's question is whether low precision *breaks* them)
@@ -165,13 +165,7 @@ def verdicts(reference: str, ref_precision: str, cosines: list[dict[str, Any]], 
 def figure(cosines: list[dict[str, Any]], steering: list[dict[str, Any]], method: str, title: str) -> bytes:
     """Left: cosine to the reference per layer, one line per precision; right: steering
     delta per precision and configuration with its 95% interval."""
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (left, right) = subplots(1, 2, figsize=(11, 4))
     for variant in dict.fromkeys(r["variant"] for r in cosines):
         pts = [(r["layer"], r["cosine"]) for r in cosines
                if r["variant"] == variant and r["method"] == method and r["cosine"] is not None]

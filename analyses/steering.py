@@ -27,7 +27,7 @@ import re
 from typing import TYPE_CHECKING, Any, Sequence
 
 from builders.shared import names
-from builders.shared.figures import png_bytes
+from builders.shared.figures import png_bytes, subplots
 from store import BuildResult, BuildSpec, Store
 
 if TYPE_CHECKING:
@@ -119,16 +119,11 @@ def run_queries(con: duckdb.DuckDBPyConnection, high: float = 80.0, low: float =
 
 def heatmap(frame: pl.DataFrame, title: str) -> bytes:
     """PNG: layer × perturbation ratio (2 significant digits), trait delta and coherence."""
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
 
     ratios = sorted({float(f"{r:.2g}") for r in frame["perturbation_ratio"].to_list()})
     layers = sorted(set(frame["layer"].to_list()))
-    fig, axes = plt.subplots(1, 2, figsize=(max(6, 1.0 + 0.6 * len(ratios)) * 2, 1.5 + 0.4 * len(layers)))
+    fig, axes = subplots(1, 2, figsize=(max(6, 1.0 + 0.6 * len(ratios)) * 2, 1.5 + 0.4 * len(layers)))
     for ax, column, cmap, label in ((axes[0], "delta", "RdBu_r", "trait delta"),
                                     (axes[1], "coherence_mean", "viridis", "coherence")):
         grid = np.full((len(layers), len(ratios)), np.nan)

@@ -32,7 +32,7 @@ from builders.shared.catalog import Catalog
 from builders.shared.common import BuildError, read_jsonl_rows
 from builders.shared.judges import (COHERENCE_JUDGES, LLM_JUDGES, TRAIT_JUDGES, JudgeChoice, coherence_scorer, judge_dtype,
                      prompt_meta, score_items, trait_scorer)
-from builders.shared.figures import png_bytes
+from builders.shared.figures import png_bytes, subplots
 from builders.stages.prompts import ensure_prompt_set
 
 log = logging.getLogger(__name__)
@@ -183,12 +183,7 @@ def _histograms(rows: list[dict[str, Any]], column: str) -> list[dict[str, Any]]
 
 
 def _plot(rows: list[dict[str, Any]], column: str, title: str) -> bytes:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+    fig, axes = subplots(1, 2, figsize=(9, 3.2))
     for ax, (name, labels) in zip(axes, SETS.items()):
         for label in labels:
             values = [r[column] for r in rows if r["set"] == name and r["label"] == label and r[column] is not None]

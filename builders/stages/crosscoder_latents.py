@@ -13,7 +13,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from builders.shared.common import progress
-from builders.shared.figures import png_bytes
+from builders.shared.figures import png_bytes, subplots
 
 if TYPE_CHECKING:
     from store import Store
@@ -110,12 +110,7 @@ def example_rows(stats: Any, samples: list[dict[str, Any]], tokenizer: Any) -> l
 
 def histogram(values: list[float], tagging: Any) -> bytes:
     """The dec_norm_diff histogram (log counts), tag thresholds marked."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.2))
+    fig, ax = subplots(figsize=(6, 3.2))
     ax.hist(values, bins=50, range=(0, 1), color="#4c72b0", log=True)
     for x in (tagging.b_only, tagging.a_only, 0.5 - tagging.shared_width, 0.5 + tagging.shared_width):
         ax.axvline(x, color="#999999", lw=0.8, ls="--")

@@ -38,7 +38,7 @@ from store import BuildResult, BuildSpec, Manifest, Store
 
 from builders.shared import names
 from builders.shared.common import BuildError
-from builders.shared.figures import png_bytes
+from builders.shared.figures import png_bytes, subplots
 
 if TYPE_CHECKING:
     from transforms.dictionaries import SparseAutoencoder
@@ -204,13 +204,8 @@ def feature_contexts(store: Store, manifest: Manifest) -> dict[int, tuple[list[s
 
 def cosine_bars(rows: list[dict[str, Any]]) -> bytes:
     """One panel per method: the signed cosines of the top features by cosine."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     methods = list(dict.fromkeys(r["method"] for r in rows))
-    fig, axes = plt.subplots(len(methods), 1, figsize=(6, 1.0 + 2.2 * len(methods)), squeeze=False)
+    fig, axes = subplots(len(methods), 1, figsize=(6, 1.0 + 2.2 * len(methods)), squeeze=False)
     for ax, method in zip(axes[:, 0], methods):
         top = [r for r in rows if r["method"] == method and r["ranking"] == "cosine"]
         ax.bar(range(len(top)), [r["cosine"] for r in top],

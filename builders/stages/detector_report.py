@@ -102,17 +102,13 @@ def _overlap(store: Store, features: Any, coefs: list[dict[str, Any]]) -> list[d
 
 
 def _roc_figure(usable: list[dict[str, Any]], scores: dict[str, Any], rows: list[dict[str, Any]]) -> bytes:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
     from sklearn.metrics import roc_curve
 
-    from builders.shared.figures import png_bytes
+    from builders.shared.figures import png_bytes, subplots
 
     y = np.array([r["label"] for r in usable], dtype=np.int64)
-    fig, axes = plt.subplots(1, len(POPULATIONS), figsize=(8, 3.6))
+    fig, axes = subplots(1, len(POPULATIONS), figsize=(8, 3.6))
     for ax, population in zip(axes, POPULATIONS):
         for row in (r for r in rows if r["population"] == population):
             col = scores.get(f"{row['detector']}_{population}")

@@ -226,14 +226,9 @@ def alpha_summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _figure(by_alpha: list[dict[str, Any]], title: str, scale: str) -> bytes:
-    import matplotlib
+    from builders.shared.figures import png_bytes, subplots
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from builders.shared.figures import png_bytes
-
-    fig, ax = plt.subplots(figsize=(6, 3.4))
+    fig, ax = subplots(figsize=(6, 3.4))
     for i, side in enumerate(SIDES):
         rows = [r for r in by_alpha if r["side"] == side]
         x = [r["alpha"] for r in rows]

@@ -152,16 +152,12 @@ def top_heads_rows(heads: Sequence[Head], effects: dict[Head, float] | None,
 def delta_figure(by_set: Sequence[dict[str, Any]], modes: Sequence[str], title: str) -> bytes:
     """Mean delta per head set (chosen first, then the random draws) with 95% intervals, one
     panel per mode, the two sides side by side."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
 
-    from builders.shared.figures import png_bytes
+    from builders.shared.figures import png_bytes, subplots
 
     labels = list(dict.fromkeys(r["heads"] for r in by_set))
-    fig, axes = plt.subplots(1, len(modes), figsize=(1.2 + 1.1 * len(labels) * len(modes), 3.4), squeeze=False)
+    fig, axes = subplots(1, len(modes), figsize=(1.2 + 1.1 * len(labels) * len(modes), 3.4), squeeze=False)
     for ax, mode in zip(axes[0], modes):
         for j, side in enumerate(("clean", "corrupted")):
             rows = {r["heads"]: r for r in by_set if r["mode"] == mode and r["side"] == side}

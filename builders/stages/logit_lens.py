@@ -245,14 +245,9 @@ def layer_summary(tracked: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _figure(by_layer: list[dict[str, Any]], title: str) -> bytes:
-    import matplotlib
+    from builders.shared.figures import png_bytes, subplots
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from builders.shared.figures import png_bytes
-
-    fig, ax = plt.subplots(figsize=(6, 3.4))
+    fig, ax = subplots(figsize=(6, 3.4))
     for i, side in enumerate(sorted({r["side"] for r in by_layer})):
         rows = [r for r in by_layer if r["side"] == side]
         x = [r["layer"] for r in rows]

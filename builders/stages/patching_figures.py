@@ -21,18 +21,14 @@ def token_label(clean: str | None, corrupted: str | None) -> str:
 def heatmap(matrix: np.ndarray, ylabels: list[str], xlabels: list[str], title: str, *, xlabel: str, ylabel: str,
             value: str) -> bytes:
     """A diverging heatmap centred at 0 (NaN cells blank), one tick per row and column."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
 
-    from builders.shared.figures import png_bytes
+    from builders.shared.figures import png_bytes, subplots
 
     finite = np.abs(matrix[np.isfinite(matrix)])
     vmax = float(finite.max()) if finite.size and finite.max() > 0 else 1.0
     n_rows, n_cols = matrix.shape
-    fig, ax = plt.subplots(figsize=(min(max(6.0, 2.5 + 0.32 * n_cols), 30), min(max(3.0, 1.8 + 0.22 * n_rows), 24)))
+    fig, ax = subplots(figsize=(min(max(6.0, 2.5 + 0.32 * n_cols), 30), min(max(3.0, 1.8 + 0.22 * n_rows), 24)))
     im = ax.imshow(np.ma.masked_invalid(matrix), cmap="RdBu_r", vmin=-vmax, vmax=vmax, aspect="auto",
                    interpolation="nearest")
     ax.set_xticks(range(n_cols), xlabels, rotation=90, fontsize=7)

@@ -208,14 +208,9 @@ def _publish(writer: Any, acts_NLD: Any, prompts: Sequence[Any], folds: Sequence
 
 
 def _figure(data: list[dict[str, Any]], params: dict[str, Any]) -> bytes:
-    import matplotlib
+    from builders.shared.figures import png_bytes, subplots
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from builders.shared.figures import png_bytes
-
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), sharex=True)
+    fig, axes = subplots(1, 2, figsize=(9, 3.4), sharex=True)
     for ax, metric in zip(axes, ("accuracy", "auroc")):
         for method in params["methods"]:
             rows = [r for r in data if r["method"] == method]

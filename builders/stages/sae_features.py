@@ -21,7 +21,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from builders.shared.common import progress
-from builders.shared.figures import png_bytes
+from builders.shared.figures import png_bytes, subplots
 
 if TYPE_CHECKING:
     from store import Store
@@ -96,14 +96,9 @@ def frequency_histogram(frequencies: list[float], n_tokens: int) -> bytes:
     """Histogram of log10 feature frequency; never-active features counted at the left edge."""
     import math
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     floor = math.log10(1.0 / max(n_tokens, 1)) - 0.5  # below the rarest possible firing
     values = [math.log10(f) if f > 0 else floor for f in frequencies]
-    fig, ax = plt.subplots(figsize=(6, 3.2))
+    fig, ax = subplots(figsize=(6, 3.2))
     ax.hist(values, bins=50, range=(floor - 0.1, 0.0), color="#4c72b0", log=True)
     ax.set_xlabel(f"log10 feature frequency  (never active at {floor:.1f})")
     ax.set_ylabel("features")

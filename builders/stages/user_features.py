@@ -270,15 +270,10 @@ def _empty_stats(with_rank: bool = False) -> Any:
 
 
 def _figure(candidates: list[dict[str, Any]], dictionary: str | None) -> bytes:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from builders.shared.figures import png_bytes
+    from builders.shared.figures import png_bytes, subplots
 
     cats = sorted({r["category"] for r in candidates}) or ["(no candidates)"]
-    fig, axes = plt.subplots(1, len(cats), figsize=(3.2 * len(cats), 3.2), squeeze=False)
+    fig, axes = subplots(1, len(cats), figsize=(3.2 * len(cats), 3.2), squeeze=False)
     for ax, cat in zip(axes[0], cats):
         top = [r for r in candidates if r["category"] == cat]
         labels = [("dir" if r["kind"] == "direction" else f"#{r['feature']}") for r in top]
