@@ -69,3 +69,16 @@ def test_pointing_seed001_at_other_checkpoints_changes_model_ids_only(tmp_path):
             value = spec.params.get(key)
             assert value is None or all(re.fullmatch(r"\d+%", part.split("-")[0]) for part in str(value).split(",")), \
                 (spec.name, value)
+
+
+def test_steering_estimates_count_the_questions_of_the_runs_they_read(tmp_path):
+    """A fine grid and a combination answer the questions of the searches they read (the twin's
+    ``subset: 3``), not a guessed 20: combinations were estimated 6.7x too big before."""
+    from builders.graph.execute import make_plan
+    from store import Store
+
+    planned = make_plan(Store(str(tmp_path / "store")), load_catalog(), "seed001_offline")
+    steer = {name: cost.parts[0] for name, cost in planned.costs.items() if cost and cost.parts[0].what == "steer"}
+    assert steer["search_nat.evil.5.probe"].sequences == 3 * (2 * 2 + 1)  # 2 layers x 2 steps + baseline
+    assert steer["fine_inst.evil"].sequences == 3 * (4 + 1)  # 4 ratios + baseline
+    assert steer["combine.evil"].sequences == 3 * (4 * 3 + 1)  # 4 strategies x 3 factors + baseline

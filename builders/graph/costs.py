@@ -87,11 +87,20 @@ def human(n: float) -> str:
 
 @dataclass
 class CostContext:
-    """What estimates read: the catalog (prompt-set sizes, generation defaults)."""
+    """What estimates read: the catalog (prompt-set sizes, generation defaults) and the
+    experiment's other stages (a stage built from another's runs inherits their sizes)."""
 
     catalog: Any
     experiment: str
+    stages: dict[str, Any] = field(default_factory=dict)
     _sizes: dict[str, int] = field(default_factory=dict)
+
+    def params_of(self, ref: Any) -> dict[str, Any]:
+        """Parameters of the stage ``ref`` (``$name``) names; empty when it names none."""
+        from builders.graph.params import is_ref, ref_name
+
+        spec = self.stages.get(ref_name(ref)) if is_ref(ref) else None
+        return dict(spec.params) if spec is not None else {}
 
     def prompts(self, prompt_set: str) -> int:
         """Rows of a prompt set (both polarities of a trait set)."""

@@ -88,7 +88,7 @@ def make_plan(store: Any, catalog: Any, experiment: str, *, until: str | None = 
         if refs is not None:
             done[name] = refs
     entries = plan(exp.stages, keys, set(done), until=until, only=only, force=force)
-    cc = CostContext(catalog, exp.name)
+    cc = CostContext(catalog, exp.name, exp.stages)
     costs: dict[str, Cost | None] = {}
     counted: set = set()  # responses several stages share are counted at the first
     for entry in entries:

@@ -104,6 +104,17 @@ def run_projections(ctx: Any, p: dict[str, Any]) -> list:
     return [(result.manifest, result.built)]
 
 
+def _questions(cc: costs.CostContext, p: dict[str, Any]) -> int:
+    """Questions a steering stage answers: its ``subset``; a grid around a search, or a
+    combination of runs, answers the questions of the run it reads (guessed at 20 if unset)."""
+    for _ in range(4):  # combinations -> fine grid -> search
+        if p.get("subset"):
+            return int(p["subset"])
+        source = (p.get("a") or p.get("around") or [None])[0]
+        p = cc.params_of(source)
+    return 20
+
+
 def _steering_cost(cc: costs.CostContext, p: dict[str, Any]) -> costs.Cost:
     """Questions x configurations x new tokens: configurations are steps x layers for a
     search, layers x coefficients for a grid (a layer list is counted, a range guessed at 4)."""
@@ -111,16 +122,15 @@ def _steering_cost(cc: costs.CostContext, p: dict[str, Any]) -> costs.Cost:
     n_layers = 1 if p.get("around") else (len(str(layers).split(",")) if "," in str(layers) else 4)
     configs = len(p.get("ratios", [0] * 6)) if p.get("around") else (
         n_layers * len(p["coefficients"]) if p.get("coefficients") else n_layers * p.get("steps", 8))
-    questions = p.get("subset") or 20
     new = p.get("max_new_tokens") or cc.generation()[0]
-    return costs.Cost((costs.Part("steer", questions * (configs + 1), costs.PROMPT_TOKENS + new, new),))
+    return costs.Cost((costs.Part("steer", _questions(cc, p) * (configs + 1), costs.PROMPT_TOKENS + new, new),))
 
 
 def _combinations_cost(cc: costs.CostContext, p: dict[str, Any]) -> costs.Cost:
-    """Four strategies x factors, and the baseline, on the runs' questions (guessed at 20)."""
+    """Four strategies x factors, and the baseline, on the combined runs' questions."""
     new = cc.generation()[0]
     configs = 4 * len(p.get("factors", [0.5, 0.75, 1.0, 1.25, 1.5])) + 1
-    return costs.Cost((costs.Part("steer", 20 * configs, costs.PROMPT_TOKENS + new, new),))
+    return costs.Cost((costs.Part("steer", _questions(cc, p) * configs, costs.PROMPT_TOKENS + new, new),))
 
 
 def _projection_cost(cc: costs.CostContext, p: dict[str, Any]) -> costs.Cost:
