@@ -167,7 +167,10 @@ class HeadEffect:
 
 
 def head_effects(heads: "pl.DataFrame", by_position: "pl.DataFrame | None" = None) -> list[HeadEffect]:
-    """Every head's all-positions effect, best first, with where its per-position effect sits."""
+    """Every head's all-positions effect, largest |mean| first (the order the head-ablation and
+    per-position stages take their top heads in, so the report names the heads they studied;
+    a head pushing towards the child answer counts as much as one restoring the expert answer),
+    with where its per-position effect sits."""
     import polars as pl
 
     whole = heads.filter(pl.col("normalised").is_not_null() & pl.col("position").is_null()
@@ -178,7 +181,7 @@ def head_effects(heads: "pl.DataFrame", by_position: "pl.DataFrame | None" = Non
         shares = where.get((int(layer), int(head)))
         out.append(HeadEffect(int(layer), int(head), estimate(group["normalised"].to_list()),
                               *(shares if shares else (None, None, None))))
-    return sorted(out, key=lambda h: (-h.effect.mean, h.layer, h.head))
+    return sorted(out, key=lambda h: (-abs(h.effect.mean), h.layer, h.head))
 
 
 def head_positions(by_position: "pl.DataFrame") -> dict[tuple[int, int], tuple[float, float, Estimate]]:

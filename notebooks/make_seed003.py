@@ -24,37 +24,35 @@ the persona to where the answer is decided. Its plan, as stages of this store:
    circuitry, failures and negative results, every number read from the tables above.
 
 Everything runs offline on a CPU (SmolLM2-135M-Instruct: 30 layers, 9 query heads, 3 KV heads).
-The parameters cell keeps it small (a few pairs, every few layers) so it runs in CI; raise them
-for a real run. The store is `$TRAITSTORE_ROOT` (default `./artifacts`); rerunning a cell whose
-dataset is up to date is a no-op."""),
-    ("code", """# parameters
-# Sized to run in a few minutes on 2 CPU cores; on a GPU raise N_PAIRS, use every layer and question.
-N_PAIRS = 3  # persona pairs patched / lensed / ablated (the probe uses every prompt of QUESTIONS)
-QUESTIONS = ("sun_shine", "lightning", "rainbow", "snow", "plants", "sugar")  # probe questions
-PROBE_LAYERS = "0,10,20,29"
-LENS_LAYERS = "all"
-PATCH_LAYERS = "0,10,20,29"
-HEAD_LAYERS = "14-29"  # heads patched at all positions
-POSITIONS = "-6:"  # per-position patching: the last 6 prompt tokens
-TOP_HEADS = 3
-RANDOM_DRAWS = 2
-GENERATE = 2  # expert-side prompts answered under each ablation (0: metric only)
-MAX_NEW_TOKENS = 8
-ALPHAS = (-8.0, -4.0, 0.0, 4.0, 8.0)"""),
+The experiment is declared in `catalog.yaml` (`experiments.seed003.stages`), sized small (a few
+pairs, every few layers) so it runs in CI; raise the sizes there for a real run. The first code
+cell runs the declaration (`python -m builders.run --experiment seed003`): it prints the plan,
+builds what is missing and is a no-op on a finished store. Every later cell reads only the store
+(`$TRAITSTORE_ROOT`, default `./artifacts`)."""),
+    ("code", """# parameters (the stages' sizes live in the catalog declaration)
+EXP = "seed003"
+TOP_HEADS = 3  # heads listed from the head-patching table (the experiment ablates its top 3)"""),
     ("code", """import logging
 import os
 
 os.chdir(os.environ.get("TRAITSTORE_REPO", ".."))  # the repository root: catalog.yaml, datasets/
 from IPython.display import Image, Markdown, display
 
+from builders.run import cli
 from builders.shared.catalog import load_catalog
 from store import Store
 from store.sql import query
 
 logging.basicConfig(level=logging.WARNING)
+status = cli(["--experiment", EXP, "-q"])
+assert status == 0, f"the experiment failed (exit {status}): see the summary above"
 store = Store()
 catalog = load_catalog()
-EXP, VARIANT, SET = "demo", "instruct", "persona"
+VARIANT, SET = "instruct", "persona"
+records = query(store, f'''SELECT stage, output FROM stage_record WHERE dataset LIKE 'stage-{EXP}-%' ORDER BY stage, output''')
+OUT = {}
+for row in records.to_dicts():  # each stage's record names the versions it built or found
+    OUT.setdefault(row["stage"], []).append(row["output"])
 
 
 def show(manifest, figure):
@@ -78,11 +76,7 @@ print("tracked tokens:", repr(pair.clean.question.expert_token), "vs", repr(pair
 
 Residual at the last prompt token; folds hold out whole template pairs, so a probe cannot win by
 memorising a template's words. Accuracy (Wilson interval) and AUROC (bootstrap over pairs)."""),
-    ("code", """from builders.stages.persona_probe import ProbeOptions, persona_probe
-
-probe = persona_probe(store, catalog, VARIANT, SET, ProbeOptions(layers=PROBE_LAYERS, template_holdout="2",
-                                                                  questions=QUESTIONS, n_bootstrap=200),
-                      experiment=EXP, quiet=True).manifest
+    ("code", """probe = store.resolve(OUT["probe"][0])
 print(probe.ref)
 show(probe, "figures/probe.png")
 query(store, f'''SELECT layer, method, round(accuracy, 2) AS acc, round(auroc, 2) AS auroc,
@@ -92,10 +86,7 @@ query(store, f'''SELECT layer, method, round(accuracy, 2) AS acc, round(auroc, 2
 
 Each layer's residual through the model's own final norm and unembedding: the logit difference of
 the tracked tokens, per side (expert persona vs child persona)."""),
-    ("code", """from builders.stages.logit_lens import LensOptions, build_logit_lens
-
-lens = build_logit_lens(store, catalog, VARIANT, SET, experiment=EXP,
-                        options=LensOptions(layers=LENS_LAYERS, limit_pairs=N_PAIRS), quiet=True).manifest
+    ("code", """lens = store.resolve(OUT["lens"][0])
 print(lens.ref)
 show(lens, "figures/logit_diff.png")"""),
     ("md", """## 3. Activation patching
@@ -103,25 +94,19 @@ show(lens, "figures/logit_diff.png")"""),
 Clean (expert) activations written into the corrupted (child) run, one target at a time, many
 targets per forward. First the residual stream per layer × position, then every head over all
 positions, then the top heads at each of the last positions."""),
-    ("code", """from builders.stages.patching import PatchOptions, build_patching
-
-residual = build_patching(store, catalog, VARIANT, SET, experiment=EXP, quiet=True,
-                          options=PatchOptions(kind="residual", layers=PATCH_LAYERS, limit_pairs=N_PAIRS)).manifest
+    ("code", """residual = store.resolve(OUT["residual"][0])
 print(residual.ref, residual.summary["used_pairs"], "of", residual.summary["pairs"], "pairs used")
 for figure in sorted(f for f in residual.files if f.startswith("figures/"))[:2]:
     show(residual, figure)"""),
-    ("code", """heads = build_patching(store, catalog, VARIANT, SET, experiment=EXP, quiet=True,
-                       options=PatchOptions(kind="heads", layers=HEAD_LAYERS, limit_pairs=N_PAIRS)).manifest
+    ("code", """heads = store.resolve(OUT["heads"][0])
 top = query(store, f'''SELECT layer, head, round(avg(normalised), 3) AS effect FROM "{heads.ref}"
                        WHERE normalised IS NOT NULL GROUP BY layer, head
-                       ORDER BY avg(normalised) DESC, layer, head LIMIT {TOP_HEADS}''')
+                       ORDER BY abs(avg(normalised)) DESC, layer, head LIMIT {TOP_HEADS}''')
 TOP = ",".join(f"L{r['layer']}H{r['head']}" for r in top.to_dicts())
 print(heads.ref, "top heads:", TOP)
 top"""),
-    ("code", """by_position = build_patching(store, catalog, VARIANT, SET, experiment=EXP, quiet=True,
-                             options=PatchOptions(kind="heads_by_position", heads=TOP, positions=POSITIONS,
-                                                  limit_pairs=N_PAIRS)).manifest
-print(by_position.ref)
+    ("code", """by_position = store.resolve(OUT["heads_by_position"][0])
+print(by_position.ref, "heads:", by_position.params.get("heads"))
 query(store, f'''SELECT layer, head, from_end, any_value(clean_token) AS clean_token, any_value(token) AS token,
                         round(avg(normalised), 3) AS effect
                  FROM "{by_position.ref}" WHERE normalised IS NOT NULL
@@ -131,11 +116,7 @@ query(store, f'''SELECT layer, head, from_end, any_value(clean_token) AS clean_t
 Zero and mean ablation (mean over every token of both sides of the pairs) of the top heads
 together, next to random sets of as many other heads; short greedy answers judged for register
 (the register judge is validated on its calibration set first)."""),
-    ("code", """from builders.stages.head_ablation import AblationOptions, build_head_ablation
-
-ablation = build_head_ablation(store, catalog, VARIANT, SET, experiment=EXP, quiet=True,
-                               options=AblationOptions(heads=TOP, random_draws=RANDOM_DRAWS, limit_pairs=N_PAIRS,
-                                                       generate=GENERATE, max_new_tokens=MAX_NEW_TOKENS)).manifest
+    ("code", """ablation = store.resolve(OUT["ablation"][0])
 print(ablation.ref)
 show(ablation, "figures/delta.png")
 query(store, f'''SELECT heads, kind, mode, side, round(mean_delta, 3) AS mean_delta, round(ci_low, 3) AS ci_low,
@@ -144,23 +125,14 @@ query(store, f'''SELECT heads, kind, mode, side, round(mean_delta, 3) AS mean_de
 
 α × the probe's unit direction added at the probe's best layer over every prompt token; the
 change of the logit difference per α, on both sides."""),
-    ("code", """from builders.stages.direction_patching import DirectionOptions, build_direction_patching
-
-BEST = probe.summary["best_by_heldout_auroc"]["probe"]["layer"]
-direction = build_direction_patching(store, catalog, probe.ref, variant=VARIANT, prompt_set=SET, experiment=EXP,
-                                     options=DirectionOptions(layer=BEST, alphas=ALPHAS, limit_pairs=N_PAIRS),
-                                     quiet=True).manifest
-print(direction.ref, "layer", BEST)
+    ("code", """direction = store.resolve(OUT["direction"][0])
+print(direction.ref, "layer", probe.summary["best_by_heldout_auroc"]["probe"]["layer"], "(the probe's best)")
 show(direction, "figures/delta_by_alpha.png")"""),
     ("md", """## 6. The report
 
 `analysis-circuits`: the seed's five sections, each number computed from the tables above, and a
 `findings` table saying which claims the data support."""),
-    ("code", """from analyses.circuits import CircuitsInputs, circuits_report
-
-inputs = CircuitsInputs(residual=residual.ref, heads=heads.ref, heads_by_position=by_position.ref, probe=probe.ref,
-                        logit_lens=lens.ref, ablation=ablation.ref, direction=direction.ref)
-report = circuits_report(store, EXP, VARIANT, SET, inputs, top=TOP_HEADS).manifest
+    ("code", """report = store.resolve(OUT["report"][0])
 print(report.ref)
 text = store.read_bytes(report, "report.md").decode()
 print(text.splitlines()[0])

@@ -1,4 +1,5 @@
-"""The seed 003 notebook runs top to bottom on a fresh store (so it cannot rot), and matches its
+"""The seed 003 notebook runs its catalog declaration (experiment ``seed003``) on a fresh store,
+reads every result back from the store (so it cannot rot), and matches its
 generator. Minutes: it runs every persona-circuits stage on the offline SmolLM2."""
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from builders.shared import names
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK = REPO / "notebooks" / "seed003.ipynb"
-EXP, VARIANT, SET = "demo", "instruct", "persona"
+EXP, VARIANT, SET = "seed003", "instruct", "persona"
 
 
 def _outputs(nb) -> list[dict]:
