@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 BUILDER = "analyses.circuits"
-CODE_VERSION = "1"
+CODE_VERSION = "2"  # 2: heads ranked by |effect|, as the ablation and per-position stages pick them
 PATCH_KINDS = ("residual", "attn_out", "mlp_out", "heads", "heads_by_position", "direction")
 
 

@@ -254,3 +254,22 @@ def test_ablation_verdict_says_which_condition_failed():
     assert ablation_verdict(effect(-0.7, -4.6, 3.2, (-0.3, -0.05))) == ("outside the random-head range, "
                                                                        "but its interval includes 0")
     assert ablation_verdict(effect(-2.0, -3.0, -1.0, None)) == "without a random control"
+
+
+def test_heads_ranked_by_size_of_effect_as_the_ablation_stage_picks_them():
+    """A head pushing strongly towards the child answer outranks a weakly restoring one, in the
+    same order head ablation's ``from_patching`` takes its top heads (so the report names the
+    heads the experiment ablated)."""
+    import polars as pl
+
+    from analyses.circuits_tables import head_effects
+    from builders.stages.head_ablation_tables import top_by_effect
+
+    effects = {(23, 5): [0.3, 0.2, 0.25], (15, 4): [-0.2, -0.15, -0.15], (27, 2): [0.15, 0.1, 0.17], (3, 0): [0.0, 0.01, -0.01]}
+    heads = pl.DataFrame([{"layer": layer, "head": head, "position": None, "normalised": v}
+                          for (layer, head), values in effects.items() for v in values],
+                         schema={"layer": pl.Int64, "head": pl.Int64, "position": pl.Int64, "normalised": pl.Float64})
+    ranked = [(h.layer, h.head) for h in head_effects(heads)]
+    assert ranked == [(23, 5), (15, 4), (27, 2), (3, 0)]
+    means = {h: float(np.mean(v)) for h, v in effects.items()}
+    assert set(top_by_effect(means, 2)) == set(ranked[:2])

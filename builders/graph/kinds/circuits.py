@@ -289,7 +289,7 @@ KINDS = [
           "variant": Param("variant", help="default: the residual stage's"),
           "prompt_set": Param("prompt_set", help="default: the residual stage's"),
           "top": Param("int", help="heads the report names (default 3)")},
-         run_circuits_report, uses_generation=False),
+         run_circuits_report, uses_generation=False, version=2),  # 2: heads ranked by |effect|
 ]
 
 __all__ = ["KINDS", "best_layer", "input_role", "n_pairs", "positions_count", "top_heads"]
