@@ -223,3 +223,24 @@ def test_bad_inputs_exit_2_one_line(env, capsys):
         assert err.count("\n") == 0 and needle in err, err
         after = set(store.datasets()) if Path(store.location.url).exists() else set()
         assert not any(n.startswith("userfeatures-") for n in after - before)
+
+
+@pytest.mark.slow
+def test_latents_read_the_crosscoders_tokens_not_new_responses(tmp_path, smollm2):
+    """Generation settings that differ from the catalog's defaults (seed 000's crosscoder reads 8
+    new tokens): the latents are encoded over the crosscoder's own activations, and the set is
+    answered once (it was answered again with the defaults, 2.5x longer, and latest moved)."""
+    from builders.stages.crosscoder import CrosscoderOptions, build_crosscoder
+    from builders.stages.user_features import UserFeatureOptions
+    from builders.shared import names
+
+    store, catalog, _ = make_env(tmp_path, smollm2, max_new_tokens=2)
+    cc = build_crosscoder(store, catalog, "a", "b", "pairs", LAYER,
+                          CrosscoderOptions(dict_size=24, epochs=1, batch_size=32, resample_every=0),
+                          position="all[1:]", activation_batch_size=4, generation={"max_new_tokens": 3},
+                          quiet=True).manifest
+    m = find_user_features(store, catalog, "a", "pairs", LAYER, dictionary=cc.name, batch_size=4, quiet=True,
+                           options=UserFeatureOptions(position="all[1:]", max_new_tokens=3)).manifest
+    assert len(store.versions(names.responses("s", "a", "pairs"))) == 1
+    assert m.parents["latents_activations_a"] == cc.parents["activations_a"]
+    assert m.parents["latents_activations_b"] == cc.parents["activations_b"]

@@ -265,7 +265,8 @@ def build_detector(store: Store, catalog: Catalog, variant: str, prompt_set: str
     pooled = pooled_samples(store, catalog, exp_name, variant, prompt_set, layer, options.position,
                             batch_size=batch_size, quiet=quiet)
     latents = None if dic is None else latent_means(store, catalog, exp_name, variant, prompt_set, layer,
-                                                    options.position, dic, batch_size=batch_size, quiet=quiet)
+                                                    options.position, dic, generation={"max_new_tokens": max_new_tokens},
+                                                    batch_size=batch_size, quiet=quiet)
     features = _user_feature_version(store, exp_name, variant, layer, dic)
     params = {"experiment": exp_name, "variant": variant, "prompt_set": prompt_set, "layer": layer,
               "dictionary": dic.ref if dic else None, **asdict(options)}

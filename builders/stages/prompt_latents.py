@@ -171,16 +171,18 @@ def pooled_samples(store: Store, catalog: Catalog, experiment: str, variant: str
 
 
 def latent_means(store: Store, catalog: Catalog, experiment: str, variant: str, prompt_set: str, layer: int,
-                 position: str, dictionary: Dictionary, *, batch_size: int | str = "auto",
-                 quiet: bool = False) -> SampleValues:
+                 position: str, dictionary: Dictionary, *, generation: dict[str, Any] | None = None,
+                 batch_size: int | str = "auto", quiet: bool = False) -> SampleValues:
     """Per sample, the mean over the span's tokens of each latent's activation, [N, F] float64
-    (module docstring: per token, then averaged; a crosscoder encodes A and B together)."""
+    (module docstring: per token, then averaged; a crosscoder encodes A and B together).
+    ``generation``: the settings of A's responses, the same the caller's pooled activations read
+    (left out, the catalog's defaults would answer the set anew, with other tokens)."""
     if dictionary.kind == "crosscoder":
         from builders.stages.paired_activations import paired_activations, token_index
 
         a, b = dictionary.variants
         paired = paired_activations(store, catalog, experiment, a, b, prompt_set, layer, position=position,
-                                    batch_size=batch_size, quiet=quiet)
+                                    generation=generation, batch_size=batch_size, quiet=quiet)
         index = token_index(store, paired)
         model = dictionary.model
         batches = ((lo, model.encode(model.normalize(_tensor(x)))) for lo, x in paired.ordered(store, ENCODE_BATCH))

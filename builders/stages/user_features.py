@@ -159,7 +159,8 @@ def find_user_features(store: Store, catalog: Catalog, variant: str, prompt_set:
     latents = None
     if dic is not None:
         latents = latent_means(store, catalog, exp_name, variant, prompt_set, layer, options.position, dic,
-                               batch_size=batch_size, quiet=quiet)
+                               generation={"max_new_tokens": options.max_new_tokens}, batch_size=batch_size,
+                               quiet=quiet)
     params = {"experiment": exp_name, "variant": variant, "prompt_set": prompt_set, "layer": layer,
               "dictionary": dic.ref if dic else None, **asdict(options)}
     parents = {**pooled.parents, **({f"latents_{k}": v for k, v in latents.parents.items()} if latents else {})}
