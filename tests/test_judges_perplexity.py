@@ -111,6 +111,25 @@ def test_shipped_calibration_set_aurocs(calibrated):
 
 
 @pytest.mark.slow
+def test_a_second_store_reuses_the_processes_features_and_publishes_the_same_version(calibrated, tmp_path,
+                                                                                      monkeypatch):
+    """The labelled set's features are computed once per process: a second store calibrating
+    against the same reference publishes the same version (same id, same fitted map) without
+    a forward pass."""
+    store, catalog, perplexity, _ = calibrated
+
+    def no_forward_pass(self, items):
+        raise AssertionError("features recomputed")
+
+    monkeypatch.setattr(PerplexityFeaturizer, "features", no_forward_pass)
+    other = Store(str(tmp_path / "other"))
+    again = calibrate(other, catalog, "perplexity", experiment="demo", quiet=True).manifest
+    assert again.version == perplexity.version
+    assert other.read_bytes(again, "calibration.json") == store.read_bytes(perplexity, "calibration.json")
+    assert other.read_table(again).equals(store.read_table(perplexity))
+
+
+@pytest.mark.slow
 def test_perplexity_scorer_scores_with_the_published_map(calibrated, smollm2):
     from builders.stages.calibration import perplexity_scorer
 

@@ -72,13 +72,14 @@ def test_unknown_judge_and_bad_lexicon_are_one_line(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_responses_file_is_judged_into_a_normal_dataset(tmp_path):
+def test_responses_file_is_judged_into_a_normal_dataset(tmp_path, capsys):
     path = write(tmp_path / "answers.jsonl", ROWS)
     store = tmp_path / "store"
-    out = run_cli("--store", str(store), "--responses-file", str(path), "--name", "mine", "--trait-judge", "sentiment",
-                  "-q")
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.startswith("built: judgments-external-mine@")
+    # in process (the perplexity judge's calibration features are then shared with the other tests);
+    # the rerun below goes through the real entry point
+    assert cli(["--store", str(store), "--responses-file", str(path), "--name", "mine", "--trait-judge", "sentiment",
+                "-q"]) == 0
+    assert capsys.readouterr().out.startswith("built: judgments-external-mine@")
     query = subprocess.run([sys.executable, "-m", "store", "--store", str(store), "sql",
                             "SELECT id, source, trait, coherence FROM judgments_external_mine ORDER BY id",
                             "--format", "csv"], cwd=ROOT, capture_output=True, text=True, timeout=120)

@@ -149,6 +149,13 @@ def calibration_for(store: Store, catalog: Catalog, experiment: str, variant: st
     return store.latest(name) if name in store.datasets() else None
 
 
+# The labelled set's features under one reference model are a pure function of the featurizer's
+# identity (model fingerprint, dtype, feature version) and the items: computed once per process,
+# so stores that each calibrate against the same reference (one per test, one per experiment run
+# from a notebook kernel) do not repeat ~300 answers' forward passes.
+_FEATURES: dict[str, list[dict[str, float] | None]] = {}
+
+
 def _perplexity_scores(store: Store, catalog: Catalog, experiment: str, variant: str, choice: JudgeChoice,
                        rows: list[dict[str, Any]]) -> tuple[list[float], list[float], dict[str, Any], list[dict]]:
     """In-sample and out-of-fold scores, the fitted map, and the features of every row."""
@@ -158,7 +165,12 @@ def _perplexity_scores(store: Store, catalog: Catalog, experiment: str, variant:
     from transforms.judge import CoherenceCalibration, PerplexityFeaturizer
 
     loaded, ident = perplexity_reference(store, catalog, experiment, variant, choice)
-    feats = PerplexityFeaturizer(loaded, ident).features([(r["question"], r["response"]) for r in rows])
+    featurizer = PerplexityFeaturizer(loaded, ident)
+    items = [(r["question"], r["response"]) for r in rows]
+    key = hashlib.sha256(json.dumps([featurizer.identity(), items], sort_keys=True).encode()).hexdigest()
+    if key not in _FEATURES:
+        _FEATURES[key] = featurizer.features(items)
+    feats = _FEATURES[key]
     train = [i for i, r in enumerate(rows) if r["set"] == "coherence" and feats[i] is not None]
     fluent = np.array([rows[i]["label"] == "fluent" for i in train])
     fitted = CoherenceCalibration.fit([feats[i] for i in train], fluent)
