@@ -34,32 +34,26 @@ SYSTEM = "You grade answers."
 
 def brute_force_single_digit(model, tokenizer, prompt_ids: list[int]) -> np.ndarray:
     """P(n), n = 0..100, spelled out one number string at a time: the prompt is read once (plain
-    incremental decoding, one unpadded row) and every number's digits continue it, each in its own
-    row of the cache; no tree, no 4D mask, no padding."""
+    incremental decoding, one unpadded row) and each number's digits continue a copy of its cache,
+    one number per forward call; no tree, no 4D mask, no padding, no cache repeated across rows
+    (the judge's own shared-prefix mechanism)."""
     import copy
 
     digit_ids = tokenizer.convert_tokens_to_ids(list("0123456789"))
-    numbers = {n: tokenizer(str(n), add_special_tokens=False)["input_ids"] for n in range(101)}
     probs = np.zeros(101)
-    by_len: dict[int, list[int]] = {}
-    for n, ids in numbers.items():
-        assert len(ids) == len(str(n))  # one token per digit
-        by_len.setdefault(len(ids), []).append(n)
     with torch.inference_mode():
         prompt = model(input_ids=torch.tensor([prompt_ids]), use_cache=True)
-        first = prompt.logits[:, -1:].double().log_softmax(-1)  # [1, 1, V]: the first digit
-        for k, group in by_len.items():
+        first = prompt.logits[0, -1:].double().log_softmax(-1)  # [1, V]: the first digit
+        for n in range(101):
+            number = tokenizer(str(n), add_special_tokens=False)["input_ids"]
+            assert len(number) == len(str(n))  # one token per digit
             cache = copy.deepcopy(prompt.past_key_values)
-            cache.batch_repeat_interleave(len(group))
-            seqs = torch.tensor([numbers[n] for n in group])
-            rest = model(input_ids=seqs, past_key_values=cache, use_cache=True).logits.double().log_softmax(-1)
-            logp = torch.cat([first.expand(len(group), 1, -1), rest], dim=1)  # [G, k+1, V]
-            for row, n in enumerate(group):
-                p = 1.0
-                for j, tid in enumerate(numbers[n]):
-                    p *= float(logp[row, j, tid].exp())
-                terminator = 1.0 - float(logp[row, k, digit_ids].exp().sum())
-                probs[n] = p * terminator
+            rest = model(input_ids=torch.tensor([number]), past_key_values=cache, use_cache=True).logits
+            logp = torch.cat([first, rest[0].double().log_softmax(-1)])  # [k+1, V]
+            p = 1.0
+            for j, tid in enumerate(number):
+                p *= float(logp[j, tid].exp())
+            probs[n] = p * (1.0 - float(logp[len(number), digit_ids].exp().sum()))
     return probs
 
 
