@@ -73,12 +73,12 @@ def test_pointing_seed001_at_other_checkpoints_changes_model_ids_only(tmp_path):
 
 def test_steering_estimates_count_the_questions_of_the_runs_they_read(tmp_path):
     """A fine grid and a combination answer the questions of the searches they read (the twin's
-    ``subset: 3``), not a guessed 20: combinations were estimated 6.7x too big before."""
+    ``subset: 2``), not a guessed 20: combinations were estimated 6.7x too big before."""
     from builders.graph.execute import make_plan
     from store import Store
 
     planned = make_plan(Store(str(tmp_path / "store")), load_catalog(), "seed001_offline")
     steer = {name: cost.parts[0] for name, cost in planned.costs.items() if cost and cost.parts[0].what == "steer"}
-    assert steer["search_nat.evil.5.probe"].sequences == 3 * (2 * 2 + 1)  # 2 layers x 2 steps + baseline
-    assert steer["fine_inst.evil"].sequences == 3 * (4 + 1)  # 4 ratios + baseline
-    assert steer["combine.evil"].sequences == 3 * (4 * 3 + 1)  # 4 strategies x 3 factors + baseline
+    assert steer["search_nat.evil.5.probe"].sequences == 2 * (2 * 2 + 1)  # 2 layers x 2 steps + baseline
+    assert steer["fine_inst.evil"].sequences == 2 * (4 + 1)  # 4 ratios + baseline
+    assert steer["combine.evil"].sequences == 2 * (4 * 3 + 1)  # 4 strategies x 3 factors + baseline

@@ -13,6 +13,7 @@ import yaml
 
 from builders import activations, responses
 from builders.stages import activations as activations_stage
+from transforms.batching import CPU_GENERATION_BATCH
 
 PROMPTS = 10
 ROLLOUTS = "2"  # 20 rows: units of 16 and 4 with --unit-size 16, two batches of 8 (or four of 4) in the first
@@ -85,6 +86,14 @@ def _files(store: Path, dataset: str, version: str) -> dict[str, bytes]:
     root = store / dataset / version
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
             if p.is_file() and p.name != "manifest.json"}
+
+
+def _rows(store: Path, dataset: str, version: str) -> list[tuple]:
+    """(prompt id, rollout, token ids) of every row of a responses version, in order."""
+    import pyarrow.parquet as pq
+
+    tables = [pq.read_table(p) for p in sorted((store / dataset / version).rglob("*.parquet"))]
+    return sorted((r["prompt_id"], r["rollout"], tuple(r["token_ids"])) for t in tables for r in t.to_pylist())
 
 
 def _published(store: Path) -> dict[str, set[str]]:
@@ -166,17 +175,27 @@ def test_out_of_memory_at_batch_one_is_one_line_and_publishes_nothing(built, oom
     assert _published(store) == before, "nothing published"
 
 
-def test_auto_on_the_cpu_equals_batch_8(built):
+def test_auto_on_the_cpu_equals_batch_8_and_32_for_generation(built):
     store, catalog, _ = built
     before = set(_versions(store, RESPONSES))
-    assert _responses(store, catalog, "--batch-size", "8", "--unit-size", "12", "--seed", "9") == 0
-    eight, _ = _new_version(store, RESPONSES, before)
+    # generation: units round up to whole batches of 32 (12 -> 32), and the batch is 32
+    assert _responses(store, catalog, "--batch-size", "32", "--unit-size", "12", "--seed", "9") == 0
+    fixed, manifest = _new_version(store, RESPONSES, before)
+    assert manifest["params"]["unit_size"] == 32
     assert _responses(store, catalog, "--batch-size", "auto", "--unit-size", "12", "--seed", "9") == 0
-    auto, manifest = _new_version(store, RESPONSES, before | {eight})
-    assert manifest["params"]["generation"]["batch_size"] == "auto" and manifest["summary"]["batch_sizes"] == [8]
-    assert _files(store, RESPONSES, auto) == _files(store, RESPONSES, eight)
+    auto, manifest = _new_version(store, RESPONSES, before | {fixed})
+    assert manifest["params"]["generation"]["batch_size"] == "auto" and manifest["summary"]["batch_sizes"] == [CPU_GENERATION_BATCH]
+    assert manifest["params"]["unit_size"] == 32
+    assert _files(store, RESPONSES, auto) == _files(store, RESPONSES, fixed)
     assert _responses(store, catalog, "--batch-size", "auto", "--unit-size", "12", "--seed", "9") == 0  # a rebuild is a no-op
-    assert set(_versions(store, RESPONSES)) == before | {eight, auto}
+    assert set(_versions(store, RESPONSES)) == before | {fixed, auto}
+    # greedy, the batch does not change the tokens (sampling is seeded per batch index, so it does)
+    known = set(_versions(store, RESPONSES))
+    assert _responses(store, catalog, "--batch-size", "8", "--unit-size", "12", "--temperature", "0") == 0
+    eight, _ = _new_version(store, RESPONSES, known)
+    assert _responses(store, catalog, "--unit-size", "12", "--temperature", "0") == 0
+    auto, _ = _new_version(store, RESPONSES, known | {eight})
+    assert _rows(store, RESPONSES, auto) == _rows(store, RESPONSES, eight)  # units of 32 and of 16 + 4: the same rows
 
     dataset = "activations-dev-instruct-ten-response__2-residual"
     known = set(_versions(store, dataset))

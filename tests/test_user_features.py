@@ -226,10 +226,13 @@ def test_bad_inputs_exit_2_one_line(env, capsys):
 
 
 @pytest.mark.slow
-def test_latents_read_the_crosscoders_tokens_not_new_responses(tmp_path, smollm2):
+@pytest.mark.parametrize("callers_tokens", [3, 5])
+def test_latents_read_the_crosscoders_tokens_not_new_responses(tmp_path, smollm2, callers_tokens):
     """Generation settings that differ from the catalog's defaults (seed 000's crosscoder reads 8
-    new tokens): the latents are encoded over the crosscoder's own activations, and the set is
-    answered once (it was answered again with the defaults, 2.5x longer, and latest moved)."""
+    new tokens), and a caller whose own ``--max-new-tokens`` differs again (the command line's
+    default is 4): the latents are encoded over the crosscoder's own activations, and the set is
+    answered once (it was answered again with the defaults, 2.5x longer, and latest moved; then
+    with the caller's settings, other tokens than the crosscoder learnt from)."""
     from builders.stages.crosscoder import CrosscoderOptions, build_crosscoder
     from builders.stages.user_features import UserFeatureOptions
     from builders.shared import names
@@ -240,7 +243,9 @@ def test_latents_read_the_crosscoders_tokens_not_new_responses(tmp_path, smollm2
                           position="all[1:]", activation_batch_size=4, generation={"max_new_tokens": 3},
                           quiet=True).manifest
     m = find_user_features(store, catalog, "a", "pairs", LAYER, dictionary=cc.name, batch_size=4, quiet=True,
-                           options=UserFeatureOptions(position="all[1:]", max_new_tokens=3)).manifest
+                           options=UserFeatureOptions(position="all[1:]", max_new_tokens=callers_tokens)).manifest
     assert len(store.versions(names.responses("s", "a", "pairs"))) == 1
     assert m.parents["latents_activations_a"] == cc.parents["activations_a"]
     assert m.parents["latents_activations_b"] == cc.parents["activations_b"]
+    pooled = store.resolve(m.parents["activations"])  # the pooled directions read the same answers
+    assert pooled.parents["responses"] == store.resolve(cc.parents["activations_a"]).parents["responses"]

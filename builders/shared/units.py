@@ -107,15 +107,16 @@ class ArraySpec:
     attributes: dict[str, Any] = field(default_factory=dict)
 
 
-def round_unit_size(unit_size: int, batch_size: int | str) -> int:
+def round_unit_size(unit_size: int, batch_size: int | str, *, cpu_batch: int | None = None) -> int:
     """Units are a whole number of batches, so batching inside a unit does not depend on
-    who runs it. ``auto`` rounds to :data:`~transforms.batching.CPU_BATCH` (what it is on
-    the CPU); on CUDA it resolves to a power of two dividing the unit (see :func:`run_batched`)."""
+    who runs it. ``auto`` rounds to ``cpu_batch`` (what it is on the CPU; default
+    :data:`~transforms.batching.CPU_BATCH`); on CUDA it resolves to a power of two dividing
+    the unit (see :func:`run_batched`)."""
     from transforms.batching import AUTO, CPU_BATCH
 
     if unit_size < 1:
         raise ValueError(f"unit size must be >= 1, got {unit_size}")
-    multiple = CPU_BATCH if batch_size == AUTO else int(batch_size)
+    multiple = (cpu_batch or CPU_BATCH) if batch_size == AUTO else int(batch_size)
     return -(-unit_size // multiple) * multiple
 
 

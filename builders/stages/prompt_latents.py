@@ -175,14 +175,17 @@ def latent_means(store: Store, catalog: Catalog, experiment: str, variant: str, 
                  batch_size: int | str = "auto", quiet: bool = False) -> SampleValues:
     """Per sample, the mean over the span's tokens of each latent's activation, [N, F] float64
     (module docstring: per token, then averaged; a crosscoder encodes A and B together).
-    ``generation``: the settings of A's responses, the same the caller's pooled activations read
-    (left out, the catalog's defaults would answer the set anew, with other tokens)."""
+    A crosscoder trained on this set, position and layer is read on its own training tokens
+    (:func:`dictionary_tokens`); otherwise ``generation`` gives the settings of A's responses,
+    the same the caller's pooled activations read (left out, the catalog's defaults would
+    answer the set anew, with other tokens)."""
     if dictionary.kind == "crosscoder":
         from builders.stages.paired_activations import paired_activations, token_index
 
         a, b = dictionary.variants
-        paired = paired_activations(store, catalog, experiment, a, b, prompt_set, layer, position=position,
-                                    generation=generation, batch_size=batch_size, quiet=quiet)
+        paired = dictionary_tokens(store, catalog, dictionary, prompt_set, position, layer) or paired_activations(
+            store, catalog, experiment, a, b, prompt_set, layer, position=position, generation=generation,
+            batch_size=batch_size, quiet=quiet)
         index = token_index(store, paired)
         model = dictionary.model
         batches = ((lo, model.encode(model.normalize(_tensor(x)))) for lo, x in paired.ordered(store, ENCODE_BATCH))
@@ -201,6 +204,27 @@ def latent_means(store: Store, catalog: Catalog, experiment: str, variant: str, 
     means = _span_means(batches, [(r["token_start"], r["token_end"]) for r in index], dictionary.dict_size)
     keep = [i for i, r in enumerate(index) if r["token_end"] > r["token_start"]]
     return SampleValues([(str(rows[i]["prompt_id"]), int(rows[i]["rollout"])) for i in keep], means[keep], parents)
+
+
+def dictionary_tokens(store: Store, catalog: Catalog, dictionary: Dictionary, prompt_set: str, position: str,
+                      layer: int) -> Any:
+    """The crosscoder's own training activations (a ``PairedActivations``) when it was trained on
+    ``prompt_set``'s current prompts at ``position`` and ``layer``: its latents are then read on
+    the tokens it learnt from, whatever generation settings the caller has (a second answer set
+    would be other tokens). None otherwise (a checkpoint, another set or position)."""
+    from builders.stages.paired_activations import pair_manifests
+    from builders.stages.prompts import ensure_prompt_set
+
+    manifest = store.resolve(dictionary.ref)
+    p = manifest.params
+    if (p.get("prompt_set"), p.get("position"), p.get("layer")) != (prompt_set, position, layer) \
+            or not {"activations_a", "activations_b"} <= set(manifest.parents):
+        return None
+    acts_a, acts_b = (store.resolve(manifest.parents[k]) for k in ("activations_a", "activations_b"))
+    responses = store.resolve(acts_a.parents["responses"])
+    if responses.parents.get("prompts") != ensure_prompt_set(store, catalog, prompt_set).ref:
+        return None  # the set changed since: its prompts are answered anew
+    return pair_manifests(store, acts_a, acts_b, layer)
 
 
 def _tensor(x: "np.ndarray") -> Any:

@@ -104,7 +104,7 @@ def generate_responses(
 
     The work runs as units of ``unit_size`` rows (one Parquet shard each) on ``executor``
     (default: in this process); the executor does not change the version or its bytes."""
-    from transforms.batching import AUTO, parse_batch_size
+    from transforms.batching import AUTO, CPU_GENERATION_BATCH, parse_batch_size
     from transforms.sequences import GenerationConfig
 
     exp = catalog.experiment(experiment)
@@ -124,7 +124,7 @@ def generate_responses(
     except (TypeError, ValueError) as err:
         raise BuildError(f"generation settings: {err}") from None
     try:
-        unit_size = round_unit_size(unit_size, config.batch_size)
+        unit_size = round_unit_size(unit_size, config.batch_size, cpu_batch=CPU_GENERATION_BATCH)
     except ValueError as err:
         raise BuildError(f"--unit-size: {err}") from None
     prompts = ensure_prompt_set(store, catalog, prompt_set)  # only once the settings are known good
@@ -215,7 +215,7 @@ class ResponsesJob:
         unit's longest prompt; on out-of-memory the unit starts over at a smaller batch."""
         import pyarrow as pa
 
-        from transforms.batching import power_of_two_dividing, resolve_batch_size
+        from transforms.batching import CPU_GENERATION_BATCH, power_of_two_dividing, resolve_batch_size
         from transforms.models import tokenizer_traits
 
         set_threads(self.threads)
@@ -230,7 +230,7 @@ class ResponsesJob:
         requested = resolve_batch_size(self.config.batch_size, loaded.model,
                                        max((len(row["prompt_ids"]) for row in formatted), default=1),
                                        new_tokens=self.config.max_new_tokens,
-                                       limit=power_of_two_dividing(self.unit_size))
+                                       limit=power_of_two_dividing(self.unit_size), cpu_batch=CPU_GENERATION_BATCH)
         ordered, used = run_batched(self.scratch, f"{self.label} {unit.name}", requested, self.unit_size,
                                     lambda size: self._generate(loaded, out, unit, items, formatted, traits, size))
         out.write_table(pa.Table.from_pylist(ordered, schema=self.schema))

@@ -5,6 +5,7 @@ out-of-memory.
 from transforms.batching.sizes import (
     AUTO,
     CPU_BATCH,
+    CPU_GENERATION_BATCH,
     OutOfMemory,
     auto_batch_size,
     halving_divisor,
@@ -22,6 +23,7 @@ from transforms.batching.slices import (
 __all__ = [
     "AUTO",
     "CPU_BATCH",
+    "CPU_GENERATION_BATCH",
     "OutOfMemory",
     "auto_batch_size",
     "halving_divisor",
