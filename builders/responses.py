@@ -25,7 +25,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--seed", type=int)
     gen.add_argument("--batch-size", metavar="N|auto",
                      help="sequences per batch; auto (catalog default): from the free accelerator memory, "
-                          "8 on the CPU; halved and retried on out-of-memory")
+                          "32 on the CPU (greedy tokens do not depend on it; sampled ones are seeded per "
+                          "batch, so pass a size to reproduce them across machines); halved and retried on "
+                          "out-of-memory")
     gen.add_argument("--unit-size", type=int,
                      help=f"rows per work unit and Parquet shard, rounded up to whole batches (default {RESPONSES_UNIT})")
     add_executor_args(parser)

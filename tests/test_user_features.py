@@ -225,6 +225,19 @@ def test_bad_inputs_exit_2_one_line(env, capsys):
         assert not any(n.startswith("userfeatures-") for n in after - before)
 
 
+def _crosscoder_on_three_tokens(tmp_path, smollm2):
+    """(store, catalog, crosscoder manifest): a crosscoder of a and b on the pairs, A answering 3
+    new tokens (the catalog's default here is 2)."""
+    from builders.stages.crosscoder import CrosscoderOptions, build_crosscoder
+
+    store, catalog, _ = make_env(tmp_path, smollm2, max_new_tokens=2)
+    cc = build_crosscoder(store, catalog, "a", "b", "pairs", LAYER,
+                          CrosscoderOptions(dict_size=24, epochs=1, batch_size=32, resample_every=0),
+                          position="all[1:]", activation_batch_size=4, generation={"max_new_tokens": 3},
+                          quiet=True).manifest
+    return store, catalog, cc
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("callers_tokens", [3, 5])
 def test_latents_read_the_crosscoders_tokens_not_new_responses(tmp_path, smollm2, callers_tokens):
@@ -233,15 +246,10 @@ def test_latents_read_the_crosscoders_tokens_not_new_responses(tmp_path, smollm2
     default is 4): the latents are encoded over the crosscoder's own activations, and the set is
     answered once (it was answered again with the defaults, 2.5x longer, and latest moved; then
     with the caller's settings, other tokens than the crosscoder learnt from)."""
-    from builders.stages.crosscoder import CrosscoderOptions, build_crosscoder
     from builders.stages.user_features import UserFeatureOptions
     from builders.shared import names
 
-    store, catalog, _ = make_env(tmp_path, smollm2, max_new_tokens=2)
-    cc = build_crosscoder(store, catalog, "a", "b", "pairs", LAYER,
-                          CrosscoderOptions(dict_size=24, epochs=1, batch_size=32, resample_every=0),
-                          position="all[1:]", activation_batch_size=4, generation={"max_new_tokens": 3},
-                          quiet=True).manifest
+    store, catalog, cc = _crosscoder_on_three_tokens(tmp_path, smollm2)
     m = find_user_features(store, catalog, "a", "pairs", LAYER, dictionary=cc.name, batch_size=4, quiet=True,
                            options=UserFeatureOptions(position="all[1:]", max_new_tokens=callers_tokens)).manifest
     assert len(store.versions(names.responses("s", "a", "pairs"))) == 1
@@ -249,3 +257,19 @@ def test_latents_read_the_crosscoders_tokens_not_new_responses(tmp_path, smollm2
     assert m.parents["latents_activations_b"] == cc.parents["activations_b"]
     pooled = store.resolve(m.parents["activations"])  # the pooled directions read the same answers
     assert pooled.parents["responses"] == store.resolve(cc.parents["activations_a"]).parents["responses"]
+
+
+@pytest.mark.slow
+def test_latents_follow_newer_answers_the_pooled_directions_read(tmp_path, smollm2):
+    """A's answers answered anew after the crosscoder (latest moved): the pooled directions read
+    those, so the latents are encoded on them too, not on the crosscoder's older tokens."""
+    from builders.stages.responses import generate_responses
+    from builders.stages.user_features import UserFeatureOptions
+
+    store, catalog, cc = _crosscoder_on_three_tokens(tmp_path, smollm2)
+    newer = generate_responses(store, catalog, "a", "pairs", "s", {"max_new_tokens": 5}, quiet=True).manifest
+    m = find_user_features(store, catalog, "a", "pairs", LAYER, dictionary=cc.name, batch_size=4, quiet=True,
+                           options=UserFeatureOptions(position="all[1:]", max_new_tokens=5)).manifest
+    assert m.parents["latents_activations_a"] != cc.parents["activations_a"]
+    for key in ("activations", "latents_activations_a"):
+        assert store.resolve(m.parents[key]).parents["responses"] == newer.ref

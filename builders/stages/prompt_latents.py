@@ -208,22 +208,30 @@ def latent_means(store: Store, catalog: Catalog, experiment: str, variant: str, 
 
 def dictionary_tokens(store: Store, catalog: Catalog, dictionary: Dictionary, prompt_set: str, position: str,
                       layer: int) -> Any:
-    """The crosscoder's own training activations (a ``PairedActivations``) when it was trained on
-    ``prompt_set``'s current prompts at ``position`` and ``layer``: its latents are then read on
-    the tokens it learnt from, whatever generation settings the caller has (a second answer set
-    would be other tokens). None otherwise (a checkpoint, another set or position)."""
+    """The crosscoder's own training activations (a ``PairedActivations``) when it read
+    ``prompt_set``'s current prompts at ``position`` and ``layer`` and its A responses are A's
+    latest (the ones the caller's pooled activations read): its latents are then encoded on the
+    tokens it learnt from, whatever generation settings the caller has (a second answer set
+    would be other tokens). None otherwise: another set, position or layer, newer answers, or
+    its activations not in this store (a version pulled without its parents)."""
     from builders.stages.paired_activations import pair_manifests
     from builders.stages.prompts import ensure_prompt_set
+    from store import StoreError
 
     manifest = store.resolve(dictionary.ref)
     p = manifest.params
-    if (p.get("prompt_set"), p.get("position"), p.get("layer")) != (prompt_set, position, layer) \
-            or not {"activations_a", "activations_b"} <= set(manifest.parents):
+    if p.get("prompt_set") != prompt_set or p.get("position") != position or p.get("layer") is None \
+            or int(p["layer"]) != layer or not {"activations_a", "activations_b"} <= set(manifest.parents):
         return None
-    acts_a, acts_b = (store.resolve(manifest.parents[k]) for k in ("activations_a", "activations_b"))
-    responses = store.resolve(acts_a.parents["responses"])
-    if responses.parents.get("prompts") != ensure_prompt_set(store, catalog, prompt_set).ref:
-        return None  # the set changed since: its prompts are answered anew
+    try:
+        acts_a, acts_b = (store.resolve(manifest.parents[k]) for k in ("activations_a", "activations_b"))
+        responses = store.resolve(acts_a.parents["responses"])
+    except (StoreError, KeyError):
+        return None
+    name = responses.name
+    if responses.parents.get("prompts") != ensure_prompt_set(store, catalog, prompt_set).ref \
+            or store.latest(name).ref != responses.ref:
+        return None  # the set changed, or newer answers are what the pooled activations read
     return pair_manifests(store, acts_a, acts_b, layer)
 
 

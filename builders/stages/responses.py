@@ -11,9 +11,11 @@ each) that run in this process or on Ray (``--executor ray``, see builders/share
 with the same result. An interrupted run resumes: finished units and batches are kept in
 a scratch folder of the version and not generated again. ``--batch-size`` is a size or
 ``auto`` (the catalog default: from the free accelerator memory and the unit's longest
-prompt, 8 on the CPU); a unit that runs out of memory starts over at half the batch and
+prompt, 32 on the CPU); a unit that runs out of memory starts over at half the batch and
 writes the bytes of a run at that size from the start. The request is in the version id;
-the sizes used are run info (each unit's metadata, ``summary.batch_sizes``).
+the sizes used are run info (each unit's metadata, ``summary.batch_sizes``): greedy tokens
+do not depend on the batch, sampled ones are seeded per batch index, so a sampled run that
+must give the same rows on every machine names its size.
 Output dataset: ``responses-<experiment>-<variant>-<prompt set>``.
 """
 from __future__ import annotations
