@@ -29,6 +29,8 @@ from builders.shared.common import BuildError, model_config_dims
 if TYPE_CHECKING:
     import numpy as np
 
+    from builders.stages.paired_activations import PairedActivations
+
 log = logging.getLogger(__name__)
 
 DICTIONARY_KINDS = ("crosscoder", "sae")
@@ -207,8 +209,8 @@ def latent_means(store: Store, catalog: Catalog, experiment: str, variant: str, 
 
 
 def dictionary_tokens(store: Store, catalog: Catalog, dictionary: Dictionary, prompt_set: str, position: str,
-                      layer: int) -> Any:
-    """The crosscoder's own training activations (a ``PairedActivations``) when it read
+                      layer: int) -> "PairedActivations | None":
+    """The crosscoder's own training activations when it read
     ``prompt_set``'s current prompts at ``position`` and ``layer`` and its A responses are A's
     latest (the ones the caller's pooled activations read): its latents are then encoded on the
     tokens it learnt from, whatever generation settings the caller has (a second answer set
