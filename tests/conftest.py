@@ -68,3 +68,28 @@ def s3_url(s3_endpoint) -> str:
     import uuid
 
     return f"s3://{S3_BUCKET}/ts-{uuid.uuid4().hex[:8]}"
+
+
+# ---- two cores, two workers: threads and order ---------------------------------------------
+# The README's test command runs two xdist workers. Each worker, and every process it starts
+# (builders in subprocesses, notebook kernels), gets its share of the cores: two workers with
+# two torch threads each would oversubscribe CI's two cores, and these small models gain
+# little from a second thread anyway.
+def pytest_configure(config):
+    import os
+
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 1)
+    if workers > 1 and "OMP_NUM_THREADS" not in os.environ:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        os.environ["OMP_NUM_THREADS"] = str(max(1, cores // workers))
+
+
+# The longest tests (minutes each, measured by --durations) go first, so that a worker is not
+# left running one of them alone at the end while the other idles.
+LONGEST_FIRST = ("test_notebook_seed001.py", "test_notebook_seed000.py", "test_notebook_seed004.py",
+                 "test_organism.py", "test_notebook_seed003.py", "test_judges_perplexity.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
