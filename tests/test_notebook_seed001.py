@@ -1,7 +1,8 @@
 """The seed 001 notebook is also the issue's "offline seed 001 twin runs end to end" check: it
 runs the catalog declaration ``seed001_offline`` on a fresh store (13 minutes alone on two idle
-cores, 20 on the one thread a worker of the two-worker suite has), reads every phase back from the store, and then a second run of the declaration builds
-nothing and returns within seconds. Plus: the notebook matches its generator."""
+cores, 20 on the one thread each worker of the two-worker suite has), reads every phase back
+from the store, and then a second run of the declaration builds nothing and returns within
+seconds. Plus: the notebook matches its generator."""
 from __future__ import annotations
 
 import io
