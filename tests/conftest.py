@@ -26,6 +26,18 @@ def gemma3():
     return load_model("pkg:gemma3-270m")
 
 
+@pytest.fixture
+def one_thread():
+    """Tiny models built from configs: one torch thread is faster and cannot oversubscribe a
+    shared machine. Restores the previous count afterwards (an import-time setting would pin
+    the whole session, since collection imports every module)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
 # ---- a real S3-compatible server on loopback (moto in server mode) -------------------------
 S3_BUCKET = "traitstore-test"
 

@@ -203,15 +203,6 @@ def brute_force_multi(model, prompt: list[int]) -> np.ndarray:
 FAMILIES = ["llama", "llama_eager", "qwen2", "gemma3", "gpt2"]
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny models: one thread is much faster on a shared machine (no oversubscription)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.mark.usefixtures("one_thread")
 @pytest.mark.parametrize("family", FAMILIES)
 def test_tiny_multi_digit_tree_equals_brute_force(family):

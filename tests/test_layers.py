@@ -19,8 +19,7 @@ N_LAYERS = 3
 D_MODEL = 32
 VOCAB = 97
 
-# Tiny models: one thread is faster and immune to oversubscription on a shared machine.
-torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models (tests/conftest.py)
 
 
 def _build(family: str) -> nn.Module:

@@ -20,7 +20,7 @@ from transforms.circuits import patching as patching_module
 from transforms.circuits import (PatchTarget, check_heads, head_site, head_targets, logit_diff, normalise,
                                  patch_sweep, residual_targets)
 
-torch.set_num_threads(1)  # tiny models: one thread is faster on a shared machine
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models (tests/conftest.py)
 
 VOCAB, D, HEADS, LAYERS = 100, 64, 4, 3
 CLEAN = [5, 17, 42, 8, 63, 21, 9, 77]
