@@ -38,6 +38,7 @@ def one_thread():
     yield
     torch.set_num_threads(before)
 
+
 # ---- a real S3-compatible server on loopback (moto in server mode) -------------------------
 S3_BUCKET = "traitstore-test"
 
@@ -85,8 +86,8 @@ def s3_url(s3_endpoint) -> str:
 # ---- two cores, two workers: threads and order ---------------------------------------------
 # The README's test command runs two xdist workers. Each worker, and every process it starts
 # (builders in subprocesses, notebook kernels), gets its share of the cores: two workers with
-# two torch threads each would oversubscribe CI's two cores, and these small models gain
-# little from a second thread anyway.
+# two torch threads each would oversubscribe CI's two cores. A notebook kernel alone is slower
+# on one thread (the twin: 1207 s vs 720 s on two), but the other core runs the rest meanwhile.
 def pytest_configure(config):
     import os
 
